@@ -1,0 +1,20 @@
+"""What every command shares: user errors on stderr without a traceback, exit code 2."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+from .errors import HybridError
+
+
+def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> int:
+    """Call ``main(argv)``; a `HybridError` prints ``error: <message>`` and returns 2."""
+    try:
+        return main(argv) or 0
+    except HybridError as e:
+        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

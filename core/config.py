@@ -1,0 +1,253 @@
+"""YAML -> a validated, resolved `Config`; every problem reported at once.
+
+```yaml
+model:
+  vocab_size: 259
+  d_model: 128
+  n_layer: 8
+  attn_layer_period: 8        # Jamba's plan: attention where i % period == offset, else mamba
+  attn_layer_offset: 4        # ... or an explicit list: layers: [mamba, attention, ...]
+  expert_layer_period: 2      # MoE where i % period == offset, else the MLP
+  expert_layer_offset: 1      # ... or ffn_layers: [mlp, moe, ...] (default: all mlp)
+  mixers:                     # options per mixer, checked against its constructor
+    mamba: {d_state: 16, expand: 2}
+    attention: {n_head: 4, n_kv_head: 2}
+  mlp: {d_hidden: 512}
+  moe: {n_experts: 4, top_k: 2}
+```
+The resolved config (explicit per-layer lists, every default filled in) saves back to
+YAML with `save_config` and rebuilds the same model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ._suggest import did_you_mean, unknown
+from .errors import ConfigError
+from .ffn import MoE, SwiGLU
+from .registry import Registry, get_registry
+from .schema import check_options, coerce, describe, type_name
+
+FFN_KINDS = {"mlp": SwiGLU, "moe": MoE}
+TOP_LEVEL_KEYS = ("name", "model")
+PLAN_KEYS = ("attn_layer_period", "attn_layer_offset", "expert_layer_period", "expert_layer_offset",
+             "attn_mixer", "ssm_mixer")
+
+
+@dataclass
+class ModelConfig:
+    """The language model, resolved: one mixer name and one FFN kind per layer."""
+
+    vocab_size: int
+    d_model: int
+    n_layer: int
+    layers: list[str]
+    ffn_layers: list[str]
+    mixers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    mlp: dict[str, Any] = field(default_factory=dict)
+    moe: dict[str, Any] = field(default_factory=dict)
+    norm_eps: float = 1e-6
+    tie_embeddings: bool = True
+
+
+@dataclass
+class Config:
+    model: ModelConfig
+    name: str = "hybrid"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "model": dataclasses.asdict(self.model)}
+
+
+SCALARS = {"vocab_size": int, "d_model": int, "n_layer": int, "norm_eps": float, "tie_embeddings": bool}
+
+
+def load_config(path: str | os.PathLike, registry: Registry | None = None) -> Config:
+    """Read and validate a YAML file; raise `ConfigError` listing every problem."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(str(path), ["file not found: check the path"]) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(str(path), [f"cannot read the file: {e}"]) from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(e, "problem", None) or str(e)
+        raise ConfigError(str(path), [f"YAML syntax error at {where}{problem}"]) from None
+    return parse_config(raw, source=str(path), registry=registry)
+
+
+def parse_config(raw: Any, *, source: str = "<config>", registry: Registry | None = None) -> Config:
+    """Validate an already-parsed YAML document."""
+    registry = registry or get_registry()
+    if raw is None:
+        raise ConfigError(source, ["the file is empty: it needs a 'model:' section"])
+    if not isinstance(raw, dict):
+        raise ConfigError(source, [f"expected a mapping with a 'model:' section, got {describe(raw)}"])
+    problems = [f"{key}: unknown section.{did_you_mean(key, TOP_LEVEL_KEYS)} (allowed: {', '.join(TOP_LEVEL_KEYS)})"
+                for key in raw if key not in TOP_LEVEL_KEYS]
+    name = raw.get("name", "hybrid")
+    if not isinstance(name, str):
+        problems.append(f"name: expected str, got {describe(name)}")
+    model = raw.get("model")
+    if not isinstance(model, dict):
+        problems.append("model: missing section" if model is None else f"model: expected a mapping, got {describe(model)}")
+        raise ConfigError(source, problems)
+    model_config = _parse_model(model, registry, problems)
+    if problems:
+        raise ConfigError(source, problems)
+    return Config(model=model_config, name=name)
+
+
+def _parse_model(raw: dict, registry: Registry, problems: list[str]) -> ModelConfig | None:
+    allowed = list(SCALARS) + ["layers", "ffn_layers", "mixers", "mlp", "moe"] + list(PLAN_KEYS)
+    for key in raw:
+        if key not in allowed:
+            problems.append(f"model.{key}: unknown key.{did_you_mean(key, allowed)} (allowed: {', '.join(allowed)})")
+    scalars = _parse_scalars(raw, problems)
+    n_layer = scalars.get("n_layer")
+    if n_layer is None:
+        return None
+    mixer_names = registry.names("mixer")
+    layers = _layer_plan(raw, n_layer, mixer_names, problems)
+    ffn_layers = _ffn_plan(raw, n_layer, problems)
+    mixers = _mixer_options(raw.get("mixers"), layers, registry, scalars.get("d_model"), problems)
+    ffn = {kind: _component_options(cls, raw.get(kind), f"model.{kind}", kind in ffn_layers,
+                                    scalars.get("d_model"), problems)
+           for kind, cls in FFN_KINDS.items()}
+    if problems:
+        return None
+    return ModelConfig(layers=layers, ffn_layers=ffn_layers, mixers=mixers, mlp=ffn["mlp"], moe=ffn["moe"], **scalars)
+
+
+def _parse_scalars(raw: dict, problems: list[str]) -> dict[str, Any]:
+    defaults = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
+    out = {}
+    for key, typ in SCALARS.items():
+        if key not in raw:
+            if defaults[key] is dataclasses.MISSING:
+                problems.append(f"model.{key}: required key is missing")
+            else:
+                out[key] = defaults[key]
+            continue
+        ok, value = coerce(raw[key], typ)
+        if not ok:
+            problems.append(f"model.{key}: expected {type_name(typ)}, got {describe(raw[key])}")
+        elif typ is int and value < 1:
+            problems.append(f"model.{key}: must be >= 1, got {value}")
+        else:
+            out[key] = value
+    return out
+
+
+def _period_plan(raw: dict, prefix: str, n_layer: int, hit: str, miss: str, problems: list[str]) -> list[str]:
+    """Jamba's ``<prefix>_layer_period/offset``: layer i gets `hit` where i % period == offset."""
+    period, offset = raw.get(f"{prefix}_layer_period"), raw.get(f"{prefix}_layer_offset", 0)
+    ok = True
+    if not isinstance(period, int) or isinstance(period, bool) or period < 1:
+        problems.append(f"model.{prefix}_layer_period: expected an int >= 1, got {describe(period)}")
+        ok = False
+    elif not isinstance(offset, int) or isinstance(offset, bool) or not 0 <= offset < period:
+        problems.append(f"model.{prefix}_layer_offset: expected an int in [0, {period - 1}], got {describe(offset)}")
+        ok = False
+    return [hit if i % period == offset else miss for i in range(n_layer)] if ok else []
+
+
+def _layer_plan(raw: dict, n_layer: int, mixer_names: list[str], problems: list[str]) -> list[str]:
+    if "layers" in raw and "attn_layer_period" in raw:
+        problems.append("model.layers: give either 'layers' or 'attn_layer_period', not both")
+        return []
+    if "attn_layer_period" in raw:
+        attn, ssm = raw.get("attn_mixer", "attention"), raw.get("ssm_mixer", "mamba")
+        for key, name in (("attn_mixer", attn), ("ssm_mixer", ssm)):
+            if name not in mixer_names:
+                problems.append(f"model.{key}: {unknown('mixer', name, mixer_names)}")
+        return _period_plan(raw, "attn", n_layer, attn, ssm, problems)
+    layers = raw.get("layers")
+    if layers is None:
+        problems.append("model.layers: missing: give a list of mixer names, one per layer, "
+                        "or attn_layer_period/attn_layer_offset")
+        return []
+    return _name_list(layers, "model.layers", "mixer", mixer_names, n_layer, problems)
+
+
+def _ffn_plan(raw: dict, n_layer: int, problems: list[str]) -> list[str]:
+    if "ffn_layers" in raw and "expert_layer_period" in raw:
+        problems.append("model.ffn_layers: give either 'ffn_layers' or 'expert_layer_period', not both")
+        return []
+    if "expert_layer_period" in raw:
+        return _period_plan(raw, "expert", n_layer, "moe", "mlp", problems)
+    ffn_layers = raw.get("ffn_layers", "mlp")
+    if isinstance(ffn_layers, str):
+        ffn_layers = [ffn_layers] * n_layer
+    return _name_list(ffn_layers, "model.ffn_layers", "ffn", list(FFN_KINDS), n_layer, problems)
+
+
+def _name_list(names: Any, path: str, kind: str, choices: list[str], n_layer: int, problems: list[str]) -> list[str]:
+    if not isinstance(names, list):
+        problems.append(f"{path}: expected a list of {kind} names, got {describe(names)}")
+        return []
+    if len(names) != n_layer:
+        problems.append(f"{path}: has {len(names)} entries but n_layer is {n_layer}")
+    for i, name in enumerate(names):
+        if name not in choices:
+            problems.append(f"{path}[{i}]: {unknown(kind, name, choices)}")
+    return list(names)
+
+
+def _mixer_options(raw: Any, layers: list[str], registry: Registry, d_model: int | None,
+                   problems: list[str]) -> dict[str, dict[str, Any]]:
+    raw = {} if raw is None else raw
+    if not isinstance(raw, dict):
+        problems.append(f"model.mixers: expected a mapping of mixer name -> options, got {describe(raw)}")
+        return {}
+    names = registry.names("mixer")
+    for name in raw:
+        if name not in names:
+            problems.append(f"model.mixers.{name}: {unknown('mixer', name, names)}")
+    used = [n for n in dict.fromkeys(layers) if n in names] + [n for n in raw if n in names and n not in layers]
+    return {name: _component_options(registry.get("mixer", name), raw.get(name), f"model.mixers.{name}",
+                                     name in layers, d_model, problems)
+            for name in used}
+
+
+def _component_options(cls: type, raw: Any, path: str, used: bool, d_model: int | None,
+                       problems: list[str]) -> dict[str, Any]:
+    """Check options against the constructor; for a used component, also try building it
+    on the meta device so that cross-option checks (n_head | d_model ...) are reported."""
+    options, found = check_options(cls, raw, path)
+    problems.extend(found)
+    if used and not found and d_model is not None:
+        try:
+            cls(d_model, **options, device="meta")
+        except Exception as e:  # the component's own check, e.g. "n_head (6) must divide d_model (128)"
+            problems.append(f"{path}: {e}")
+    return options
+
+
+def save_config(config: Config, path: str | os.PathLike) -> None:
+    """Write the resolved config as YAML, atomically (a temporary file, then a rename)."""
+    path = Path(path)
+    text = yaml.safe_dump(config.to_dict(), sort_keys=False, default_flow_style=None)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,34 @@
+"""The project's exceptions: one base class, a few kinds.
+
+User mistakes (bad YAML, unknown names, missing kernels) raise a subclass of
+`HybridError`; the CLIs print its message on one line per problem and exit non-zero,
+without a traceback. Anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class HybridError(Exception):
+    """Base class of every error a user can cause and fix."""
+
+
+class ConfigError(HybridError):
+    """A configuration (YAML or options) has one or more problems.
+
+    `problems` holds one line per problem, each starting with its YAML path.
+    """
+
+    def __init__(self, source: str, problems: list[str]):
+        self.source = source
+        self.problems = list(problems)
+        n = len(self.problems)
+        head = f"{source} has {n} problem{'s' if n != 1 else ''}"
+        super().__init__("\n".join([head] + [f"  {p}" for p in self.problems]))
+
+
+class RegistryError(HybridError):
+    """An unknown or duplicate component name."""
+
+
+class KernelUnavailableError(HybridError):
+    """A requested scan kernel cannot run here (package missing, wrong device)."""

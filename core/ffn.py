@@ -1,0 +1,71 @@
+"""Feed-forward layers of a block: a SwiGLU MLP, or a mixture of SwiGLU experts (MoE).
+
+Both return ``(y, aux_loss)`` so the model treats them alike; the MLP's aux loss is 0.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class SwiGLU(nn.Module):
+    """down(silu(gate(x)) * up(x)). x: (..., d_model) -> (..., d_model), aux_loss 0."""
+
+    def __init__(self, d_model: int, *, d_hidden: int | None = None, bias: bool = False, device=None, dtype=None):
+        super().__init__()
+        d_hidden = d_hidden or 4 * d_model
+        factory = {"device": device, "dtype": dtype}
+        self.gate = nn.Linear(d_model, d_hidden, bias=bias, **factory)
+        self.up = nn.Linear(d_model, d_hidden, bias=bias, **factory)
+        self.down = nn.Linear(d_hidden, d_model, bias=bias, **factory)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self.down(F.silu(self.gate(x)) * self.up(x)), x.new_zeros((), dtype=torch.float32)
+
+
+class MoE(nn.Module):
+    """Top-k routed SwiGLU experts (Jamba / Mixtral style).
+
+    The router's softmax over all experts gives each token's top-k experts and weights
+    (renormalised over the k when ``normalize_top_k``; Jamba does not). The auxiliary
+    load-balancing loss (Switch Transformer) is ``n_experts * sum_e f_e * P_e``, f_e the
+    fraction of routed slots sent to expert e, P_e its mean router probability.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        *,
+        n_experts: int = 4,
+        top_k: int = 2,
+        d_hidden: int | None = None,
+        normalize_top_k: bool = False,
+        device=None,
+        dtype=None,
+    ):
+        super().__init__()
+        if not 1 <= top_k <= n_experts:
+            raise ValueError(f"need 1 <= top_k <= n_experts, got top_k={top_k}, n_experts={n_experts}")
+        self.n_experts, self.top_k, self.normalize_top_k = n_experts, top_k, normalize_top_k
+        self.router = nn.Linear(d_model, n_experts, bias=False, device=device, dtype=dtype)
+        self.experts = nn.ModuleList(
+            SwiGLU(d_model, d_hidden=d_hidden, device=device, dtype=dtype) for _ in range(n_experts)
+        )
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """x: (B, L, d_model) -> y: (B, L, d_model), aux_loss: () float32."""
+        tokens = x.reshape(-1, x.shape[-1])  # (T, d)
+        probs = torch.softmax(self.router(tokens).float(), dim=-1)  # (T, E)
+        weights, chosen = probs.topk(self.top_k, dim=-1)  # (T, k)
+        if self.normalize_top_k:
+            weights = weights / weights.sum(-1, keepdim=True)
+        y = torch.zeros_like(tokens)
+        for e, expert in enumerate(self.experts):
+            token_idx, slot = torch.where(chosen == e)  # tokens routed to expert e
+            out, _ = expert(tokens[token_idx])
+            y.index_add_(0, token_idx, out * weights[token_idx, slot, None].to(out.dtype))
+        routed = F.one_hot(chosen, self.n_experts).float().sum(1)  # (T, E): 1 where chosen
+        aux = self.n_experts * (routed.mean(0) / self.top_k * probs.mean(0)).sum()
+        return y.view_as(x), aux

@@ -1,0 +1,70 @@
+"""The plugin hooks of hybrid-mllm (pluggy project name ``hybrid_mllm``).
+
+Every hook receives a ``register`` callback and calls it once per component it
+provides: ``register(name, component)``. The registry owns the names: a name that
+is already taken is an error naming both packages, so plugins never touch globals.
+
+A third-party package exposes its hook implementations through an entry point::
+
+    [project.entry-points.hybrid_mllm]
+    my_plugin = "my_package.plugin_module"
+
+and implements, in that module::
+
+    from hybrid_mllm.core import hookimpl
+
+    @hookimpl
+    def register_mixers(register):
+        register("my_mixer", MyMixer)
+
+Set ``HYBRID_MLLM_DISABLE_PLUGIN_AUTOLOAD=1`` to load only the built-in plugins.
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+PROJECT = "hybrid_mllm"
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def register_encoders(register):
+    """Register vision encoders.
+
+    :param register: ``register(name: str, cls: type[nn.Module])``. ``cls(d_model, *, ...)``
+        maps images ``(B, 3, H, W)`` to tokens ``(B, T, d_model)``; its keyword-only,
+        annotated constructor options are its YAML schema.
+    """
+
+
+@hookspec
+def register_mixers(register):
+    """Register sequence mixers (attention, Mamba, ...).
+
+    :param register: ``register(name: str, cls: type[nn.Module])``. ``cls(d_model, *, ...)``
+        must follow the mixer contract (see ``hybrid_mllm.core.mixer``): causal,
+        ``init_state(batch_size)`` and ``forward(x, state=None, mask=None) -> (y, new_state)``
+        with ``x, y: (B, L, d_model)``. ``hybrid_mllm.testing`` checks it.
+    """
+
+
+@hookspec
+def register_connectors(register):
+    """Register connectors (vision features -> language-model embeddings).
+
+    :param register: ``register(name: str, cls: type[nn.Module])``; ``cls(d_model, *, ...)``.
+    """
+
+
+@hookspec
+def register_scan_kernels(register):
+    """Register selective-scan implementations.
+
+    :param register: ``register(name: str, kernel: hybrid_mllm.core.scan.ScanKernel)``.
+        ``kernel.fn`` has the signature of ``hybrid_mllm.core.scan.selective_scan``;
+        ``kernel.available(device)`` says whether it can run on a device and, if not, why
+        and how to install it; ``kernel.priority`` orders the ``auto`` choice per device type.
+    """

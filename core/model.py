@@ -1,0 +1,106 @@
+"""The hybrid language model: embeddings -> [Block(mixer_i, ffn_i)] x n_layer -> norm -> head.
+
+Components arrive as arguments (built from a config by `hybrid_mllm.core.build`), so this
+file holds only the wiring. State is a tuple with one entry per layer, each the mixer's
+own tuple of tensors (see `hybrid_mllm.core.mixer`): plain tensors, ready for export.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from .mixer import State
+from .norm import RMSNorm
+
+ModelState = tuple[State, ...]
+
+
+class LMOutput(NamedTuple):
+    logits: Tensor  # (B, L_kept, vocab_size)
+    state: ModelState  # one mixer state per layer
+    aux_loss: Tensor  # () float32: the MoE load-balancing losses, summed over layers
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: ``x + mixer(norm(x))``, then ``x + ffn(norm(x))``."""
+
+    def __init__(self, d_model: int, mixer: nn.Module, ffn: nn.Module, *, norm_eps: float = 1e-6,
+                 device=None, dtype=None):
+        super().__init__()
+        self.mixer_norm = RMSNorm(d_model, eps=norm_eps, device=device, dtype=dtype)
+        self.mixer = mixer
+        self.ffn_norm = RMSNorm(d_model, eps=norm_eps, device=device, dtype=dtype)
+        self.ffn = ffn
+
+    def forward(self, x: Tensor, state: State | None = None, mask: Tensor | None = None):
+        """x: (B, L, d_model) -> (x, new_state, aux_loss)."""
+        y, state = self.mixer(self.mixer_norm(x), state, mask)
+        x = x + y
+        y, aux = self.ffn(self.ffn_norm(x))
+        return x + y, state, aux
+
+
+class HybridLM(nn.Module):
+    """Token embedding, blocks, final RMSNorm and LM head (optionally tied to the embedding)."""
+
+    def __init__(self, vocab_size: int, d_model: int, blocks: list[Block], *, norm_eps: float = 1e-6,
+                 tie_embeddings: bool = True, device=None, dtype=None):
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, d_model, device=device, dtype=dtype)
+        self.blocks = nn.ModuleList(blocks)
+        self.norm = RMSNorm(d_model, eps=norm_eps, device=device, dtype=dtype)
+        self.lm_head = nn.Linear(d_model, vocab_size, bias=False, device=device, dtype=dtype)
+        if tie_embeddings:
+            self.lm_head.weight = self.embed.weight
+
+    def init_state(self, batch_size: int, *, device=None, dtype=None) -> ModelState:
+        """The state before the first token, one entry per layer."""
+        return tuple(b.mixer.init_state(batch_size, device=device, dtype=dtype) for b in self.blocks)
+
+    def forward(
+        self,
+        input_ids: Tensor | None = None,
+        *,
+        inputs_embeds: Tensor | None = None,
+        state: ModelState | None = None,
+        mask: Tensor | None = None,
+        num_logits: int | None = None,
+    ) -> LMOutput:
+        """Run the sequence from `state` (the start when None).
+
+        input_ids: (B, L) or inputs_embeds: (B, L, d_model); mask: (B, L) bool, False at
+        padding; num_logits: compute logits for the last n positions only (prefill).
+        """
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids and inputs_embeds")
+        x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds
+        states = state if state is not None else (None,) * len(self.blocks)
+        new_states, aux = [], x.new_zeros((), dtype=torch.float32)
+        for block, layer_state in zip(self.blocks, states, strict=True):
+            x, layer_state, layer_aux = block(x, layer_state, mask)
+            new_states.append(layer_state)
+            aux = aux + layer_aux
+        if num_logits is not None:
+            x = x[:, x.shape[1] - num_logits:]
+        return LMOutput(self.lm_head(self.norm(x)), tuple(new_states), aux)
+
+    @torch.no_grad()
+    def prefill(self, input_ids: Tensor, *, chunk_size: int = 4096, state: ModelState | None = None,
+                mask: Tensor | None = None) -> LMOutput:
+        """Run a long prompt in chunks, carrying the state, so activations stay bounded.
+
+        Returns the last position's logits (B, 1, vocab) and the state after the prompt.
+        """
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        out = None
+        for start in range(0, input_ids.shape[1], chunk_size):
+            sl = slice(start, start + chunk_size)
+            out = self(input_ids[:, sl], state=state, mask=None if mask is None else mask[:, sl], num_logits=1)
+            state = out.state
+        if out is None:
+            raise ValueError("prefill needs at least one token")
+        return out

@@ -1,0 +1,140 @@
+"""A component's constructor signature is its schema.
+
+``cls(d_model, *, option: type = default, ..., device=None, dtype=None)``: the keyword-only,
+annotated parameters (other than device/dtype) are the options a YAML file may set.
+"""
+
+from __future__ import annotations
+
+import inspect
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any
+
+from ._suggest import did_you_mean
+
+NOT_OPTIONS = {"self", "device", "dtype"}
+_MISSING = inspect.Parameter.empty
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str
+    annotation: Any
+    default: Any = _MISSING
+
+    @property
+    def required(self) -> bool:
+        return self.default is _MISSING
+
+
+def options_of(cls: type) -> dict[str, Option]:
+    """The YAML options of a component class, in constructor order."""
+    hints = typing.get_type_hints(cls.__init__)
+    params = inspect.signature(cls.__init__).parameters.values()
+    return {
+        p.name: Option(p.name, hints.get(p.name, Any), p.default)
+        for p in params
+        if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in NOT_OPTIONS
+    }
+
+
+def check_options(cls: type, options: Any, path: str) -> tuple[dict[str, Any], list[str]]:
+    """Validate `options` (a YAML mapping) against `cls`'s schema.
+
+    Returns the options with every default filled in (values coerced where YAML is
+    ambiguous, e.g. ``1e-5`` read as a string) and a list of problems, each ``path.option: ...``.
+    """
+    if options is None:
+        options = {}
+    if not isinstance(options, dict):
+        return {}, [f"{path}: expected a mapping of options, got {describe(options)}"]
+    schema, problems, resolved = options_of(cls), [], {}
+    allowed = ", ".join(schema) or "none"
+    for key in options:
+        if key not in schema:
+            problems.append(f"{path}.{key}: unknown option.{did_you_mean(key, schema)} (allowed: {allowed})")
+    for name, option in schema.items():
+        if name not in options:
+            if option.required:
+                problems.append(f"{path}.{name}: required option is missing")
+            else:
+                resolved[name] = option.default
+            continue
+        ok, value = coerce(options[name], option.annotation)
+        if ok:
+            resolved[name] = value
+        else:
+            problems.append(f"{path}.{name}: expected {type_name(option.annotation)}, got {describe(options[name])}")
+    return resolved, problems
+
+
+def coerce(value: Any, annotation: Any) -> tuple[bool, Any]:
+    """(True, value as the annotation wants it) or (False, None). Ints pass as floats; a
+    string that parses as a float passes as a float (YAML 1.1 reads ``1e-5`` as a string)."""
+    if annotation is Any:
+        return True, value
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        for arg in args:
+            ok, coerced = coerce(value, arg)
+            if ok:
+                return True, coerced
+        return False, None
+    if origin is typing.Literal:
+        return (value in args), value
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            return False, None
+        item_type = args[0] if args else Any
+        items = [coerce(v, item_type) for v in value]
+        return all(ok for ok, _ in items), origin(v for _, v in items)
+    if origin is dict or annotation is dict:
+        return isinstance(value, dict), value
+    return _coerce_scalar(value, annotation)
+
+
+def _coerce_scalar(value: Any, annotation: Any) -> tuple[bool, Any]:
+    if annotation is type(None):
+        return value is None, None
+    if annotation is bool:
+        return isinstance(value, bool), value
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True, float(value)
+        if isinstance(value, str):
+            try:
+                return True, float(value)
+            except ValueError:
+                return False, None
+        return False, None
+    if isinstance(annotation, type):
+        return isinstance(value, annotation), value
+    return True, value
+
+
+def type_name(annotation: Any) -> str:
+    """'int', 'int or null', "one of 'a', 'b'", 'list of int' ..."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(type_name(a) for a in args)
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin in (list, tuple):
+        return f"list of {type_name(args[0])}" if args else "list"
+    if annotation is type(None):
+        return "null"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def describe(value: Any) -> str:
+    """How a YAML value reads in an error: "str 'abc'", 'null', 'list [1, 2]'."""
+    if value is None:
+        return "null"
+    text = repr(value)
+    if len(text) > 40:
+        text = text[:37] + "..."
+    return f"{type(value).__name__} {text}"

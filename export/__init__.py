@@ -1,0 +1,1 @@
+"""ONNX / TensorRT export and runtimes (see the export issue)."""

@@ -1,0 +1,1 @@
+"""Built-in plugins: vision encoders, sequence mixers, connectors."""

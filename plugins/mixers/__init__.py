@@ -1,0 +1,31 @@
+"""Built-in sequence mixers and selective-scan kernels, registered as a plugin."""
+
+from __future__ import annotations
+
+from hybrid_mllm.core.hookspecs import hookimpl
+from hybrid_mllm.core.scan import ScanKernel
+
+from ._scan_chunked import selective_scan_chunked
+from ._scan_ref import selective_scan_ref
+from .attention import Attention
+from .mamba import Mamba
+
+ANY_DEVICE = ("cpu", "cuda", "mps", "xpu")
+
+
+@hookimpl
+def register_mixers(register):
+    register("attention", Attention)
+    register("mamba", Mamba)
+
+
+@hookimpl
+def register_scan_kernels(register):
+    register("ref", ScanKernel(
+        fn=selective_scan_ref, priority=dict.fromkeys(ANY_DEVICE, 0),
+        description="sequential float32 loop over time: the definition (slow)",
+    ))
+    register("chunked", ScanKernel(
+        fn=selective_scan_chunked, priority=dict.fromkeys(ANY_DEVICE, 10), export_safe=True,
+        description="chunks of 16 tokens, stable segment sums, standard ops (export path, fallback)",
+    ))

@@ -1,0 +1,23 @@
+"""Input preparation shared by the pure-PyTorch scan kernels."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def effective_delta(delta: Tensor, delta_bias: Tensor | None, softplus: bool) -> Tensor:
+    """``softplus(delta + delta_bias)`` (or without softplus) in float32; (batch, D, L)."""
+    delta = delta.float()
+    if delta_bias is not None:
+        delta = delta + delta_bias.float()[:, None]
+    return F.softplus(delta) if softplus else delta
+
+
+def finish_output(y: Tensor, u: Tensor, D: Tensor | None, z: Tensor | None) -> Tensor:
+    """Skip connection ``D u`` and gate ``silu(z)``; returns u's dtype. y, u, z: (batch, D, L)."""
+    if D is not None:
+        y = y + u.float() * D.float()[:, None]
+    if z is not None:
+        y = y * F.silu(z.float())
+    return y.to(u.dtype)

@@ -1,0 +1,28 @@
+"""The reference selective scan: a sequential float32 loop over time. The definition."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ._scan_common import effective_delta, finish_output
+
+
+def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, softplus=False, state=None):
+    """Same signature and shapes as `hybrid_mllm.core.scan.selective_scan`.
+
+    u, delta, z: (batch, D, L)  A: (D, N)  B, C: (batch, N, L)  state: (batch, D, N)
+    -> y: (batch, D, L), last_state: (batch, D, N) float32
+    """
+    batch, channels, length = u.shape
+    delta = effective_delta(delta, delta_bias, softplus)
+    A, B, C = A.float(), B.float(), C.float()
+    h = u.new_zeros(batch, channels, A.shape[1], dtype=torch.float32) if state is None else state.float()
+    ys: list[Tensor] = []
+    for t in range(length):
+        dA = torch.exp(delta[:, :, t, None] * A)  # (batch, D, N)
+        dBu = (delta[:, :, t] * u[:, :, t].float())[:, :, None] * B[:, None, :, t]
+        h = dA * h + dBu
+        ys.append(torch.einsum("bdn,bn->bd", h, C[:, :, t]))
+    y = torch.stack(ys, dim=-1) if ys else u.new_zeros(batch, channels, 0, dtype=torch.float32)
+    return finish_output(y, u, D, z), h

@@ -1,0 +1,108 @@
+"""Causal grouped-query self-attention with an explicit KV cache (Jamba's attention layer)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from hybrid_mllm.core.mixer import State, StateSpec, padding_mask_or_none
+
+
+class Attention(nn.Module):
+    """Multi-head attention with ``n_kv_head`` key/value heads (GQA), PyTorch SDPA, optional RoPE.
+
+    State: ``k, v: (B, n_kv_head, S, head_dim)`` and ``kmask: (B, S)`` bool (which cached
+    positions are real tokens); S grows by L on every call.
+    """
+
+    state_specs = (StateSpec("k", seq_dim=2), StateSpec("v", seq_dim=2), StateSpec("kmask", seq_dim=1))
+
+    def __init__(
+        self,
+        d_model: int,
+        *,
+        n_head: int = 8,
+        n_kv_head: int | None = None,
+        rope: bool = False,
+        rope_theta: float = 10000.0,
+        bias: bool = False,
+        device=None,
+        dtype=None,
+    ):
+        super().__init__()
+        n_kv_head = n_kv_head or n_head
+        problems = []
+        if n_head < 1 or d_model % n_head:
+            problems.append(f"n_head ({n_head}) must divide d_model ({d_model})")
+        elif n_kv_head < 1 or n_head % n_kv_head:
+            problems.append(f"n_kv_head ({n_kv_head}) must divide n_head ({n_head})")
+        elif rope and (d_model // n_head) % 2:
+            problems.append(f"rope needs an even head_dim, got d_model / n_head = {d_model // n_head}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        factory = {"device": device, "dtype": dtype}
+        self.n_head, self.n_kv_head, self.head_dim = n_head, n_kv_head, d_model // n_head
+        self.rope, self.rope_theta = rope, rope_theta
+        self.q_proj = nn.Linear(d_model, n_head * self.head_dim, bias=bias, **factory)
+        self.k_proj = nn.Linear(d_model, n_kv_head * self.head_dim, bias=bias, **factory)
+        self.v_proj = nn.Linear(d_model, n_kv_head * self.head_dim, bias=bias, **factory)
+        self.o_proj = nn.Linear(n_head * self.head_dim, d_model, bias=bias, **factory)
+
+    def init_state(self, batch_size: int, *, device=None, dtype=None) -> State:
+        device = device or self.q_proj.weight.device
+        dtype = dtype or self.q_proj.weight.dtype
+        kv = torch.zeros(batch_size, self.n_kv_head, 0, self.head_dim, device=device, dtype=dtype)
+        return kv, kv.clone(), torch.zeros(batch_size, 0, device=device, dtype=torch.bool)
+
+    def forward(self, x: Tensor, state: State | None = None, mask: Tensor | None = None) -> tuple[Tensor, State]:
+        """x: (B, L, d_model), mask: (B, L) -> y: (B, L, d_model), (k, v, kmask)."""
+        batch, length, _ = x.shape
+        mask = padding_mask_or_none(mask, x)
+        plain = mask is None and state is None  # no cache, no padding: SDPA's causal fast path
+        if mask is None:
+            mask = torch.ones(batch, length, dtype=torch.bool, device=x.device)
+        past_k, past_v, past_mask = state if state is not None else self.init_state(batch, device=x.device)
+        q = self.q_proj(x).view(batch, length, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, L, hd)
+        k = self.k_proj(x).view(batch, length, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, Hkv, L, hd)
+        v = self.v_proj(x).view(batch, length, self.n_kv_head, self.head_dim).transpose(1, 2)
+        if self.rope:
+            # positions count real tokens only, so left padding does not shift them
+            pos = past_mask.sum(-1, keepdim=True) + mask.cumsum(-1) - 1  # (B, L)
+            q, k = _rotate(q, pos, self.rope_theta), _rotate(k, pos, self.rope_theta)
+        k, v = torch.cat([past_k, k.to(past_k.dtype)], 2), torch.cat([past_v, v.to(past_v.dtype)], 2)
+        kmask = torch.cat([past_mask, mask], dim=1)  # (B, S)
+        k_all, v_all = _repeat_kv(k, self.n_head), _repeat_kv(v, self.n_head)
+        if plain:
+            y = F.scaled_dot_product_attention(q, k_all, v_all, is_causal=True)
+        else:
+            y = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=_allowed(kmask, length))
+        return self.o_proj(y.transpose(1, 2).reshape(batch, length, -1)), (k, v, kmask)
+
+
+def _allowed(kmask: Tensor, length: int) -> Tensor:
+    """Which keys each query may see: earlier-or-same real tokens, plus itself (so a
+    padding query, which sees no real token, still has one key and gives no NaN).
+
+    kmask: (B, S) -> (B, 1, L, S) bool; the L queries are the last L of the S positions.
+    """
+    total = kmask.shape[1]
+    q_pos = torch.arange(length, device=kmask.device)[:, None] + (total - length)  # (L, 1)
+    k_pos = torch.arange(total, device=kmask.device)[None, :]  # (1, S)
+    return ((k_pos <= q_pos) & kmask[:, None, :] | (k_pos == q_pos))[:, None]
+
+
+def _repeat_kv(kv: Tensor, n_head: int) -> Tensor:
+    """(B, Hkv, S, hd) -> (B, n_head, S, hd), each key/value head shared by a group of queries."""
+    batch, n_kv, seq, hd = kv.shape
+    return kv[:, :, None].expand(batch, n_kv, n_head // n_kv, seq, hd).reshape(batch, n_head, seq, hd)
+
+
+def _rotate(x: Tensor, pos: Tensor, theta: float) -> Tensor:
+    """Rotary embedding (half-split layout). x: (B, H, L, hd), pos: (B, L)."""
+    half = x.shape[-1] // 2
+    inv_freq = theta ** (-torch.arange(half, device=x.device, dtype=torch.float32) / half)  # (hd/2,)
+    angle = pos.float()[:, None, :, None] * inv_freq  # (B, 1, L, hd/2)
+    cos, sin = angle.cos(), angle.sin()
+    x1, x2 = x.float()[..., :half], x.float()[..., half:]
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(x.dtype)

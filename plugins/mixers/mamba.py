@@ -1,0 +1,117 @@
+"""Mamba-1 mixer (Gu & Dao, 2023), the SSM layer of Jamba and MMJamba."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from hybrid_mllm.core.mixer import State, StateSpec, padding_mask_or_none
+from hybrid_mllm.core.registry import get_registry
+from hybrid_mllm.core.scan import AUTO, selective_scan
+
+from ._conv import causal_conv1d
+
+
+class Mamba(nn.Module):
+    """Mamba-1 block: in_proj -> (x, z); x -> causal conv1d -> SiLU -> x_proj -> (dt, B, C);
+    dt -> dt_proj -> softplus; selective scan with A = -exp(A_log) and skip D; y * SiLU(z) -> out_proj.
+
+    State: ``conv_state (B, d_inner, d_conv - 1)`` and ``ssm_state (B, d_inner, d_state)`` float32.
+    """
+
+    state_specs = (StateSpec("conv_state"), StateSpec("ssm_state"))
+
+    def __init__(
+        self,
+        d_model: int,
+        *,
+        d_state: int = 16,
+        d_conv: int = 4,
+        expand: int = 2,
+        dt_rank: int | None = None,
+        dt_min: float = 0.001,
+        dt_max: float = 0.1,
+        dt_init_floor: float = 1e-4,
+        conv_bias: bool = True,
+        bias: bool = False,
+        impl: str = AUTO,
+        device=None,
+        dtype=None,
+    ):
+        super().__init__()
+        for name, value in (("d_state", d_state), ("d_conv", d_conv), ("expand", expand)):
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        if not 0 < dt_min <= dt_max:
+            raise ValueError(f"need 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
+        if impl != AUTO:
+            get_registry().get("scan_kernel", impl)  # unknown name -> error with 'did you mean'
+        factory = {"device": device, "dtype": dtype}
+        self.d_model, self.d_state, self.d_conv = d_model, d_state, d_conv
+        self.d_inner = expand * d_model
+        self.dt_rank = dt_rank or math.ceil(d_model / 16)
+        self.impl = impl
+        self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=bias, **factory)
+        self.conv_weight = nn.Parameter(torch.empty(self.d_inner, d_conv, **factory))  # depthwise (D, K)
+        self.conv_bias = nn.Parameter(torch.empty(self.d_inner, **factory)) if conv_bias else None
+        self.x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * d_state, bias=False, **factory)
+        self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True, **factory)
+        self.A_log = nn.Parameter(torch.empty(self.d_inner, d_state, **factory))
+        self.D = nn.Parameter(torch.empty(self.d_inner, **factory))
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias, **factory)
+        self._dt_init = (dt_min, dt_max, dt_init_floor)
+        if self.A_log.device.type != "meta":
+            self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """The usual Mamba initialisation: S4D-real A, dt log-uniform in [dt_min, dt_max]."""
+        dt_min, dt_max, floor = self._dt_init
+        for linear in (self.in_proj, self.x_proj, self.out_proj):
+            linear.reset_parameters()
+        bound = 1 / math.sqrt(self.d_conv)
+        self.conv_weight.uniform_(-bound, bound)
+        if self.conv_bias is not None:
+            self.conv_bias.uniform_(-bound, bound)
+        std = self.dt_rank**-0.5
+        self.dt_proj.weight.uniform_(-std, std)
+        dt = torch.exp(torch.rand(self.d_inner) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+        dt = dt.clamp(min=floor)
+        self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+        A = torch.arange(1, self.d_state + 1, dtype=torch.float32).repeat(self.d_inner, 1)
+        self.A_log.copy_(torch.log(A))
+        self.D.fill_(1.0)
+
+    def init_state(self, batch_size: int, *, device=None, dtype=None) -> State:
+        device = device or self.A_log.device
+        dtype = dtype or self.in_proj.weight.dtype
+        return (
+            torch.zeros(batch_size, self.d_inner, self.d_conv - 1, device=device, dtype=dtype),
+            torch.zeros(batch_size, self.d_inner, self.d_state, device=device, dtype=torch.float32),
+        )
+
+    def forward(self, x: Tensor, state: State | None = None, mask: Tensor | None = None) -> tuple[Tensor, State]:
+        """x: (B, L, d_model), mask: (B, L) -> y: (B, L, d_model), (conv_state, ssm_state)."""
+        mask = padding_mask_or_none(mask, x)
+        conv_state, ssm_state = state if state is not None else self.init_state(x.shape[0], device=x.device)
+        xs, z = self.in_proj(x).transpose(1, 2).chunk(2, dim=1)  # (B, d_inner, L) each
+        if mask is not None:
+            xs = xs * mask[:, None, :].to(xs.dtype)  # padding enters the conv as zeros
+        xs, conv_state = causal_conv1d(xs, self.conv_weight, self.conv_bias, conv_state)
+        xs = F.silu(xs)
+        dt, B, C = self.x_proj(xs.transpose(1, 2)).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = (dt @ self.dt_proj.weight.t()).transpose(1, 2)  # (B, d_inner, L), bias added in the scan
+        A = -torch.exp(self.A_log.float())  # (d_inner, d_state)
+        delta_bias, softplus = self.dt_proj.bias.float(), True
+        if mask is not None:
+            # delta = 0 at padding: exp(0 * A) = 1 and delta * B * u = 0, so the state passes unchanged.
+            dt = F.softplus(dt.float() + delta_bias[:, None]) * mask[:, None, :]
+            delta_bias, softplus = None, False
+        y, ssm_state = selective_scan(
+            xs, dt, A, B.transpose(1, 2), C.transpose(1, 2), self.D.float(), z, delta_bias, softplus,
+            ssm_state, impl=self.impl,
+        )
+        return self.out_proj(y.transpose(1, 2)), (conv_state, ssm_state)

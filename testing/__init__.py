@@ -1,0 +1,1 @@
+"""Contract tests for mixers and scan kernels, for built-ins and third-party plugins alike."""

@@ -1,0 +1,1 @@
+"""Training: data, stages, loop, checkpoints (see the training issue)."""
