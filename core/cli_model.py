@@ -96,3 +96,7 @@ def _run(model, ids, args, console) -> None:
 
 def entry() -> None:
     sys.exit(run_cli(main))
+
+
+if __name__ == "__main__":
+    entry()

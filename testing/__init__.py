@@ -1,1 +1,29 @@
-"""Contract tests for mixers and scan kernels, for built-ins and third-party plugins alike."""
+"""Contract tests for mixers and scan kernels: the checks built-ins pass, for plugin authors.
+
+In a third-party plugin's test suite::
+
+    import pytest
+    from hybrid_mllm.testing import MIXER_CHECKS
+
+    @pytest.mark.parametrize("check", MIXER_CHECKS, ids=lambda c: c.__name__)
+    def test_my_mixer(check):
+        check(MyMixer, d_model=32, options={"n_head": 4})
+
+Each check raises AssertionError with the measured difference when the contract is broken.
+"""
+
+from .mixer_contract import (
+    MIXER_CHECKS,
+    check_causality,
+    check_chunked_equals_full,
+    check_gradients,
+    check_padding,
+    check_shapes,
+    check_step_equals_full,
+)
+from .scan_contract import SCAN_CASES, check_scan_gradients, check_scan_matches_ref
+
+__all__ = [
+    "MIXER_CHECKS", "SCAN_CASES", "check_causality", "check_chunked_equals_full", "check_gradients",
+    "check_padding", "check_scan_gradients", "check_scan_matches_ref", "check_shapes", "check_step_equals_full",
+]

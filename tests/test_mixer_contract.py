@@ -1,0 +1,19 @@
+"""Every registered mixer passes the contract in hybrid_mllm.testing."""
+
+import pytest
+
+from hybrid_mllm.core.registry import get_registry
+from hybrid_mllm.testing import MIXER_CHECKS
+
+# small options per built-in mixer; a mixer not listed is built with its defaults
+OPTIONS = {
+    "attention": [{"n_head": 4, "n_kv_head": 2}, {"n_head": 4, "rope": True}],
+    "mamba": [{"d_state": 8, "expand": 2}],
+}
+CASES = [(name, opts) for name in get_registry().names("mixer") for opts in OPTIONS.get(name, [{}])]
+
+
+@pytest.mark.parametrize("check", MIXER_CHECKS, ids=lambda c: c.__name__)
+@pytest.mark.parametrize(("name", "options"), CASES, ids=lambda v: v if isinstance(v, str) else "-".join(map(str, v.values())))
+def test_mixer_contract(name, options, check):
+    check(get_registry().get("mixer", name), d_model=16, options=options)
