@@ -8,7 +8,7 @@ model:
   attn_layer_period: 8        # Jamba's plan: attention where i % period == offset, else mamba
   attn_layer_offset: 4        # ... or an explicit list: layers: [mamba, attention, ...]
   expert_layer_period: 2      # MoE where i % period == offset, else the MLP
-  expert_layer_offset: 1      # ... or ffn_layers: [mlp, moe, ...] (default: all mlp)
+  expert_layer_offset: 1      # ... or ffn_layers: [mlp, moe, none, ...] (default: all mlp)
   mixers:                     # options per mixer, checked against its constructor
     mamba: {d_state: 16, expand: 2}
     attention: {n_head: 4, n_kv_head: 2}
@@ -37,6 +37,7 @@ from .registry import Registry, get_registry
 from .schema import check_options, coerce, describe, type_name
 
 FFN_KINDS = {"mlp": SwiGLU, "moe": MoE}
+FFN_CHOICES = [*FFN_KINDS, "none"]  # none: the block has no FFN (pure Mamba)
 TOP_LEVEL_KEYS = ("name", "model")
 PLAN_KEYS = ("attn_layer_period", "attn_layer_offset", "expert_layer_period", "expert_layer_offset",
              "attn_mixer", "ssm_mixer")
@@ -192,7 +193,7 @@ def _ffn_plan(raw: dict, n_layer: int, problems: list[str]) -> list[str]:
     ffn_layers = raw.get("ffn_layers", "mlp")
     if isinstance(ffn_layers, str):
         ffn_layers = [ffn_layers] * n_layer
-    return _name_list(ffn_layers, "model.ffn_layers", "ffn", list(FFN_KINDS), n_layer, problems)
+    return _name_list(ffn_layers, "model.ffn_layers", "ffn", FFN_CHOICES, n_layer, problems)
 
 
 def _name_list(names: Any, path: str, kind: str, choices: list[str], n_layer: int, problems: list[str]) -> list[str]:

@@ -1,6 +1,7 @@
 """Feed-forward layers of a block: a SwiGLU MLP, or a mixture of SwiGLU experts (MoE).
 
 Both return ``(y, aux_loss)`` so the model treats them alike; the MLP's aux loss is 0.
+A block may also have no FFN at all (``none``: pure Mamba models).
 """
 
 from __future__ import annotations

@@ -25,20 +25,23 @@ class LMOutput(NamedTuple):
 
 
 class Block(nn.Module):
-    """Pre-norm residual block: ``x + mixer(norm(x))``, then ``x + ffn(norm(x))``."""
+    """Pre-norm residual block: ``x + mixer(norm(x))``, then ``x + ffn(norm(x))`` unless the
+    block has no FFN (``ffn=None``, as in pure Mamba models)."""
 
-    def __init__(self, d_model: int, mixer: nn.Module, ffn: nn.Module, *, norm_eps: float = 1e-6,
+    def __init__(self, d_model: int, mixer: nn.Module, ffn: nn.Module | None, *, norm_eps: float = 1e-6,
                  device=None, dtype=None):
         super().__init__()
         self.mixer_norm = RMSNorm(d_model, eps=norm_eps, device=device, dtype=dtype)
         self.mixer = mixer
-        self.ffn_norm = RMSNorm(d_model, eps=norm_eps, device=device, dtype=dtype)
+        self.ffn_norm = RMSNorm(d_model, eps=norm_eps, device=device, dtype=dtype) if ffn is not None else None
         self.ffn = ffn
 
     def forward(self, x: Tensor, state: State | None = None, mask: Tensor | None = None):
         """x: (B, L, d_model) -> (x, new_state, aux_loss)."""
         y, state = self.mixer(self.mixer_norm(x), state, mask)
         x = x + y
+        if self.ffn is None:
+            return x, state, x.new_zeros((), dtype=torch.float32)
         y, aux = self.ffn(self.ffn_norm(x))
         return x + y, state, aux
 

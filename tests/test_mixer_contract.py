@@ -8,7 +8,7 @@ from hybrid_mllm.testing import MIXER_CHECKS
 # small options per built-in mixer; a mixer not listed is built with its defaults
 OPTIONS = {
     "attention": [{"n_head": 4, "n_kv_head": 2}, {"n_head": 4, "rope": True}],
-    "mamba": [{"d_state": 8, "expand": 2}],
+    "mamba": [{"d_state": 8, "expand": 2}, {"d_state": 4, "inner_norms": True, "d_conv": 2}],
 }
 CASES = [(name, opts) for name in get_registry().names("mixer") for opts in OPTIONS.get(name, [{}])]
 

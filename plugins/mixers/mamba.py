@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hybrid_mllm.core.mixer import State, StateSpec, padding_mask_or_none
+from hybrid_mllm.core.norm import RMSNorm
 from hybrid_mllm.core.registry import get_registry
 from hybrid_mllm.core.scan import AUTO, selective_scan
 
@@ -18,6 +19,7 @@ from ._conv import causal_conv1d
 class Mamba(nn.Module):
     """Mamba-1 block: in_proj -> (x, z); x -> causal conv1d -> SiLU -> x_proj -> (dt, B, C);
     dt -> dt_proj -> softplus; selective scan with A = -exp(A_log) and skip D; y * SiLU(z) -> out_proj.
+    ``inner_norms`` adds Jamba's RMSNorms on dt, B and C (before dt_proj and the scan).
 
     State: ``conv_state (B, d_inner, d_conv - 1)`` and ``ssm_state (B, d_inner, d_state)`` float32.
     """
@@ -37,6 +39,8 @@ class Mamba(nn.Module):
         dt_init_floor: float = 1e-4,
         conv_bias: bool = True,
         bias: bool = False,
+        inner_norms: bool = False,
+        norm_eps: float = 1e-6,
         impl: str = AUTO,
         device=None,
         dtype=None,
@@ -59,6 +63,11 @@ class Mamba(nn.Module):
         self.conv_bias = nn.Parameter(torch.empty(self.d_inner, **factory)) if conv_bias else None
         self.x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * d_state, bias=False, **factory)
         self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True, **factory)
+        if inner_norms:
+            self.dt_norm = RMSNorm(self.dt_rank, eps=norm_eps, **factory)
+            self.B_norm = RMSNorm(d_state, eps=norm_eps, **factory)
+            self.C_norm = RMSNorm(d_state, eps=norm_eps, **factory)
+        self.inner_norms = inner_norms
         self.A_log = nn.Parameter(torch.empty(self.d_inner, d_state, **factory))
         self.D = nn.Parameter(torch.empty(self.d_inner, **factory))
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias, **factory)
@@ -70,8 +79,11 @@ class Mamba(nn.Module):
     def reset_parameters(self) -> None:
         """The usual Mamba initialisation: S4D-real A, dt log-uniform in [dt_min, dt_max]."""
         dt_min, dt_max, floor = self._dt_init
-        for linear in (self.in_proj, self.x_proj, self.out_proj):
-            linear.reset_parameters()
+        for module in (self.in_proj, self.x_proj, self.out_proj):
+            module.reset_parameters()
+        for norm in (getattr(self, "dt_norm", None), getattr(self, "B_norm", None), getattr(self, "C_norm", None)):
+            if norm is not None:
+                norm.weight.fill_(1.0)
         bound = 1 / math.sqrt(self.d_conv)
         self.conv_weight.uniform_(-bound, bound)
         if self.conv_bias is not None:
@@ -103,6 +115,8 @@ class Mamba(nn.Module):
         xs, conv_state = causal_conv1d(xs, self.conv_weight, self.conv_bias, conv_state)
         xs = F.silu(xs)
         dt, B, C = self.x_proj(xs.transpose(1, 2)).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        if self.inner_norms:
+            dt, B, C = self.dt_norm(dt), self.B_norm(B), self.C_norm(C)
         dt = (dt @ self.dt_proj.weight.t()).transpose(1, 2)  # (B, d_inner, L), bias added in the scan
         A = -torch.exp(self.A_log.float())  # (d_inner, d_state)
         delta_bias, softplus = self.dt_proj.bias.float(), True

@@ -1,0 +1,181 @@
+"""Model checkpoints: a directory with ``config.yaml`` and safetensors weights.
+
+```
+CKPT/config.yaml                          the resolved config (rebuilds the model)
+CKPT/model.safetensors                    weights, or when large, shards:
+CKPT/model-00001-of-00003.safetensors ... + model.safetensors.index.json (HF layout)
+```
+Written atomically: everything goes to a temporary sibling directory, is fsynced, then
+renamed into place, so a crash leaves either the old checkpoint or the new one. Loading
+never unpickles and reads tensors one at a time from memory-mapped files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from .build import build_model
+from .config import Config, load_config, save_config
+from .errors import HybridError
+
+CONFIG_FILE = "config.yaml"
+WEIGHTS_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+MAX_SHARD_BYTES = 2 * 2**30
+
+
+class CheckpointError(HybridError):
+    """A checkpoint directory that is missing, incomplete or does not fit the model."""
+
+
+def save_checkpoint(model: nn.Module, config: Config, out_dir: str | os.PathLike, *, overwrite: bool = False,
+                    max_shard_bytes: int = MAX_SHARD_BYTES,
+                    write_extra: Callable[[Path], None] | None = None) -> Path:
+    """Write `model` and `config` to `out_dir` atomically; `write_extra(tmp_dir)` may add files."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite:
+        raise CheckpointError(f"{out_dir} already exists: choose another directory or pass overwrite=True")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
+    try:
+        save_config(config, tmp / CONFIG_FILE)
+        state = {name: t.detach().contiguous().cpu() for name, t in unique_state_dict(model).items()}
+        _save_weights(state, tmp, max_shard_bytes)
+        if write_extra is not None:
+            write_extra(tmp)
+        _fsync_tree(tmp)
+        _replace_dir(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def unique_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict without tied duplicates (a tied LM head is stored once, as the embedding)."""
+    seen, out = set(), {}
+    for name, tensor in model.state_dict().items():
+        key = (tensor.data_ptr(), tensor.shape, tensor.dtype) if tensor.numel() else (name,)
+        if key not in seen:
+            seen.add(key)
+            out[name] = tensor
+    return out
+
+
+def _save_weights(state: dict[str, torch.Tensor], directory: Path, max_shard_bytes: int) -> None:
+    shards, current, size = [], {}, 0
+    for name, tensor in state.items():
+        nbytes = tensor.numel() * tensor.element_size()
+        if current and size + nbytes > max_shard_bytes:
+            shards.append(current)
+            current, size = {}, 0
+        current[name] = tensor
+        size += nbytes
+    shards.append(current)
+    if len(shards) == 1:
+        save_file(shards[0], str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
+        return
+    weight_map = {}
+    for i, shard in enumerate(shards, 1):
+        file = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, str(directory / file), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(shard, file))
+    total = sum(t.numel() * t.element_size() for t in state.values())
+    (directory / INDEX_FILE).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+
+
+def _fsync_tree(directory: Path) -> None:
+    for path in directory.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    """Move `new` to `target`; an existing target is moved aside first and removed after."""
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, old)
+    os.replace(new, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def weight_files(ckpt_dir: Path) -> dict[str, Path]:
+    """tensor name -> safetensors file, from the index or the single file."""
+    index = ckpt_dir / INDEX_FILE
+    if index.exists():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (ValueError, KeyError) as e:
+            raise CheckpointError(f"{index} is not a valid safetensors index ({e})") from None
+        missing = sorted({f for f in weight_map.values() if not (ckpt_dir / f).exists()})
+        if missing:
+            raise CheckpointError(f"{ckpt_dir} is incomplete: missing shard(s) {', '.join(missing[:3])}"
+                                  f"{f' and {len(missing) - 3} more' if len(missing) > 3 else ''}")
+        return {name: ckpt_dir / f for name, f in weight_map.items()}
+    single = ckpt_dir / WEIGHTS_FILE
+    if not single.exists():
+        raise CheckpointError(f"{ckpt_dir} has no {WEIGHTS_FILE} (nor {INDEX_FILE}): not a checkpoint directory")
+    with safe_open(str(single), framework="pt") as f:
+        return dict.fromkeys(f.keys(), single)
+
+
+def load_checkpoint(ckpt_dir: str | os.PathLike, *, device="cpu", dtype: torch.dtype | None = None):
+    """Rebuild the model from ``config.yaml`` and load its weights. Returns (model, config)."""
+    ckpt_dir = Path(ckpt_dir)
+    if not (ckpt_dir / CONFIG_FILE).exists():
+        raise CheckpointError(f"{ckpt_dir} has no {CONFIG_FILE}: not a hybrid-mllm checkpoint "
+                              f"(a Hugging Face model directory? convert it with hybrid-convert)")
+    config = load_config(ckpt_dir / CONFIG_FILE)
+    model = build_model(config, device=device, dtype=dtype)
+    load_weights(model, weight_files(ckpt_dir), source=str(ckpt_dir))
+    return model, config
+
+
+def load_weights(model: nn.Module, files: dict[str, Path], *, source: str) -> None:
+    """Copy tensors into `model` one at a time; every missing, unexpected or mis-shaped
+    tensor is reported in one error (first few names and a count)."""
+    expected = {name: tuple(t.shape) for name, t in unique_state_dict(model).items()}
+    missing = sorted(set(expected) - set(files))
+    unexpected = sorted(set(files) - set(expected))
+    params = dict(model.state_dict())
+    mismatched, handles = [], {}
+    try:
+        for name in sorted(set(files) & set(expected)):
+            path = files[name]
+            if path not in handles:
+                handles[path] = safe_open(str(path), framework="pt")
+            tensor = handles[path].get_tensor(name)
+            if tuple(tensor.shape) != expected[name]:
+                mismatched.append(f"{name} {tuple(tensor.shape)} != {expected[name]}")
+                continue
+            with torch.no_grad():
+                params[name].copy_(tensor)
+    finally:
+        handles.clear()
+    problems = [f"{label}: {_first_few(names)}" for label, names in
+                (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)) if names]
+    if problems:
+        raise CheckpointError(f"{source} does not fit the model: " + "; ".join(problems))
+
+
+def _first_few(names: list[str], n: int = 5) -> str:
+    more = f" (and {len(names) - n} more)" if len(names) > n else ""
+    return ", ".join(names[:n]) + more + f" [{len(names)} in all]"

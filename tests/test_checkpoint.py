@@ -1,0 +1,83 @@
+"""Checkpoints: safetensors + YAML, atomic, sharded, clear errors, no pickle."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from hybrid_mllm.core.build import build_model
+from hybrid_mllm.core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from hybrid_mllm.core.config import load_config
+from hybrid_mllm.core.presets import resolve_config_path
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    config = load_config(resolve_config_path("hybrid-tiny"))
+    return build_model(config, seed=0).eval(), config
+
+
+def _same_logits(a, b):
+    ids = torch.randint(0, 259, (1, 11), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(a(ids).logits, b(ids).logits, rtol=0, atol=0)
+
+
+def test_round_trip(tmp_path, tiny):
+    model, config = tiny
+    save_checkpoint(model, config, tmp_path / "ckpt")
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["config.yaml", "model.safetensors"]
+    assert "lm_head.weight" not in load_file(tmp_path / "ckpt" / "model.safetensors")  # tied: stored once
+    loaded, loaded_config = load_checkpoint(tmp_path / "ckpt")
+    assert loaded_config == config
+    _same_logits(model, loaded.eval())
+
+
+def test_sharded_round_trip(tmp_path, tiny):
+    model, config = tiny
+    save_checkpoint(model, config, tmp_path / "ckpt", max_shard_bytes=1_000_000)
+    index = json.loads((tmp_path / "ckpt" / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) > 1
+    _same_logits(model, load_checkpoint(tmp_path / "ckpt")[0].eval())
+
+
+def test_existing_directory_is_refused_then_replaced_atomically(tmp_path, tiny):
+    model, config = tiny
+    save_checkpoint(model, config, tmp_path / "ckpt")
+    with pytest.raises(CheckpointError, match="already exists"):
+        save_checkpoint(model, config, tmp_path / "ckpt")
+    save_checkpoint(model, config, tmp_path / "ckpt", overwrite=True)
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]  # no temporary or old directory left
+
+
+def test_failure_leaves_nothing_behind(tmp_path, tiny):
+    model, config = tiny
+
+    def boom(directory):
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        save_checkpoint(model, config, tmp_path / "ckpt", write_extra=boom)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_unexpected_and_mismatched_tensors_are_listed(tmp_path, tiny):
+    model, config = tiny
+    save_checkpoint(model, config, tmp_path / "ckpt")
+    weights = load_file(tmp_path / "ckpt" / "model.safetensors")
+    del weights["norm.weight"]
+    weights["extra.bias"] = torch.zeros(3)
+    weights["embed.weight"] = torch.zeros(3, 3)
+    save_file(weights, tmp_path / "ckpt" / "model.safetensors")
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(tmp_path / "ckpt")
+    message = str(info.value)
+    assert "missing: norm.weight [1 in all]" in message
+    assert "unexpected: extra.bias [1 in all]" in message
+    assert "shape mismatch: embed.weight (3, 3) != (259, 128)" in message
+
+
+def test_not_a_checkpoint(tmp_path):
+    with pytest.raises(CheckpointError, match="has no config.yaml: not a hybrid-mllm checkpoint"):
+        load_checkpoint(tmp_path)
