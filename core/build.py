@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from .config import FFN_KINDS, Config
+from .errors import ConfigError
+from .mllm import HybridMLLM
 from .model import Block, HybridLM
 from .registry import Registry, get_registry
+from .text import Tokenizer, load_tokenizer
 
 
 def build_model(config: Config, *, registry: Registry | None = None, device=None,
@@ -24,3 +29,32 @@ def build_model(config: Config, *, registry: Registry | None = None, device=None
         blocks.append(Block(m.d_model, mixer, ffn, norm_eps=m.norm_eps, **factory))
     return HybridLM(m.vocab_size, m.d_model, blocks, norm_eps=m.norm_eps,
                     tie_embeddings=m.tie_embeddings, **factory)
+
+
+def build_mllm(config: Config, *, registry: Registry | None = None, device=None, dtype: torch.dtype | None = None,
+               seed: int | None = None, base_dir: str | Path | None = None) -> tuple[HybridMLLM, Tokenizer]:
+    """Build the multimodal model (the LM plus, with a ``vision:`` section, encoder and
+    connectors) and its tokenizer (paths relative to `base_dir`)."""
+    registry = registry or get_registry()
+    tokenizer = load_tokenizer(config.text.tokenizer, base_dir=base_dir)
+    if tokenizer.vocab_size > config.model.vocab_size:
+        raise ConfigError("model.vocab_size", [f"model.vocab_size: {config.model.vocab_size} is smaller than the "
+                                               f"tokenizer's vocabulary ({tokenizer.vocab_size})"])
+    factory = {"device": device, "dtype": dtype}
+    lm = build_model(config, registry=registry, seed=seed, **factory)
+    parts = {}
+    if config.vision is not None:
+        v, d_model = config.vision, config.model.d_model
+        parts["encoder"] = _component(registry, "encoder", v.encoder, (), {}, factory)
+        for key in ("connector", "video_connector"):
+            parts[key] = _component(registry, "connector", getattr(v, key), (d_model,),
+                                    {"in_dim": parts["encoder"].out_dim}, factory)
+    newline = config.vision.newline if config.vision is not None else False
+    model = HybridMLLM(lm, **parts, image_token_id=tokenizer.image_id, video_token_id=tokenizer.video_id,
+                       newline=newline)
+    return model, tokenizer
+
+
+def _component(registry: Registry, kind: str, spec: dict, args: tuple, extra: dict, factory: dict):
+    options = {k: v for k, v in spec.items() if k != "name"}
+    return registry.get(kind, spec["name"])(*args, **options, **extra, **factory)

@@ -4,7 +4,9 @@
 CKPT/config.yaml                          the resolved config (rebuilds the model)
 CKPT/model.safetensors                    weights, or when large, shards:
 CKPT/model-00001-of-00003.safetensors ... + model.safetensors.index.json (HF layout)
+CKPT/tokenizer.json ...                   the tokenizer's files, when it has any
 ```
+Weights are named as in `HybridMLLM` (``lm.``, ``encoder.``, ``connector.`` ...).
 Written atomically: everything goes to a temporary sibling directory, is fsynced, then
 renamed into place, so a crash leaves either the old checkpoint or the new one. Loading
 never unpickles and reads tensors one at a time from memory-mapped files.
@@ -12,21 +14,26 @@ never unpickles and reads tensors one at a time from memory-mapped files.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from .build import build_model
+from .build import build_mllm
 from .config import Config, load_config, save_config
 from .errors import HybridError
+from .mllm import HybridMLLM
+from .model import HybridLM
+from .text import Tokenizer
 
 CONFIG_FILE = "config.yaml"
 WEIGHTS_FILE = "model.safetensors"
@@ -38,18 +45,30 @@ class CheckpointError(HybridError):
     """A checkpoint directory that is missing, incomplete or does not fit the model."""
 
 
-def save_checkpoint(model: nn.Module, config: Config, out_dir: str | os.PathLike, *, overwrite: bool = False,
+class Loaded(NamedTuple):
+    model: HybridMLLM
+    tokenizer: Tokenizer
+    config: Config
+
+
+def save_checkpoint(model: HybridMLLM | HybridLM, config: Config, out_dir: str | os.PathLike, *,
+                    tokenizer: Tokenizer | None = None, overwrite: bool = False,
                     max_shard_bytes: int = MAX_SHARD_BYTES,
                     write_extra: Callable[[Path], None] | None = None) -> Path:
-    """Write `model` and `config` to `out_dir` atomically; `write_extra(tmp_dir)` may add files."""
+    """Write `model`, `config` (and `tokenizer`'s files) to `out_dir` atomically;
+    `write_extra(tmp_dir)` may add files. A bare `HybridLM` is saved as a text-only model."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
         raise CheckpointError(f"{out_dir} already exists: choose another directory or pass overwrite=True")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
     try:
+        if tokenizer is not None:
+            tokenizer.save(tmp)
+            config = dataclasses.replace(config, text=dataclasses.replace(config.text, tokenizer=tokenizer.describe()))
         save_config(config, tmp / CONFIG_FILE)
-        state = {name: t.detach().contiguous().cpu() for name, t in unique_state_dict(model).items()}
+        prefix = "lm." if isinstance(model, HybridLM) else ""
+        state = {prefix + name: t.detach().contiguous().cpu() for name, t in unique_state_dict(model).items()}
         _save_weights(state, tmp, max_shard_bytes)
         if write_extra is not None:
             write_extra(tmp)
@@ -137,16 +156,18 @@ def weight_files(ckpt_dir: Path) -> dict[str, Path]:
         return dict.fromkeys(f.keys(), single)
 
 
-def load_checkpoint(ckpt_dir: str | os.PathLike, *, device="cpu", dtype: torch.dtype | None = None):
-    """Rebuild the model from ``config.yaml`` and load its weights. Returns (model, config)."""
+def load_checkpoint(ckpt_dir: str | os.PathLike, *, device="cpu", dtype: torch.dtype | None = None) -> Loaded:
+    """Rebuild the model and tokenizer from ``config.yaml`` and load the weights."""
     ckpt_dir = Path(ckpt_dir)
+    if not ckpt_dir.is_dir():
+        raise CheckpointError(f"{ckpt_dir}: no such checkpoint directory")
     if not (ckpt_dir / CONFIG_FILE).exists():
         raise CheckpointError(f"{ckpt_dir} has no {CONFIG_FILE}: not a hybrid-mllm checkpoint "
                               f"(a Hugging Face model directory? convert it with hybrid-convert)")
     config = load_config(ckpt_dir / CONFIG_FILE)
-    model = build_model(config, device=device, dtype=dtype)
+    model, tokenizer = build_mllm(config, device=device, dtype=dtype, base_dir=ckpt_dir)
     load_weights(model, weight_files(ckpt_dir), source=str(ckpt_dir))
-    return model, config
+    return Loaded(model, tokenizer, config)
 
 
 def load_weights(model: nn.Module, files: dict[str, Path], *, source: str) -> None:

@@ -2,7 +2,7 @@
 
 ```yaml
 model:
-  vocab_size: 259
+  vocab_size: 263
   d_model: 128
   n_layer: 8
   attn_layer_period: 8        # Jamba's plan: attention where i % period == offset, else mamba
@@ -32,13 +32,15 @@ import yaml
 
 from ._suggest import did_you_mean, unknown
 from .errors import ConfigError
+from .config_text import TextConfig, parse_text
+from .config_vision import VisionConfig, parse_vision
 from .ffn import MoE, SwiGLU
 from .registry import Registry, get_registry
-from .schema import check_options, coerce, describe, type_name
+from .schema import coerce, component_options, describe, type_name
 
 FFN_KINDS = {"mlp": SwiGLU, "moe": MoE}
 FFN_CHOICES = [*FFN_KINDS, "none"]  # none: the block has no FFN (pure Mamba)
-TOP_LEVEL_KEYS = ("name", "model")
+TOP_LEVEL_KEYS = ("name", "model", "vision", "text")
 PLAN_KEYS = ("attn_layer_period", "attn_layer_offset", "expert_layer_period", "expert_layer_offset",
              "attn_mixer", "ssm_mixer")
 
@@ -63,9 +65,14 @@ class ModelConfig:
 class Config:
     model: ModelConfig
     name: str = "hybrid"
+    vision: VisionConfig | None = None  # None: a text-only model
+    text: TextConfig = field(default_factory=TextConfig)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "model": dataclasses.asdict(self.model)}
+        out = {"name": self.name, "model": dataclasses.asdict(self.model), "text": dataclasses.asdict(self.text)}
+        if self.vision is not None:
+            out["vision"] = dataclasses.asdict(self.vision)
+        return out
 
 
 SCALARS = {"vocab_size": int, "d_model": int, "n_layer": int, "norm_eps": float, "tie_embeddings": bool}
@@ -107,9 +114,12 @@ def parse_config(raw: Any, *, source: str = "<config>", registry: Registry | Non
         problems.append("model: missing section" if model is None else f"model: expected a mapping, got {describe(model)}")
         raise ConfigError(source, problems)
     model_config = _parse_model(model, registry, problems)
+    d_model = model.get("d_model") if isinstance(model.get("d_model"), int) else None
+    vision = parse_vision(raw.get("vision"), registry, d_model, problems)
+    text = parse_text(raw.get("text"), problems)
     if problems:
         raise ConfigError(source, problems)
-    return Config(model=model_config, name=name)
+    return Config(model=model_config, name=name, vision=vision, text=text)
 
 
 def _parse_model(raw: dict, registry: Registry, problems: list[str]) -> ModelConfig | None:
@@ -226,16 +236,9 @@ def _mixer_options(raw: Any, layers: list[str], registry: Registry, d_model: int
 
 def _component_options(cls: type, raw: Any, path: str, used: bool, d_model: int | None,
                        problems: list[str]) -> dict[str, Any]:
-    """Check options against the constructor; for a used component, also try building it
-    on the meta device so that cross-option checks (n_head | d_model ...) are reported."""
-    options, found = check_options(cls, raw, path)
-    problems.extend(found)
-    if used and not found and d_model is not None:
-        try:
-            cls(d_model, **options, device="meta")
-        except Exception as e:  # the component's own check, e.g. "n_head (6) must divide d_model (128)"
-            problems.append(f"{path}: {e}")
-    return options
+    """Check options against the constructor of a component built as ``cls(d_model, **options)``."""
+    args = None if d_model is None else (d_model,)
+    return component_options(cls, raw, path, problems, build_args=args if used else None)
 
 
 def save_config(config: Config, path: str | os.PathLike) -> None:

@@ -32,3 +32,7 @@ class RegistryError(HybridError):
 
 class KernelUnavailableError(HybridError):
     """A requested scan kernel cannot run here (package missing, wrong device)."""
+
+
+class InputError(HybridError):
+    """A request the model cannot take: bad images or videos, a prompt longer than the context."""

@@ -34,9 +34,10 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 def register_encoders(register):
     """Register vision encoders.
 
-    :param register: ``register(name: str, cls: type[nn.Module])``. ``cls(d_model, *, ...)``
-        maps images ``(B, 3, H, W)`` to tokens ``(B, T, d_model)``; its keyword-only,
-        annotated constructor options are its YAML schema.
+    :param register: ``register(name: str, cls: type[nn.Module])``. ``cls(*, ...)`` maps
+        tiles ``(N, 3, S, S)`` to an ``EncoderOutput`` (patch grid ``(N, gh, gw, out_dim)``
+        and prefix tokens); see ``hybrid_mllm.core.encoder``. Its keyword-only, annotated
+        constructor options are its YAML schema.
     """
 
 
@@ -55,7 +56,8 @@ def register_mixers(register):
 def register_connectors(register):
     """Register connectors (vision features -> language-model embeddings).
 
-    :param register: ``register(name: str, cls: type[nn.Module])``; ``cls(d_model, *, ...)``.
+    :param register: ``register(name: str, cls: type[nn.Module])``; ``cls(d_model, *, in_dim, ...)``
+        maps ``(N, gh, gw, in_dim)`` to ``(N, gh', gw', d_model)`` and says ``out_grid((gh, gw))``.
     """
 
 

@@ -91,19 +91,22 @@ class HybridLM(nn.Module):
         return LMOutput(self.lm_head(self.norm(x)), tuple(new_states), aux)
 
     @torch.no_grad()
-    def prefill(self, input_ids: Tensor, *, chunk_size: int = 4096, state: ModelState | None = None,
-                mask: Tensor | None = None) -> LMOutput:
+    def prefill(self, input_ids: Tensor | None = None, *, inputs_embeds: Tensor | None = None,
+                chunk_size: int = 4096, state: ModelState | None = None, mask: Tensor | None = None) -> LMOutput:
         """Run a long prompt in chunks, carrying the state, so activations stay bounded.
 
+        input_ids: (B, L) or inputs_embeds: (B, L, d_model); mask: (B, L).
         Returns the last position's logits (B, 1, vocab) and the state after the prompt.
         """
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-        out = None
-        for start in range(0, input_ids.shape[1], chunk_size):
-            sl = slice(start, start + chunk_size)
-            out = self(input_ids[:, sl], state=state, mask=None if mask is None else mask[:, sl], num_logits=1)
-            state = out.state
-        if out is None:
+        source = input_ids if input_ids is not None else inputs_embeds
+        if source is None or source.shape[1] == 0:
             raise ValueError("prefill needs at least one token")
+        out = None
+        for start in range(0, source.shape[1], chunk_size):
+            sl = slice(start, start + chunk_size)
+            part = {"input_ids": input_ids[:, sl]} if input_ids is not None else {"inputs_embeds": inputs_embeds[:, sl]}
+            out = self(**part, state=state, mask=None if mask is None else mask[:, sl], num_logits=1)
+            state = out.state
         return out

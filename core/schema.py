@@ -40,7 +40,7 @@ def options_of(cls: type) -> dict[str, Option]:
     }
 
 
-def check_options(cls: type, options: Any, path: str) -> tuple[dict[str, Any], list[str]]:
+def check_options(cls: type, options: Any, path: str, *, hidden: tuple[str, ...] = ()) -> tuple[dict[str, Any], list[str]]:
     """Validate `options` (a YAML mapping) against `cls`'s schema.
 
     Returns the options with every default filled in (values coerced where YAML is
@@ -51,7 +51,7 @@ def check_options(cls: type, options: Any, path: str) -> tuple[dict[str, Any], l
     if not isinstance(options, dict):
         return {}, [f"{path}: expected a mapping of options, got {describe(options)}"]
     schema, problems, resolved = options_of(cls), [], {}
-    allowed = ", ".join(schema) or "none"
+    allowed = ", ".join(k for k in schema if k not in hidden) or "none"
     for key in options:
         if key not in schema:
             problems.append(f"{path}.{key}: unknown option.{did_you_mean(key, schema)} (allowed: {allowed})")
@@ -68,6 +68,26 @@ def check_options(cls: type, options: Any, path: str) -> tuple[dict[str, Any], l
         else:
             problems.append(f"{path}.{name}: expected {type_name(option.annotation)}, got {describe(options[name])}")
     return resolved, problems
+
+
+def component_options(cls: type, raw: Any, path: str, problems: list[str], *, build_args: tuple | None = None,
+                      provided: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Check options against `cls`'s constructor; `provided` are filled in by the builder, not
+    YAML. With `build_args`, also try building it on the meta device so that cross-option
+    checks (n_head | d_model ...) are reported as problems at `path`."""
+    provided = provided or {}
+    for key in provided:
+        if isinstance(raw, dict) and key in raw:
+            problems.append(f"{path}.{key}: set automatically; remove it from the YAML")
+    raw = {**(raw or {}), **provided} if isinstance(raw, dict) or raw is None else raw
+    options, found = check_options(cls, raw, path, hidden=tuple(provided))
+    problems.extend(found)
+    if build_args is not None and not found:
+        try:
+            cls(*build_args, **options, device="meta")
+        except Exception as e:  # the component's own check, e.g. "n_head (6) must divide d_model (128)"
+            problems.append(f"{path}: {e}")
+    return {k: v for k, v in options.items() if k not in provided}
 
 
 def coerce(value: Any, annotation: Any) -> tuple[bool, Any]:

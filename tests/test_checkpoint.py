@@ -28,10 +28,10 @@ def test_round_trip(tmp_path, tiny):
     model, config = tiny
     save_checkpoint(model, config, tmp_path / "ckpt")
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["config.yaml", "model.safetensors"]
-    assert "lm_head.weight" not in load_file(tmp_path / "ckpt" / "model.safetensors")  # tied: stored once
-    loaded, loaded_config = load_checkpoint(tmp_path / "ckpt")
-    assert loaded_config == config
-    _same_logits(model, loaded.eval())
+    assert "lm.lm_head.weight" not in load_file(tmp_path / "ckpt" / "model.safetensors")  # tied: stored once
+    loaded = load_checkpoint(tmp_path / "ckpt")
+    assert loaded.config.model == config.model
+    _same_logits(model, loaded.model.lm.eval())
 
 
 def test_sharded_round_trip(tmp_path, tiny):
@@ -39,7 +39,7 @@ def test_sharded_round_trip(tmp_path, tiny):
     save_checkpoint(model, config, tmp_path / "ckpt", max_shard_bytes=1_000_000)
     index = json.loads((tmp_path / "ckpt" / "model.safetensors.index.json").read_text())
     assert len(set(index["weight_map"].values())) > 1
-    _same_logits(model, load_checkpoint(tmp_path / "ckpt")[0].eval())
+    _same_logits(model, load_checkpoint(tmp_path / "ckpt").model.lm.eval())
 
 
 def test_existing_directory_is_refused_then_replaced_atomically(tmp_path, tiny):
@@ -66,18 +66,32 @@ def test_missing_unexpected_and_mismatched_tensors_are_listed(tmp_path, tiny):
     model, config = tiny
     save_checkpoint(model, config, tmp_path / "ckpt")
     weights = load_file(tmp_path / "ckpt" / "model.safetensors")
-    del weights["norm.weight"]
+    del weights["lm.norm.weight"]
     weights["extra.bias"] = torch.zeros(3)
-    weights["embed.weight"] = torch.zeros(3, 3)
+    weights["lm.embed.weight"] = torch.zeros(3, 3)
     save_file(weights, tmp_path / "ckpt" / "model.safetensors")
     with pytest.raises(CheckpointError) as info:
         load_checkpoint(tmp_path / "ckpt")
     message = str(info.value)
-    assert "missing: norm.weight [1 in all]" in message
+    assert "missing: lm.norm.weight [1 in all]" in message
     assert "unexpected: extra.bias [1 in all]" in message
-    assert "shape mismatch: embed.weight (3, 3) != (259, 128)" in message
+    assert "shape mismatch: lm.embed.weight (3, 3) != (263, 128)" in message
 
 
 def test_not_a_checkpoint(tmp_path):
     with pytest.raises(CheckpointError, match="has no config.yaml: not a hybrid-mllm checkpoint"):
         load_checkpoint(tmp_path)
+    with pytest.raises(CheckpointError, match="no such checkpoint directory"):
+        load_checkpoint(tmp_path / "nope")
+
+
+def test_multimodal_checkpoint_with_tokenizer(tmp_path):
+    from hybrid_mllm.core.build import build_mllm
+
+    config = load_config(resolve_config_path("mllm-tiny"))
+    model, tokenizer = build_mllm(config, seed=0)
+    save_checkpoint(model, config, tmp_path / "ckpt", tokenizer=tokenizer)
+    loaded = load_checkpoint(tmp_path / "ckpt")
+    assert loaded.tokenizer.encode("a<image>") == tokenizer.encode("a<image>")
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, loaded.model.state_dict()[name]), name

@@ -6,9 +6,12 @@ from hybrid_mllm.core.hookspecs import hookimpl
 
 from .linear import Linear
 from .mlp import MLP2xGELU
+from .pool import Conv, Pool
 
 
 @hookimpl
 def register_connectors(register):
     register("linear", Linear)
     register("mlp2x_gelu", MLP2xGELU)
+    register("pool", Pool)
+    register("conv", Conv)

@@ -6,7 +6,7 @@ from torch import Tensor, nn
 
 
 class MLP2xGELU(nn.Module):
-    """features: (B, T, in_dim) -> Linear -> GELU -> Linear -> (B, T, d_model)."""
+    """features (N, gh, gw, in_dim) -> Linear -> GELU -> Linear -> (N, gh, gw, d_model)."""
 
     def __init__(self, d_model: int, *, in_dim: int, device=None, dtype=None):
         super().__init__()
@@ -14,8 +14,8 @@ class MLP2xGELU(nn.Module):
         self.act = nn.GELU()
         self.fc2 = nn.Linear(d_model, d_model, device=device, dtype=dtype)
 
-    def num_tokens(self, grid: tuple[int, int]) -> int:
-        return grid[0] * grid[1]
+    def out_grid(self, grid: tuple[int, int]) -> tuple[int, int]:
+        return grid
 
     def forward(self, features: Tensor) -> Tensor:
         return self.fc2(self.act(self.fc1(features)))

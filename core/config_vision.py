@@ -1,0 +1,109 @@
+"""The ``vision:`` section of a config: encoder, connectors, any-resolution and video settings.
+
+```yaml
+vision:
+  encoder: {name: timm, model_name: vit_base_patch16_clip_224, feature_layer: -2}
+  connector: {name: mlp2x_gelu}            # image tokens
+  video_connector: {name: pool, stride: 2} # frame tokens (default: pool, stride 2)
+  max_tiles: 4                             # anyres grid limit ... or pinpoints: [[336, 672], ...]
+  newline: true                            # a learned embedding at the end of each row of tiles
+  max_pixels: 100000000                    # refuse larger images (decompression bombs)
+  max_frames: 8                            # frames sampled per video ...
+  fps: null                                # ... or at this rate (capped by max_frames)
+```
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .registry import Registry
+from ._suggest import did_you_mean, unknown
+from .schema import coerce, component_options, describe, type_name
+
+DEFAULT_VIDEO_CONNECTOR = {"name": "pool", "stride": 2}
+
+
+@dataclass
+class VisionConfig:
+    encoder: dict[str, Any]
+    connector: dict[str, Any] = field(default_factory=lambda: {"name": "mlp2x_gelu"})
+    video_connector: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_VIDEO_CONNECTOR))
+    max_tiles: int | None = 4
+    pinpoints: list[list[int]] | None = None
+    newline: bool = True
+    max_pixels: int = 100_000_000
+    max_frames: int | None = 8
+    fps: float | None = None
+
+
+SETTINGS = {"max_tiles": int | None, "pinpoints": list[list[int]] | None, "newline": bool, "max_pixels": int,
+            "max_frames": int | None, "fps": float | None}
+
+
+def parse_vision(raw: Any, registry: Registry, d_model: int | None, problems: list[str]) -> VisionConfig | None:
+    """Validate the ``vision:`` mapping; problems are appended with their YAML paths."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        problems.append(f"vision: expected a mapping, got {describe(raw)}")
+        return None
+    allowed = ["encoder", "connector", "video_connector", *SETTINGS]
+    problems.extend(f"vision.{k}: unknown key.{did_you_mean(k, allowed)} (allowed: {', '.join(allowed)})"
+                    for k in raw if k not in allowed)
+    encoder = _component(raw.get("encoder"), "vision.encoder", "encoder", registry, problems, ())
+    settings = _settings(raw, problems)
+    out_dim = _encoder_out_dim(registry, encoder)
+    connectors = {}
+    for key, default in (("connector", {"name": "mlp2x_gelu"}), ("video_connector", DEFAULT_VIDEO_CONNECTOR)):
+        args = (d_model,) if d_model is not None and out_dim is not None else None
+        connectors[key] = _component(raw.get(key, default), f"vision.{key}", "connector", registry, problems, args,
+                                     provided={"in_dim": out_dim or 1})
+    if encoder is None or any(c is None for c in connectors.values()):
+        return None
+    return VisionConfig(encoder=encoder, **connectors, **settings)
+
+
+def _component(raw, path, kind, registry, problems, build_args, provided=None) -> dict | None:
+    if not isinstance(raw, dict) or "name" not in raw:
+        problems.append(f"{path}: expected a mapping with a 'name' ({kind}s: {', '.join(registry.names(kind))}), "
+                        f"got {describe(raw)}")
+        return None
+    name = raw["name"]
+    if (kind, name) not in registry:
+        problems.append(f"{path}.name: {unknown(kind, name, registry.names(kind))}")
+        return None
+    options = {k: v for k, v in raw.items() if k != "name"}
+    resolved = component_options(registry.get(kind, name), options, path, problems, build_args=build_args, provided=provided)
+    return {"name": name, **resolved}
+
+
+def _settings(raw: dict, problems: list[str]) -> dict[str, Any]:
+    out = {}
+    for key, typ in SETTINGS.items():
+        if key not in raw:
+            continue
+        ok, value = coerce(raw[key], typ)
+        if not ok:
+            problems.append(f"vision.{key}: expected {type_name(typ)}, got {describe(raw[key])}")
+        else:
+            out[key] = value
+    if out.get("pinpoints") and "max_tiles" in raw and raw["max_tiles"] is not None:
+        problems.append("vision.pinpoints: give either pinpoints or max_tiles, not both")
+    if out.get("pinpoints"):
+        out["max_tiles"] = None
+    if out.get("max_tiles") is None and not out.get("pinpoints") and "max_tiles" in raw:
+        problems.append("vision.max_tiles: null needs pinpoints")
+    return out
+
+
+def _encoder_out_dim(registry: Registry, encoder: dict | None) -> int | None:
+    """Build the encoder on the meta device to learn its feature width (no weights allocated)."""
+    if encoder is None:
+        return None
+    options = {k: v for k, v in encoder.items() if k != "name"}
+    try:
+        return registry.get("encoder", encoder["name"])(**options, device="meta").out_dim
+    except Exception:  # already reported by the option check
+        return None

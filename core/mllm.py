@@ -1,0 +1,154 @@
+"""The multimodal model: encoder -> connector -> visual tokens spliced into the text -> hybrid LM.
+
+An image arrives as LLaVA-NeXT "anyres" tiles (a thumbnail plus a grid of tiles, see
+`hybrid_mllm.core.vision.anyres`) and becomes: the thumbnail's tokens, then the tile grid
+with its padding removed and a learned ``image_newline`` embedding after every row. A
+video arrives as frames; each frame becomes its (pooled) tokens followed by a learned
+``frame_separator``. Each ``<image>`` / ``<video>`` placeholder id in the text is replaced
+by its item's tokens, in order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from .errors import InputError
+from .model import HybridLM, LMOutput
+from .vision.anyres import AnyresTiles, tiles_to_grid, unpad_features
+
+IGNORE = -100  # label of positions without loss (visual tokens, prompts, padding)
+ENCODER_BATCH = 64  # tiles or frames per encoder call: bounds activation memory for 4K images
+
+
+@dataclass
+class VideoClip:
+    """Frames of one video, normalised for the encoder: pixels (T, 3, S, S)."""
+
+    pixels: Tensor
+
+
+Visual = AnyresTiles | VideoClip
+
+
+@dataclass
+class Batch:
+    """A left-padded batch ready for the LM: embeds (B, L, d), mask (B, L) bool, labels (B, L)."""
+
+    embeds: Tensor
+    mask: Tensor
+    labels: Tensor | None
+    n_visual: list[int]  # visual tokens per sample
+
+
+class HybridMLLM(nn.Module):
+    """A hybrid LM with an optional vision encoder and connectors (None: text only)."""
+
+    def __init__(self, lm: HybridLM, encoder: nn.Module | None = None, connector: nn.Module | None = None,
+                 video_connector: nn.Module | None = None, *, image_token_id: int, video_token_id: int,
+                 newline: bool = True):
+        super().__init__()
+        self.lm, self.encoder, self.connector, self.video_connector = lm, encoder, connector, video_connector
+        self.image_token_id, self.video_token_id = image_token_id, video_token_id
+        d_model = lm.embed.embedding_dim
+        factory = {"device": lm.embed.weight.device, "dtype": lm.embed.weight.dtype}
+        vision = encoder is not None
+        self.image_newline = nn.Parameter(torch.randn(d_model, **factory) * 0.02) if vision and newline else None
+        self.frame_separator = nn.Parameter(torch.randn(d_model, **factory) * 0.02) if vision else None
+
+    @property
+    def has_vision(self) -> bool:
+        return self.encoder is not None
+
+    def _encode(self, pixels: Tensor, connector: nn.Module) -> tuple[Tensor, Tensor]:
+        """pixels (N, 3, S, S) -> connector grid (N, gh', gw', d), prefix tokens (N, P, d)."""
+        grids, prefixes = [], []
+        pixels = pixels.to(self.lm.embed.weight.dtype)
+        for start in range(0, pixels.shape[0], ENCODER_BATCH):
+            out = self.encoder(pixels[start:start + ENCODER_BATCH])
+            grids.append(connector(out.patches))
+            prefixes.append(connector(out.prefix[:, :, None, :])[:, :, 0] if out.prefix.shape[1] else
+                            out.prefix.new_zeros(out.prefix.shape[0], 0, grids[-1].shape[-1]))
+        return torch.cat(grids), torch.cat(prefixes)
+
+    def encode_image(self, tiles: AnyresTiles) -> Tensor:
+        """Anyres tiles -> visual tokens (T, d_model): [CLS], thumbnail, unpadded grid with row ends."""
+        grid, prefix = self._encode(tiles.pixels, self.connector)  # (1 + R*C, gh, gw, d)
+        rows, cols = tiles.grid
+        big = tiles_to_grid(grid[1:], rows, cols)  # (R*gh, C*gw, d)
+        side = tiles.pixels.shape[-1]
+        big = unpad_features(big, tiles.content, (rows * side, cols * side))  # (H', W', d)
+        if self.image_newline is not None:
+            big = torch.cat([big, self.image_newline.expand(big.shape[0], 1, -1)], dim=1)  # a row-end token per row
+        return torch.cat([prefix[0], grid[0].flatten(0, 1), big.flatten(0, 1)])
+
+    def encode_video(self, clip: VideoClip) -> Tensor:
+        """Frames -> visual tokens (T, d_model): per frame [CLS], pooled tokens, frame separator."""
+        grid, prefix = self._encode(clip.pixels, self.video_connector)  # (F, gh', gw', d)
+        sep = self.frame_separator.expand(grid.shape[0], 1, -1)
+        return torch.cat([prefix, grid.flatten(1, 2), sep], dim=1).flatten(0, 1)
+
+    def encode_visual(self, item: Visual) -> Tensor:
+        if self.encoder is None:
+            raise InputError("this model has no vision encoder, so it cannot take images or videos "
+                             "(its config has no 'vision:' section)")
+        return self.encode_video(item) if isinstance(item, VideoClip) else self.encode_image(item)
+
+    def embed(self, input_ids: list[Tensor], visuals: list[list[Visual]] | None = None,
+              labels: list[Tensor] | None = None) -> Batch:
+        """Splice visual tokens into each sample's text embeddings and left-pad the batch.
+
+        input_ids[i]: (L_i,) with one placeholder id per visual item; visuals[i]: its items
+        in order; labels[i]: (L_i,) or None. Returns a `Batch` (left padding, mask False there).
+        """
+        visuals = visuals or [[] for _ in input_ids]
+        seqs, labs, counts = [], [], []
+        for i, ids in enumerate(input_ids):
+            emb, lab, n = self._splice(ids, visuals[i], None if labels is None else labels[i], i)
+            seqs.append(emb)
+            labs.append(lab)
+            counts.append(n)
+        embeds, mask = _left_pad(seqs, 0.0)
+        out_labels = _left_pad(labs, IGNORE)[0] if labels is not None else None
+        return Batch(embeds, mask, out_labels, counts)
+
+    def _splice(self, ids: Tensor, items: list[Visual], labels: Tensor | None, index: int):
+        ids = ids.to(self.lm.embed.weight.device)
+        is_slot = (ids == self.image_token_id) | (ids == self.video_token_id)
+        slots = is_slot.nonzero().flatten().tolist()
+        if len(slots) != len(items):
+            raise InputError(f"sample {index}: {len(slots)} <image>/<video> placeholder(s) in the text but "
+                             f"{len(items)} image/video item(s) given")
+        text = self.lm.embed(ids.masked_fill(is_slot, 0))
+        pieces, label_pieces, start, n_visual = [], [], 0, 0
+        for slot, item in zip(slots, items):
+            want_video = bool(ids[slot] == self.video_token_id)
+            if want_video != isinstance(item, VideoClip):
+                kind = "a video" if want_video else "an image"
+                raise InputError(f"sample {index}: placeholder {len(pieces) // 2 + 1} expects {kind}")
+            tokens = self.encode_visual(item).to(text.dtype)
+            pieces += [text[start:slot], tokens]
+            if labels is not None:
+                label_pieces += [labels[start:slot], labels.new_full((tokens.shape[0],), IGNORE)]
+            n_visual += tokens.shape[0]
+            start = slot + 1
+        pieces.append(text[start:])
+        if labels is not None:
+            label_pieces.append(labels[start:])
+        return torch.cat(pieces), (torch.cat(label_pieces) if labels is not None else None), n_visual
+
+    def forward(self, batch: Batch, *, state=None, num_logits: int | None = None) -> LMOutput:
+        return self.lm(inputs_embeds=batch.embeds, mask=batch.mask, state=state, num_logits=num_logits)
+
+
+def _left_pad(seqs: list[Tensor], value: float) -> tuple[Tensor, Tensor]:
+    """Stack (L_i, ...) tensors into (B, L_max, ...), padding on the left; mask (B, L_max) True on data."""
+    length = max(s.shape[0] for s in seqs)
+    out = seqs[0].new_full((len(seqs), length, *seqs[0].shape[1:]), value)
+    mask = torch.zeros(len(seqs), length, dtype=torch.bool, device=seqs[0].device)
+    for i, s in enumerate(seqs):
+        out[i, length - s.shape[0]:] = s
+        mask[i, length - s.shape[0]:] = True
+    return out, mask

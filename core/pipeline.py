@@ -1,0 +1,132 @@
+"""One request end to end: prompt + images / videos -> template -> visual tokens -> generation.
+
+`Pipeline` holds a model, its tokenizer and config; `prepare` turns a request into a
+batch (checking the context length before any encoding), and `answer` generates through
+any runtime's `Decoder` (PyTorch by default).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .config import Config
+from .errors import InputError
+from .generate import Decoder, GenerationConfig, GenerationResult, TorchDecoder, generate
+from .mllm import Batch, HybridMLLM, VideoClip, Visual
+from .text import IMAGE_TOKEN, VIDEO_TOKEN, Tokenizer, get_template
+from .vision import anyres_tiles, load_image, load_video, normalize, num_visual_tokens, select_grid
+
+
+@dataclass
+class Request:
+    """A user turn: text (with optional <image>/<video> placeholders) and the files they stand for."""
+
+    prompt: str
+    images: Sequence[str] = ()
+    videos: Sequence[str] = ()
+
+
+@dataclass
+class Overrides:
+    """Inference-time settings that differ from training (the paper's "train low, run high")."""
+
+    max_tiles: int | None = None
+    max_frames: int | None = None
+    fps: float | None = None
+
+
+class Pipeline:
+    def __init__(self, model: HybridMLLM, tokenizer: Tokenizer, config: Config):
+        self.model, self.tokenizer, self.config = model, tokenizer, config
+        self.template = get_template(config.text.template)
+
+    def prepare(self, requests: Sequence[Request], overrides: Overrides | None = None) -> tuple[Batch, list[list[int]]]:
+        """Render, load and encode a batch of requests. Returns the batch and each prompt's ids.
+
+        A problem with one request names it (``request 2: ...``) when there are several.
+        """
+        overrides = overrides or Overrides()
+        ids, visuals = [], []
+        for i, request in enumerate(requests):
+            try:
+                item_ids, items = self._prepare_one(request, overrides)
+            except InputError as e:
+                raise InputError(f"request {i + 1}: {e}" if len(requests) > 1 else str(e)) from None
+            ids.append(item_ids)
+            visuals.append(items)
+        with torch.no_grad():
+            batch = self.model.embed([torch.tensor(x) for x in ids], visuals)
+        return batch, ids
+
+    def answer(self, requests: Sequence[Request], generation: GenerationConfig, *, overrides: Overrides | None = None,
+               decoder: Decoder | None = None, on_token: Callable[[int, int], None] | None = None) -> tuple[GenerationResult, Batch]:
+        batch, prompt_ids = self.prepare(requests, overrides)
+        stops = tuple(dict.fromkeys([*generation.stop_token_ids, *self.template.stop_token_ids(self.tokenizer)]))
+        generation = GenerationConfig(**{**generation.__dict__, "stop_token_ids": stops,
+                                         "stop_strings": generation.stop_strings or tuple(self.template.stop_strings)})
+        decoder = decoder or TorchDecoder(self.model.lm)
+        result = generate(decoder, batch.embeds, batch.mask, generation, decode=self.tokenizer.decode,
+                          prompt_ids=prompt_ids, on_token=on_token)
+        return result, batch
+
+    def _prepare_one(self, request: Request, overrides: Overrides) -> tuple[list[int], list[Visual]]:
+        if (request.images or request.videos) and not self.model.has_vision:
+            raise InputError("this model has no vision encoder, so it cannot take images or videos")
+        prompt = _with_placeholders(request)
+        rendered = self.template.render([{"role": "user", "content": prompt}], self.tokenizer, add_generation_prompt=True)
+        items, n_visual = self._load_visuals(rendered.ids, request, overrides)
+        total = len(rendered.ids) - len(items) + n_visual
+        if total > self.config.text.max_context:
+            raise InputError(f"the prompt needs {total:,} tokens ({n_visual:,} visual) but the model's context is "
+                             f"{self.config.text.max_context:,}: use fewer tiles (--max-tiles) or frames (--max-frames), "
+                             f"or raise text.max_context")
+        return rendered.ids, items
+
+    def _load_visuals(self, ids: list[int], request: Request, overrides: Overrides) -> tuple[list[Visual], int]:
+        """Load the images and videos in placeholder order; count their tokens before encoding."""
+        images, videos = iter(request.images), iter(request.videos)
+        items, n_visual = [], 0
+        for token in ids:
+            if token == self.tokenizer.image_id:
+                item, n = self._image(next(images), overrides)
+            elif token == self.tokenizer.video_id:
+                item, n = self._video(next(videos), overrides)
+            else:
+                continue
+            items.append(item)
+            n_visual += n
+        return items, n_visual
+
+    def _image(self, path: str, overrides: Overrides) -> tuple[Visual, int]:
+        v, encoder = self.config.vision, self.model.encoder
+        image = load_image(path, max_pixels=v.max_pixels)
+        limits = {"max_tiles": overrides.max_tiles or v.max_tiles} if (overrides.max_tiles or not v.pinpoints) \
+            else {"pinpoints": v.pinpoints}
+        grid = select_grid(image.size, encoder.image_size, **limits)
+        tiles = anyres_tiles(image, encoder.image_size, grid, mean=encoder.mean, std=encoder.std)
+        patch_grid = self.model.connector.out_grid(encoder.grid)
+        n = num_visual_tokens(image.size, encoder.image_size, patch_grid, newline=v.newline, **limits)
+        return tiles, n + encoder.num_prefix_tokens
+
+    def _video(self, path: str, overrides: Overrides) -> tuple[Visual, int]:
+        v, encoder = self.config.vision, self.model.encoder
+        frames = load_video(path, max_frames=overrides.max_frames or v.max_frames, fps=overrides.fps or v.fps,
+                            max_pixels=v.max_pixels)
+        pixels = torch.stack([normalize(f, encoder.image_size, encoder.mean, encoder.std) for f in frames.frames])
+        gh, gw = self.model.video_connector.out_grid(encoder.grid)
+        return VideoClip(pixels), len(frames.frames) * (gh * gw + 1 + encoder.num_prefix_tokens)
+
+
+def _with_placeholders(request: Request) -> str:
+    """LLaVA's convention: without placeholders in the text, the images and videos come first."""
+    n_img, n_vid = request.prompt.count(IMAGE_TOKEN), request.prompt.count(VIDEO_TOKEN)
+    if (n_img, n_vid) == (0, 0):
+        head = "".join(f"{IMAGE_TOKEN}\n" for _ in request.images) + "".join(f"{VIDEO_TOKEN}\n" for _ in request.videos)
+        return head + request.prompt
+    if (n_img, n_vid) != (len(request.images), len(request.videos)):
+        raise InputError(f"the prompt has {n_img} {IMAGE_TOKEN} and {n_vid} {VIDEO_TOKEN} placeholder(s) but "
+                         f"{len(request.images)} image(s) and {len(request.videos)} video(s) were given")
+    return request.prompt

@@ -1,0 +1,105 @@
+"""``hybrid-run``: answer a prompt about images and videos, streaming the answer.
+
+    hybrid-run --config mllm-tiny --image photo.jpg --prompt "What is in the picture?"
+    hybrid-run --checkpoint runs/stage2 --video clip.mp4 --max-frames 64 --prompt "..."
+
+Runtime: PyTorch (this build); the model comes from a checkpoint directory or, with random
+weights, from a YAML config / shipped preset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+from hybrid_mllm.core._cli import run_cli
+from hybrid_mllm.core.build import build_mllm
+from hybrid_mllm.core.checkpoint import load_checkpoint
+from hybrid_mllm.core.config import load_config
+from hybrid_mllm.core.errors import HybridError
+from hybrid_mllm.core.generate import GenerationConfig
+from hybrid_mllm.core.pipeline import Overrides, Pipeline, Request
+from hybrid_mllm.core.presets import resolve_config_path
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hybrid-run", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", help="a checkpoint directory (config.yaml + model.safetensors)")
+    src.add_argument("--config", help="a YAML config or shipped preset (random weights)")
+    p.add_argument("--prompt", required=True, help="the question; <image>/<video> mark where the files go")
+    p.add_argument("--image", action="append", default=[], help="an image file (repeatable)")
+    p.add_argument("--video", action="append", default=[], help="a video file, frame folder (repeatable)")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    p.add_argument("--stop", action="append", default=[], help="an extra stop string (repeatable)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-tiles", type=int, help="anyres tile limit at inference (default: the config's)")
+    p.add_argument("--max-frames", type=int, help="frames sampled per video (default: the config's)")
+    p.add_argument("--fps", type=float, help="sample video frames at this rate (capped by --max-frames)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", choices=list(DTYPES), default="float32")
+    p.add_argument("--verbose", "-v", action="store_true", help="print token counts and speed")
+    return p
+
+
+def _load(args) -> Pipeline:
+    dtype = DTYPES[args.dtype]
+    if args.checkpoint:
+        loaded = load_checkpoint(args.checkpoint, device=args.device, dtype=dtype)
+        model, tokenizer, config = loaded
+    else:
+        config = load_config(resolve_config_path(args.config))
+        model, tokenizer = build_mllm(config, seed=args.seed, device=args.device, dtype=dtype)
+    return Pipeline(model.eval(), tokenizer, config)
+
+
+class _Streamer:
+    """Prints the answer as it grows (whole characters only: bytes of a character may span tokens)."""
+
+    def __init__(self, decode):
+        self.decode, self.ids, self.shown = decode, [], 0
+
+    def __call__(self, index: int, token: int) -> None:
+        self.ids.append(token)
+        text = self.decode(self.ids)
+        if not text.endswith("\ufffd"):
+            print(text[self.shown:], end="", flush=True)
+            self.shown = len(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.max_tiles is not None and args.max_tiles < 1 or args.max_frames is not None and args.max_frames < 1:
+        raise HybridError("--max-tiles and --max-frames must be >= 1")
+    pipeline = _load(args)
+    generation = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                                  top_p=args.top_p, repetition_penalty=args.repetition_penalty,
+                                  stop_strings=tuple(args.stop), seed=args.seed)
+    streamer = _Streamer(pipeline.tokenizer.decode)
+    request = Request(args.prompt, images=args.image, videos=args.video)
+    result, batch = pipeline.answer([request], generation, on_token=streamer,
+                                    overrides=Overrides(args.max_tiles, args.max_frames, args.fps))
+    print(result.texts[0][streamer.shown:])  # the rest, if the last characters were incomplete
+    if args.verbose:
+        n = len(result.tokens[0])
+        print(f"[{result.prompt_tokens:,} prompt tokens ({batch.n_visual[0]:,} visual): prefill {result.prefill_s:.2f} s "
+              f"({result.prompt_tokens / max(result.prefill_s, 1e-9):,.0f} tok/s); {n} new tokens in {result.decode_s:.2f} s "
+              f"({n / max(result.decode_s, 1e-9):.1f} tok/s)]", file=sys.stderr)
+    return 0
+
+
+def entry() -> None:
+    sys.exit(run_cli(main))
+
+
+if __name__ == "__main__":
+    entry()
