@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from .config import Config
-from .errors import InputError
+from .errors import HybridError, InputError
 from .generate import Decoder, GenerationConfig, GenerationResult, TorchDecoder, generate
 from .mllm import Batch, HybridMLLM, VideoClip, Visual
 from .text import IMAGE_TOKEN, VIDEO_TOKEN, Tokenizer, get_template
@@ -53,8 +53,10 @@ class Pipeline:
         for i, request in enumerate(requests):
             try:
                 item_ids, items = self._prepare_one(request, overrides)
-            except InputError as e:
-                raise InputError(f"request {i + 1}: {e}" if len(requests) > 1 else str(e)) from None
+            except HybridError as e:  # bad image, video, template or length: say which request
+                if len(requests) == 1:
+                    raise
+                raise InputError(f"request {i + 1}: {e}") from None
             ids.append(item_ids)
             visuals.append(items)
         with torch.no_grad():

@@ -1,0 +1,101 @@
+"""The multimodal model and pipeline: token splicing, anyres at inference, video, batches, errors."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from hybrid_mllm.core.build import build_mllm
+from hybrid_mllm.core.config import load_config
+from hybrid_mllm.core.errors import InputError
+from hybrid_mllm.core.generate import GenerationConfig
+from hybrid_mllm.core.mllm import IGNORE, VideoClip
+from hybrid_mllm.core.pipeline import Overrides, Pipeline, Request
+from hybrid_mllm.core.presets import resolve_config_path
+from hybrid_mllm.core.vision import anyres_tiles, num_visual_tokens, select_grid
+
+
+@pytest.fixture(scope="module")
+def pipeline():
+    config = load_config(resolve_config_path("mllm-tiny"))
+    model, tokenizer = build_mllm(config, seed=0)
+    return Pipeline(model.eval(), tokenizer, config)
+
+
+@pytest.fixture
+def image(tmp_path):
+    rng = np.random.default_rng(0)
+    path = tmp_path / "img.png"
+    Image.fromarray(rng.integers(0, 255, (90, 150, 3), dtype=np.uint8)).save(path)
+    return str(path)
+
+
+def test_image_tokens_match_the_declared_count(pipeline, image):
+    model, enc = pipeline.model, pipeline.model.encoder
+    img = Image.open(image).convert("RGB")
+    for max_tiles in (1, 4, 16):
+        grid = select_grid(img.size, 32, max_tiles=max_tiles)
+        tokens = model.encode_image(anyres_tiles(img, 32, grid, mean=enc.mean, std=enc.std))
+        assert tokens.shape[0] == num_visual_tokens(img.size, 32, enc.grid, max_tiles=max_tiles, newline=True)
+
+
+def test_more_tiles_at_inference_give_more_tokens(pipeline, image):
+    batches = [pipeline.prepare([Request("What?", images=[image])], Overrides(max_tiles=n))[0] for n in (4, 36)]
+    assert batches[1].n_visual[0] > 4 * batches[0].n_visual[0] // 2
+
+
+def test_splice_places_visual_tokens_at_the_placeholder_and_masks_labels(pipeline):
+    model, tok = pipeline.model, pipeline.tokenizer
+    ids = torch.tensor(tok.encode("ab<video>cd"))
+    clip = VideoClip(torch.randn(3, 3, 32, 32))
+    labels = ids.clone()
+    batch = model.embed([ids], [[clip]], [labels])
+    n = batch.n_visual[0]
+    assert n == 3 * (2 * 2 + 1)  # 3 frames x (pooled 2x2 tokens + a frame separator)
+    assert batch.embeds.shape[1] == len(ids) - 1 + n
+    assert (batch.labels[0, 2:2 + n] == IGNORE).all() and batch.labels[0, :2].tolist() == ids[:2].tolist()
+    torch.testing.assert_close(batch.embeds[0, 2 + n - 1], model.frame_separator.detach())
+    torch.testing.assert_close(batch.embeds[0, 0], model.lm.embed.weight[ids[0]].detach())
+
+
+def test_placeholder_count_must_match_items(pipeline):
+    ids = torch.tensor(pipeline.tokenizer.encode("<image><image>"))
+    with pytest.raises(InputError, match="sample 0: 2 <image>/<video> placeholder"):
+        pipeline.model.embed([ids], [[]])
+
+
+def test_batched_requests_answer_like_single_ones(pipeline, image):
+    gen = GenerationConfig(max_new_tokens=6)
+    requests = [Request("Describe the picture in detail.", images=[image]), Request("Hi")]
+    batched, _ = pipeline.answer(requests, gen)
+    for i, request in enumerate(requests):
+        alone, _ = pipeline.answer([request], gen)
+        assert batched.tokens[i] == alone.tokens[0]
+
+
+def test_context_limit_is_checked_before_encoding(pipeline, image):
+    pipeline.config.text.max_context, saved = 50, pipeline.config.text.max_context
+    try:
+        with pytest.raises(InputError, match=r"the prompt needs \d+ tokens \(\d+ visual\) but the model's context is 50"):
+            pipeline.prepare([Request("x", images=[image])])
+    finally:
+        pipeline.config.text.max_context = saved
+
+
+def test_bad_item_in_a_batch_names_the_request(pipeline, image, tmp_path):
+    with pytest.raises(InputError, match="request 2: .*missing.png"):
+        pipeline.prepare([Request("a", images=[image]), Request("b", images=[str(tmp_path / "missing.png")])])
+
+
+def test_placeholder_and_file_counts_must_agree(pipeline, image):
+    with pytest.raises(InputError, match="1 <image> and 0 <video> placeholder"):
+        pipeline.prepare([Request("<image> and", images=[image, image])])
+
+
+def test_video_request_end_to_end(pipeline, tmp_path):
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i in range(12):
+        Image.new("RGB", (40, 40), (20 * i, 0, 0)).save(folder / f"frame{i}.png")
+    batch, _ = pipeline.prepare([Request("What happens?", videos=[str(folder)])], Overrides(max_frames=5))
+    assert batch.n_visual == [5 * (2 * 2 + 1)]
