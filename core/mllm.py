@@ -78,8 +78,7 @@ class HybridMLLM(nn.Module):
         grid, prefix = self._encode(tiles.pixels, self.connector)  # (1 + R*C, gh, gw, d)
         rows, cols = tiles.grid
         big = tiles_to_grid(grid[1:], rows, cols)  # (R*gh, C*gw, d)
-        side = tiles.pixels.shape[-1]
-        big = unpad_features(big, tiles.content, (rows * side, cols * side))  # (H', W', d)
+        big = unpad_features(big, tiles.content, tiles.canvas_size)  # (H', W', d)
         if self.image_newline is not None:
             big = torch.cat([big, self.image_newline.expand(big.shape[0], 1, -1)], dim=1)  # a row-end token per row
         return torch.cat([prefix[0], grid[0].flatten(0, 1), big.flatten(0, 1)])

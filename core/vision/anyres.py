@@ -1,0 +1,183 @@
+"""LLaVA-NeXT "anyres": an image of any size as a thumbnail plus a grid of encoder tiles.
+
+The flow, for an encoder that sees `tile` x `tile` pixels as a gh x gw patch grid:
+
+1. `select_grid` picks the grid (rows, cols) whose canvas (rows*tile x cols*tile pixels)
+   shows the image at the highest resolution, wasting the least canvas.
+2. `anyres_tiles` resizes the image (aspect ratio kept) to fit that canvas, centres it,
+   pads the rest with the mean colour (0 after normalisation), and cuts the canvas into
+   tiles; tile 0 is the whole image squashed to one tile (the thumbnail).
+3. The encoder turns the rows*cols tiles into features (rows*cols, gh, gw, d);
+   `tiles_to_grid` stitches them into one (rows*gh, cols*gw, d) map and `unpad_features`
+   drops the feature rows/columns that saw only padding.
+4. `num_visual_tokens` gives the resulting token count from the image size alone, with
+   the same arithmetic, so a caller can check the context length before encoding.
+
+All the box arithmetic is in exact integers: LLaVA-NeXT's rules, without the float
+round-off that can make its `ceil(h * scale)` one pixel too big.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from PIL import Image
+from torch import Tensor
+
+from .image import ImageError, normalize, normalize_tensor, to_tensor
+
+Grid = tuple[int, int]  # (rows, cols) of tiles
+Box = tuple[int, int, int, int]  # (top, left, height, width) in canvas pixels
+
+
+@dataclass(frozen=True)
+class AnyresTiles:
+    """An image ready for the encoder.
+
+    pixels:  (1 + rows*cols, 3, tile, tile) float32, normalised; [0] is the thumbnail,
+             then the tiles of the canvas in row-major order.
+    grid:    (rows, cols).
+    content: (top, left, height, width) of the image on the padded canvas; the rest is padding.
+    """
+
+    pixels: Tensor
+    grid: Grid
+    content: Box
+
+    @property
+    def canvas_size(self) -> tuple[int, int]:
+        """(height, width) of the padded canvas in pixels: (rows*tile, cols*tile)."""
+        tile = self.pixels.shape[-1]
+        return self.grid[0] * tile, self.grid[1] * tile
+
+
+def select_grid(image_size: Sequence[int], tile_size: int, *, max_tiles: int | None = None,
+                pinpoints: Sequence[Sequence[int]] | None = None) -> Grid:
+    """LLaVA-NeXT's `select_best_resolution`: the (rows, cols) grid for an image.
+
+    image_size: (width, height) in pixels. Candidates are the `pinpoints`, each a
+    (width, height) canvas in pixels that is a multiple of `tile_size` (LLaVA-NeXT's
+    `image_grid_pinpoints` order), or every grid with rows*cols <= `max_tiles` (rows,
+    then cols, ascending). Give exactly one of the two. The winner maximises the effective
+    resolution, min(image pixels, pixels after downscaling the image to fit the canvas),
+    then wastes the least canvas area; a full tie keeps the earlier candidate.
+    """
+    width, height = _size(image_size)
+    best, best_key = None, None
+    for rows, cols in _candidates(tile_size, max_tiles, pinpoints):
+        canvas_w, canvas_h = cols * tile_size, rows * tile_size
+        if canvas_w * height <= canvas_h * width:  # width-bound: scale = canvas_w / width
+            fit_w, fit_h = canvas_w, height * canvas_w // width
+        else:
+            fit_w, fit_h = width * canvas_h // height, canvas_h
+        effective = min(fit_w * fit_h, width * height)
+        key = (effective, -(canvas_w * canvas_h - effective))
+        if best_key is None or key > best_key:
+            best, best_key = (rows, cols), key
+    return best
+
+
+def anyres_tiles(image: Image.Image, tile_size: int, grid: Grid, *, mean: Sequence[float],
+                 std: Sequence[float]) -> AnyresTiles:
+    """Thumbnail + tiles of an RGB image on a `grid` (from `select_grid`); see `AnyresTiles`."""
+    rows, cols = grid
+    top, left, height, width = content = _fit(image.size, (cols * tile_size, rows * tile_size))
+    canvas = torch.zeros(3, rows * tile_size, cols * tile_size)  # the mean colour, normalised
+    resized = image.resize((width, height), Image.Resampling.BICUBIC)
+    canvas[:, top:top + height, left:left + width] = normalize_tensor(to_tensor(resized), mean, std)
+    tiles = (canvas.view(3, rows, tile_size, cols, tile_size)
+             .permute(1, 3, 0, 2, 4)
+             .reshape(rows * cols, 3, tile_size, tile_size))
+    thumbnail = normalize(image, tile_size, mean, std)
+    return AnyresTiles(pixels=torch.cat([thumbnail[None], tiles]), grid=(rows, cols), content=content)
+
+
+def tiles_to_grid(tile_features: Tensor, rows: int, cols: int) -> Tensor:
+    """Per-tile features (rows*cols, gh, gw, d), row-major -> one map (rows*gh, cols*gw, d)."""
+    n, gh, gw, d = tile_features.shape
+    if n != rows * cols:
+        raise ValueError(f"tiles_to_grid: got {n} tiles for a {rows}x{cols} grid; pass the tiles "
+                         "without the thumbnail (pixels[1:] of AnyresTiles)")
+    return tile_features.view(rows, cols, gh, gw, d).permute(0, 2, 1, 3, 4).reshape(rows * gh, cols * gw, d)
+
+
+def unpad_features(grid_features: Tensor, content: Box, canvas_size: tuple[int, int]) -> Tensor:
+    """Drop the feature rows/columns that cover only padding.
+
+    grid_features: (H, W, d) over a canvas of `canvas_size` = (height, width) pixels;
+    content: (top, left, height, width) of the image on that canvas (`AnyresTiles.content`).
+    A feature row/column is kept if it covers any image pixel. Returns (H', W', d).
+    """
+    rows, cols = _content_span(content, canvas_size, grid_features.shape[:2])
+    return grid_features[rows[0]:rows[1], cols[0]:cols[1]]
+
+
+def num_visual_tokens(image_size: Sequence[int], tile_size: int, patch_grid: int | Sequence[int], *,
+                      max_tiles: int | None = None, pinpoints: Sequence[Sequence[int]] | None = None,
+                      newline: bool) -> int:
+    """Tokens an image of `image_size` (width, height) becomes.
+
+    patch_grid: features per tile side, an int or (gh, gw) (after the connector, if it
+    pools). Thumbnail gh*gw + unpadded grid H'*W' + H' row-end newlines if `newline`.
+    """
+    gh, gw = (patch_grid, patch_grid) if isinstance(patch_grid, int) else patch_grid
+    rows, cols = select_grid(image_size, tile_size, max_tiles=max_tiles, pinpoints=pinpoints)
+    canvas = (rows * tile_size, cols * tile_size)
+    content = _fit(_size(image_size), (canvas[1], canvas[0]))
+    (r0, r1), (c0, c1) = _content_span(content, canvas, (rows * gh, cols * gw))
+    height, width = r1 - r0, c1 - c0
+    return gh * gw + height * width + (height if newline else 0)
+
+
+def _fit(image_size: tuple[int, int], canvas_size: tuple[int, int]) -> Box:
+    """LLaVA-NeXT's `resize_and_pad_image` box: the image resized, aspect ratio kept, to
+    fit a (width, height) canvas, centred. Returns (top, left, height, width)."""
+    width, height = image_size
+    canvas_w, canvas_h = canvas_size
+    if canvas_w * height < canvas_h * width:  # width-bound
+        new_w, new_h = canvas_w, min(-(-height * canvas_w // width), canvas_h)
+    else:
+        new_w, new_h = min(-(-width * canvas_h // height), canvas_w), canvas_h
+    return (canvas_h - new_h) // 2, (canvas_w - new_w) // 2, new_h, new_w
+
+
+def _content_span(content: Box, canvas_size: tuple[int, int], grid_shape: Sequence[int]):
+    """The feature rows [r0, r1) and columns [c0, c1) that touch the content box.
+
+    Feature i of n covers canvas pixels [i*P/n, (i+1)*P/n): floor at the start and ceil at
+    the end so a feature that is only partly image is kept.
+    """
+    top, left, height, width = content
+    spans = []
+    for start, length, pixels, n in ((top, height, canvas_size[0], grid_shape[0]),
+                                     (left, width, canvas_size[1], grid_shape[1])):
+        spans.append((start * n // pixels, -(-(start + length) * n // pixels)))
+    return spans
+
+
+def _candidates(tile_size: int, max_tiles: int | None, pinpoints) -> list[Grid]:
+    if (max_tiles is None) == (pinpoints is None):
+        raise ImageError("anyres: give exactly one of max_tiles and pinpoints")
+    if max_tiles is not None:
+        if max_tiles < 1:
+            raise ImageError(f"anyres: max_tiles={max_tiles}; it must be at least 1")
+        return [(r, c) for r in range(1, max_tiles + 1) for c in range(1, max_tiles // r + 1)]
+    if not pinpoints:
+        raise ImageError("anyres: pinpoints is empty; give at least one [width, height]")
+    grids = []
+    for point in pinpoints:
+        w, h = point
+        if w <= 0 or h <= 0 or w % tile_size or h % tile_size:
+            raise ImageError(f"anyres: pinpoint [{w}, {h}] is not a positive multiple of the tile size "
+                             f"{tile_size}; use sizes like [{tile_size}, {2 * tile_size}]")
+        grids.append((h // tile_size, w // tile_size))
+    return grids
+
+
+def _size(image_size: Sequence[int]) -> tuple[int, int]:
+    width, height = image_size
+    if width <= 0 or height <= 0:
+        raise ValueError(f"image size must be positive (width, height), got {tuple(image_size)}")
+    return int(width), int(height)
