@@ -40,7 +40,7 @@ from .schema import coerce, component_options, describe, type_name
 
 FFN_KINDS = {"mlp": SwiGLU, "moe": MoE}
 FFN_CHOICES = [*FFN_KINDS, "none"]  # none: the block has no FFN (pure Mamba)
-TOP_LEVEL_KEYS = ("name", "model", "vision", "text")
+TOP_LEVEL_KEYS = ("name", "model", "vision", "text", "train")
 PLAN_KEYS = ("attn_layer_period", "attn_layer_offset", "expert_layer_period", "expert_layer_offset",
              "attn_mixer", "ssm_mixer")
 
@@ -67,11 +67,14 @@ class Config:
     name: str = "hybrid"
     vision: VisionConfig | None = None  # None: a text-only model
     text: TextConfig = field(default_factory=TextConfig)
+    train: dict[str, Any] | None = None  # validated by hybrid_mllm.train (core does not read it)
 
     def to_dict(self) -> dict[str, Any]:
         out = {"name": self.name, "model": dataclasses.asdict(self.model), "text": dataclasses.asdict(self.text)}
         if self.vision is not None:
             out["vision"] = dataclasses.asdict(self.vision)
+        if self.train is not None:
+            out["train"] = self.train
         return out
 
 
@@ -117,9 +120,12 @@ def parse_config(raw: Any, *, source: str = "<config>", registry: Registry | Non
     d_model = model.get("d_model") if isinstance(model.get("d_model"), int) else None
     vision = parse_vision(raw.get("vision"), registry, d_model, problems)
     text = parse_text(raw.get("text"), problems)
+    train = raw.get("train")
+    if train is not None and not isinstance(train, dict):
+        problems.append(f"train: expected a mapping, got {describe(train)}")
     if problems:
         raise ConfigError(source, problems)
-    return Config(model=model_config, name=name, vision=vision, text=text)
+    return Config(model=model_config, name=name, vision=vision, text=text, train=train)
 
 
 def _parse_model(raw: dict, registry: Registry, problems: list[str]) -> ModelConfig | None:

@@ -11,6 +11,7 @@ from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from .mixer import State
 from .norm import RMSNorm
@@ -58,6 +59,7 @@ class HybridLM(nn.Module):
         self.lm_head = nn.Linear(d_model, vocab_size, bias=False, device=device, dtype=dtype)
         if tie_embeddings:
             self.lm_head.weight = self.embed.weight
+        self.activation_checkpointing = False  # recompute block activations in backward (training only)
 
     def init_state(self, batch_size: int, *, device=None, dtype=None) -> ModelState:
         """The state before the first token, one entry per layer."""
@@ -83,7 +85,10 @@ class HybridLM(nn.Module):
         states = state if state is not None else (None,) * len(self.blocks)
         new_states, aux = [], x.new_zeros((), dtype=torch.float32)
         for block, layer_state in zip(self.blocks, states, strict=True):
-            x, layer_state, layer_aux = block(x, layer_state, mask)
+            if self.activation_checkpointing and self.training:
+                x, layer_state, layer_aux = checkpoint(block, x, layer_state, mask, use_reentrant=False)
+            else:
+                x, layer_state, layer_aux = block(x, layer_state, mask)
             new_states.append(layer_state)
             aux = aux + layer_aux
         if num_logits is not None:

@@ -15,9 +15,9 @@ import torch
 from .config import Config
 from .errors import HybridError, InputError
 from .generate import Decoder, GenerationConfig, GenerationResult, TorchDecoder, generate
-from .mllm import Batch, HybridMLLM, VideoClip, Visual
+from .mllm import Batch, HybridMLLM, Visual
 from .text import IMAGE_TOKEN, VIDEO_TOKEN, Tokenizer, get_template
-from .vision import anyres_tiles, load_image, load_video, normalize, num_visual_tokens, select_grid
+from .visual_inputs import Overrides, VisualLoader
 
 
 @dataclass
@@ -29,19 +29,11 @@ class Request:
     videos: Sequence[str] = ()
 
 
-@dataclass
-class Overrides:
-    """Inference-time settings that differ from training (the paper's "train low, run high")."""
-
-    max_tiles: int | None = None
-    max_frames: int | None = None
-    fps: float | None = None
-
-
 class Pipeline:
     def __init__(self, model: HybridMLLM, tokenizer: Tokenizer, config: Config):
         self.model, self.tokenizer, self.config = model, tokenizer, config
         self.template = get_template(config.text.template)
+        self.visuals = VisualLoader(model, config.vision)
 
     def prepare(self, requests: Sequence[Request], overrides: Overrides | None = None) -> tuple[Batch, list[list[int]]]:
         """Render, load and encode a batch of requests. Returns the batch and each prompt's ids.
@@ -79,47 +71,13 @@ class Pipeline:
             raise InputError("this model has no vision encoder, so it cannot take images or videos")
         prompt = _with_placeholders(request)
         rendered = self.template.render([{"role": "user", "content": prompt}], self.tokenizer, add_generation_prompt=True)
-        items, n_visual = self._load_visuals(rendered.ids, request, overrides)
+        items, n_visual = self.visuals.load(rendered.ids, request.images, request.videos, overrides)
         total = len(rendered.ids) - len(items) + n_visual
         if total > self.config.text.max_context:
             raise InputError(f"the prompt needs {total:,} tokens ({n_visual:,} visual) but the model's context is "
                              f"{self.config.text.max_context:,}: use fewer tiles (--max-tiles) or frames (--max-frames), "
                              f"or raise text.max_context")
         return rendered.ids, items
-
-    def _load_visuals(self, ids: list[int], request: Request, overrides: Overrides) -> tuple[list[Visual], int]:
-        """Load the images and videos in placeholder order; count their tokens before encoding."""
-        images, videos = iter(request.images), iter(request.videos)
-        items, n_visual = [], 0
-        for token in ids:
-            if token == self.tokenizer.image_id:
-                item, n = self._image(next(images), overrides)
-            elif token == self.tokenizer.video_id:
-                item, n = self._video(next(videos), overrides)
-            else:
-                continue
-            items.append(item)
-            n_visual += n
-        return items, n_visual
-
-    def _image(self, path: str, overrides: Overrides) -> tuple[Visual, int]:
-        v, encoder = self.config.vision, self.model.encoder
-        image = load_image(path, max_pixels=v.max_pixels)
-        limits = {"max_tiles": overrides.max_tiles or v.max_tiles} if (overrides.max_tiles or not v.pinpoints) \
-            else {"pinpoints": v.pinpoints}
-        grid = select_grid(image.size, encoder.image_size, **limits)
-        tiles = anyres_tiles(image, encoder.image_size, grid, mean=encoder.mean, std=encoder.std)
-        patch_grid = self.model.connector.out_grid(encoder.grid)
-        n = num_visual_tokens(image.size, encoder.image_size, patch_grid, newline=v.newline, **limits)
-        return tiles, n + encoder.num_prefix_tokens
-
-    def _video(self, path: str, overrides: Overrides) -> tuple[Visual, int]:
-        v, encoder = self.config.vision, self.model.encoder
-        frames = load_video(path, max_frames=overrides.max_frames or v.max_frames, fps=overrides.fps or v.fps,
-                            max_pixels=v.max_pixels)
-        pixels = torch.stack([normalize(f, encoder.image_size, encoder.mean, encoder.std) for f in frames.frames])
-        gh, gw = self.model.video_connector.out_grid(encoder.grid)
-        return VideoClip(pixels), len(frames.frames) * (gh * gw + 1 + encoder.num_prefix_tokens)
 
 
 def _with_placeholders(request: Request) -> str:

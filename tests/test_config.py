@@ -50,7 +50,7 @@ def test_layer_list_of_the_wrong_length_and_unknown_keys(tmp_path):
         model: {vocab_size: 10, d_model: 8, n_layer: 3, layers: [mamba], n_layers: 2}
         """)
     problems = _problems(path)
-    assert "  modle: unknown section. Did you mean 'model'? (allowed: name, model, vision, text)" in problems
+    assert "  modle: unknown section. Did you mean 'model'? (allowed: name, model, vision, text, train)" in problems
     assert "  model.layers: has 1 entries but n_layer is 3" in problems
     assert any(p.startswith("  model.n_layers: unknown key. Did you mean 'n_layer'?") for p in problems)
 

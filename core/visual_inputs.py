@@ -1,0 +1,79 @@
+"""Images and videos named in a prompt -> the model's visual inputs, with their token counts.
+
+Shared by inference (`hybrid_mllm.core.pipeline`) and training data loading, so both tile
+and sample the same way. Token counts are known before any encoding, so a prompt that
+would not fit the context is refused early.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .config_vision import VisionConfig
+from .errors import InputError
+from .mllm import HybridMLLM, VideoClip, Visual
+from .vision import anyres_tiles, load_image, load_video, normalize, num_visual_tokens, select_grid
+
+
+@dataclass
+class Overrides:
+    """Inference-time settings that differ from training (the paper's "train low, run high")."""
+
+    max_tiles: int | None = None
+    max_frames: int | None = None
+    fps: float | None = None
+
+
+class VisualLoader:
+    """Loads the files for the placeholders of a token sequence, in order."""
+
+    def __init__(self, model: HybridMLLM, vision: VisionConfig | None):
+        self.model, self.vision = model, vision
+
+    def load(self, ids: Sequence[int], images: Sequence[str], videos: Sequence[str],
+             overrides: Overrides | None = None) -> tuple[list[Visual], int]:
+        """Returns the visual items in placeholder order and their total token count."""
+        overrides = overrides or Overrides()
+        image_id, video_id = self.model.image_token_id, self.model.video_token_id
+        n_img, n_vid = sum(1 for t in ids if t == image_id), sum(1 for t in ids if t == video_id)
+        if (n_img, n_vid) != (len(images), len(videos)):
+            raise InputError(f"{n_img} <image> and {n_vid} <video> placeholder(s) but {len(images)} image(s) and "
+                             f"{len(videos)} video(s)")
+        if (images or videos) and not self.model.has_vision:
+            raise InputError("this model has no vision encoder, so it cannot take images or videos")
+        image_iter, video_iter = iter(images), iter(videos)
+        items, total = [], 0
+        for token in ids:
+            if token == image_id:
+                item, n = self.image(next(image_iter), overrides)
+            elif token == video_id:
+                item, n = self.video(next(video_iter), overrides)
+            else:
+                continue
+            items.append(item)
+            total += n
+        return items, total
+
+    def image(self, path: str, overrides: Overrides) -> tuple[Visual, int]:
+        v, encoder = self.vision, self.model.encoder
+        image = load_image(path, max_pixels=v.max_pixels)
+        if overrides.max_tiles or not v.pinpoints:
+            limits = {"max_tiles": overrides.max_tiles or v.max_tiles}
+        else:
+            limits = {"pinpoints": v.pinpoints}
+        grid = select_grid(image.size, encoder.image_size, **limits)
+        tiles = anyres_tiles(image, encoder.image_size, grid, mean=encoder.mean, std=encoder.std)
+        patch_grid = self.model.connector.out_grid(encoder.grid)
+        n = num_visual_tokens(image.size, encoder.image_size, patch_grid, newline=v.newline, **limits)
+        return tiles, n + encoder.num_prefix_tokens
+
+    def video(self, path: str, overrides: Overrides) -> tuple[Visual, int]:
+        v, encoder = self.vision, self.model.encoder
+        frames = load_video(path, max_frames=overrides.max_frames or v.max_frames, fps=overrides.fps or v.fps,
+                            max_pixels=v.max_pixels)
+        pixels = torch.stack([normalize(f, encoder.image_size, encoder.mean, encoder.std) for f in frames.frames])
+        gh, gw = self.model.video_connector.out_grid(encoder.grid)
+        return VideoClip(pixels), len(frames.frames) * (gh * gw + 1 + encoder.num_prefix_tokens)
