@@ -1,0 +1,61 @@
+"""``hybrid-eval CHECKPOINT DATA.jsonl``: answer every question and score it (exact match, ANLS).
+
+    hybrid-eval runs/digits/stage-finetune/final data/eval_high.jsonl --max-tiles 16 --out results/high
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from hybrid_mllm.core._cli import run_cli
+from hybrid_mllm.core.checkpoint import load_checkpoint
+from hybrid_mllm.core.pipeline import Pipeline
+from hybrid_mllm.core.visual_inputs import Overrides
+
+from .data import read_records
+from .evaluate import evaluate, write_results
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hybrid-eval", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    p.add_argument("checkpoint")
+    p.add_argument("data", help="LLaVA-format JSON/JSONL with questions and reference answers")
+    p.add_argument("--data-root", help="folder the data's paths are relative to (default: the data file's folder)")
+    p.add_argument("--max-tiles", type=int, help="anyres tile limit (evaluate at another resolution)")
+    p.add_argument("--max-frames", type=int, help="frames per video")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-new-tokens", type=int, default=16)
+    p.add_argument("--limit", type=int, help="only the first N records")
+    p.add_argument("--out", help="write samples.jsonl and summary.json here")
+    p.add_argument("--device", default="cpu")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    model, tokenizer, config = load_checkpoint(args.checkpoint, device=args.device)
+    records = read_records(args.data, args.data_root)[: args.limit]
+    raw = [json.loads(line) for line in Path(args.data).read_text().splitlines() if line.strip()][: len(records)]
+    pipeline = Pipeline(model.eval(), tokenizer, config)
+    rows, summary = evaluate(pipeline, records, raw, overrides=Overrides(args.max_tiles, args.max_frames),
+                             batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
+    if args.out:
+        write_results(Path(args.out), rows, summary)
+    overall = summary["overall"]
+    print(f"{overall['n']} questions: exact match {overall['exact_match']:.1%}, ANLS {overall['anls']:.3f}, "
+          f"{overall['mean_visual_tokens']:.0f} visual tokens on average")
+    for qtype, s in summary["by_type"].items():
+        print(f"  {qtype:14s} n={s['n']:4d}  exact match {s['exact_match']:.1%}  ANLS {s['anls']:.3f}")
+    return 0
+
+
+def entry() -> None:
+    sys.exit(run_cli(main))
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,61 @@
+"""Evaluate a model on LLaVA-format QA data: generate an answer per record and score it."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from tqdm import tqdm
+
+from hybrid_mllm.core.generate import GenerationConfig
+from hybrid_mllm.core.pipeline import Pipeline, Request
+from hybrid_mllm.core.visual_inputs import Overrides
+
+from .data import Record
+from .metrics import anls, exact_match
+
+
+def first_question(record: Record) -> tuple[str, str]:
+    """The first user turn and the answer that follows it."""
+    turns = [(t.get("from", t.get("role")), str(t.get("value", t.get("content", "")))) for t in record.conversations]
+    for (role, text), (next_role, answer) in zip(turns, turns[1:]):
+        if role in ("human", "user") and next_role in ("gpt", "assistant"):
+            return text, answer
+    raise ValueError(f"record '{record.id}' has no question followed by an answer")
+
+
+def evaluate(pipeline: Pipeline, records: list[Record], raw: list[dict], *, overrides: Overrides,
+             batch_size: int = 8, max_new_tokens: int = 16, progress: bool = True) -> tuple[list[dict], dict]:
+    """Returns per-sample rows and a summary (overall and per question type ``qtype``)."""
+    rows, t0 = [], time.perf_counter()
+    generation = GenerationConfig(max_new_tokens=max_new_tokens)
+    for start in tqdm(range(0, len(records), batch_size), desc="eval", disable=not progress):
+        chunk = records[start:start + batch_size]
+        questions = [first_question(r) for r in chunk]
+        requests = [Request(q, images=r.images, videos=r.videos) for r, (q, _) in zip(chunk, questions)]
+        result, batch = pipeline.answer(requests, generation, overrides=overrides)
+        for i, (record, (question, answer)) in enumerate(zip(chunk, questions)):
+            prediction = result.texts[i].strip()
+            rows.append({"id": record.id, "qtype": raw[start + i].get("qtype", "all"), "question": question,
+                         "answer": answer, "prediction": prediction, "exact_match": exact_match(prediction, [answer]),
+                         "anls": anls(prediction, [answer]), "visual_tokens": batch.n_visual[i]})
+    return rows, summarize(rows, time.perf_counter() - t0)
+
+
+def summarize(rows: list[dict], seconds: float) -> dict:
+    by_type = defaultdict(list)
+    for row in rows:
+        by_type[row["qtype"]].append(row)
+    def score(items):  # noqa: E306
+        n = len(items)
+        return {"n": n, "exact_match": sum(r["exact_match"] for r in items) / n, "anls": sum(r["anls"] for r in items) / n,
+                "mean_visual_tokens": sum(r["visual_tokens"] for r in items) / n}
+    return {"overall": score(rows), "by_type": {k: score(v) for k, v in sorted(by_type.items())}, "seconds": seconds}
+
+
+def write_results(out_dir: Path, rows: list[dict], summary: dict) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
