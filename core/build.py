@@ -49,9 +49,9 @@ def build_mllm(config: Config, *, registry: Registry | None = None, device=None,
         for key in ("connector", "video_connector"):
             parts[key] = _component(registry, "connector", getattr(v, key), (d_model,),
                                     {"in_dim": parts["encoder"].out_dim}, factory)
-    newline = config.vision.newline if config.vision is not None else False
+    v = config.vision
     model = HybridMLLM(lm, **parts, image_token_id=tokenizer.image_id, video_token_id=tokenizer.video_id,
-                       newline=newline)
+                       newline=v.newline if v else False, grid_pos=v.grid_pos if v else False)
     return model, tokenizer
 
 

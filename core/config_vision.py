@@ -7,6 +7,7 @@ vision:
   video_connector: {name: pool, stride: 2} # frame tokens (default: pool, stride 2)
   max_tiles: 4                             # anyres grid limit ... or pinpoints: [[336, 672], ...]
   newline: true                            # a learned embedding at the end of each row of tiles
+  grid_pos: false                          # add fixed 2-D (row, column) cues over the whole tile grid
   max_pixels: 100000000                    # refuse larger images (decompression bombs)
   max_frames: 8                            # frames sampled per video ...
   fps: null                                # ... or at this rate (capped by max_frames)
@@ -33,12 +34,14 @@ class VisionConfig:
     max_tiles: int | None = 4
     pinpoints: list[list[int]] | None = None
     newline: bool = True
+    grid_pos: bool = False
     max_pixels: int = 100_000_000
     max_frames: int | None = 8
     fps: float | None = None
 
 
-SETTINGS = {"max_tiles": int | None, "pinpoints": list[list[int]] | None, "newline": bool, "max_pixels": int,
+SETTINGS = {"max_tiles": int | None, "pinpoints": list[list[int]] | None, "newline": bool, "grid_pos": bool,
+            "max_pixels": int,
             "max_frames": int | None, "fps": float | None}
 
 

@@ -48,7 +48,7 @@ class HybridMLLM(nn.Module):
 
     def __init__(self, lm: HybridLM, encoder: nn.Module | None = None, connector: nn.Module | None = None,
                  video_connector: nn.Module | None = None, *, image_token_id: int, video_token_id: int,
-                 newline: bool = True):
+                 newline: bool = True, grid_pos: bool = False):
         super().__init__()
         self.lm, self.encoder, self.connector, self.video_connector = lm, encoder, connector, video_connector
         self.image_token_id, self.video_token_id = image_token_id, video_token_id
@@ -57,6 +57,7 @@ class HybridMLLM(nn.Module):
         vision = encoder is not None
         self.image_newline = nn.Parameter(torch.randn(d_model, **factory) * 0.02) if vision and newline else None
         self.frame_separator = nn.Parameter(torch.randn(d_model, **factory) * 0.02) if vision else None
+        self.grid_pos = grid_pos
 
     @property
     def has_vision(self) -> bool:
@@ -79,6 +80,8 @@ class HybridMLLM(nn.Module):
         rows, cols = tiles.grid
         big = tiles_to_grid(grid[1:], rows, cols)  # (R*gh, C*gw, d)
         big = unpad_features(big, tiles.content, tiles.canvas_size)  # (H', W', d)
+        if self.grid_pos:
+            big = big + grid_position(big.shape[0], big.shape[1], big.shape[2]).to(big)
         if self.image_newline is not None:
             big = torch.cat([big, self.image_newline.expand(big.shape[0], 1, -1)], dim=1)  # a row-end token per row
         return torch.cat([prefix[0], grid[0].flatten(0, 1), big.flatten(0, 1)])
@@ -140,6 +143,23 @@ class HybridMLLM(nn.Module):
 
     def forward(self, batch: Batch, *, state=None, num_logits: int | None = None) -> LMOutput:
         return self.lm(inputs_embeds=batch.embeds, mask=batch.mask, state=state, num_logits=num_logits)
+
+
+def grid_position(rows: int, cols: int, dim: int, scale: float = 0.1) -> Tensor:
+    """Fixed 2-D sinusoidal cues (row in the first half of the channels, column in the second),
+    defined for any grid size, so row/column positions over the whole anyres grid are explicit.
+    -> (rows, cols, dim)"""
+    half = dim // 2
+    freqs = 1.0 / (100.0 ** (torch.arange(0, half, 2, dtype=torch.float32) / half))  # (half/2,)
+
+    def embed(n: int) -> Tensor:
+        angle = torch.arange(n, dtype=torch.float32)[:, None] * freqs  # (n, half/2)
+        return torch.cat([angle.sin(), angle.cos()], dim=-1)  # (n, half)
+
+    pos = torch.zeros(rows, cols, dim)
+    pos[:, :, :half] = embed(rows)[:, None, :]
+    pos[:, :, half:2 * half] = embed(cols)[None, :, :]
+    return pos * scale
 
 
 def _left_pad(seqs: list[Tensor], value: float) -> tuple[Tensor, Tensor]:
