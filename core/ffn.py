@@ -62,11 +62,18 @@ class MoE(nn.Module):
         weights, chosen = probs.topk(self.top_k, dim=-1)  # (T, k)
         if self.normalize_top_k:
             weights = weights / weights.sum(-1, keepdim=True)
-        y = torch.zeros_like(tokens)
-        for e, expert in enumerate(self.experts):
-            token_idx, slot = torch.where(chosen == e)  # tokens routed to expert e
-            out, _ = expert(tokens[token_idx])
-            y.index_add_(0, token_idx, out * weights[token_idx, slot, None].to(out.dtype))
+        y = self._dispatch(tokens, chosen).view(*chosen.shape, -1)  # (T, k, d): each slot's expert output
+        y = (y * weights[..., None].to(y.dtype)).sum(1)
         routed = F.one_hot(chosen, self.n_experts).float().sum(1)  # (T, E): 1 where chosen
         aux = self.n_experts * (routed.mean(0) / self.top_k * probs.mean(0)).sum()
         return y.view_as(x), aux
+
+    def _dispatch(self, tokens: Tensor, chosen: Tensor) -> Tensor:
+        """Run each routed (token, slot) through its expert, grouped by expert so every expert
+        sees one contiguous batch. tokens: (T, d), chosen: (T, k) -> (T * k, d) in slot order."""
+        flat = chosen.reshape(-1)  # (T*k,)
+        order = flat.argsort(stable=True)
+        counts = torch.bincount(flat, minlength=self.n_experts).tolist()
+        grouped = tokens[order // self.top_k]  # (T*k, d), grouped by expert
+        outputs = torch.cat([expert(part)[0] for expert, part in zip(self.experts, grouped.split(counts))])
+        return torch.empty_like(outputs).index_copy_(0, order, outputs)
