@@ -20,7 +20,7 @@ from .model import HybridLM, LMOutput
 from .vision.anyres import AnyresTiles, tiles_to_grid, unpad_features
 
 IGNORE = -100  # label of positions without loss (visual tokens, prompts, padding)
-ENCODER_BATCH = 64  # tiles or frames per encoder call: bounds activation memory for 4K images
+ENCODER_BATCH = 256  # tiles or frames per encoder call: bounds activation memory for 4K images
 
 
 @dataclass
@@ -76,7 +76,32 @@ class HybridMLLM(nn.Module):
 
     def encode_image(self, tiles: AnyresTiles) -> Tensor:
         """Anyres tiles -> visual tokens (T, d_model): [CLS], thumbnail, unpadded grid with row ends."""
-        grid, prefix = self._encode(tiles.pixels, self.connector)  # (1 + R*C, gh, gw, d)
+        return self._image_tokens(tiles, *self._encode(tiles.pixels, self.connector))
+
+    def encode_video(self, clip: VideoClip) -> Tensor:
+        """Frames -> visual tokens (T, d_model): per frame [CLS], pooled tokens, frame separator."""
+        return self._video_tokens(*self._encode(clip.pixels, self.video_connector))
+
+    def encode_visuals(self, items: list[Visual]) -> list[Tensor]:
+        """Encode many items with one encoder pass per kind (images, videos): far fewer,
+        larger calls than one per item. Returns each item's tokens, in order."""
+        if items and self.encoder is None:
+            raise InputError("this model has no vision encoder, so it cannot take images or videos "
+                             "(its config has no 'vision:' section)")
+        out: list[Tensor | None] = [None] * len(items)
+        for is_video, connector, assemble in ((False, self.connector, self._image_tokens),
+                                              (True, self.video_connector, self._video_tokens)):
+            picked = [i for i, item in enumerate(items) if isinstance(item, VideoClip) == is_video]
+            if not picked:
+                continue
+            grid, prefix = self._encode(torch.cat([items[i].pixels for i in picked]), connector)
+            sizes = [items[i].pixels.shape[0] for i in picked]
+            for i, g, p in zip(picked, grid.split(sizes), prefix.split(sizes)):
+                out[i] = assemble(items[i], g, p) if not is_video else assemble(g, p)
+        return out
+
+    def _image_tokens(self, tiles: AnyresTiles, grid: Tensor, prefix: Tensor) -> Tensor:
+        """grid (1 + R*C, gh, gw, d) from the connector, prefix (1 + R*C, P, d) -> (T, d)."""
         rows, cols = tiles.grid
         big = tiles_to_grid(grid[1:], rows, cols)  # (R*gh, C*gw, d)
         big = unpad_features(big, tiles.content, tiles.canvas_size)  # (H', W', d)
@@ -86,17 +111,10 @@ class HybridMLLM(nn.Module):
             big = torch.cat([big, self.image_newline.expand(big.shape[0], 1, -1)], dim=1)  # a row-end token per row
         return torch.cat([prefix[0], grid[0].flatten(0, 1), big.flatten(0, 1)])
 
-    def encode_video(self, clip: VideoClip) -> Tensor:
-        """Frames -> visual tokens (T, d_model): per frame [CLS], pooled tokens, frame separator."""
-        grid, prefix = self._encode(clip.pixels, self.video_connector)  # (F, gh', gw', d)
+    def _video_tokens(self, grid: Tensor, prefix: Tensor) -> Tensor:
+        """grid (F, gh', gw', d), prefix (F, P, d) -> (F * (P + gh'*gw' + 1), d)."""
         sep = self.frame_separator.expand(grid.shape[0], 1, -1)
         return torch.cat([prefix, grid.flatten(1, 2), sep], dim=1).flatten(0, 1)
-
-    def encode_visual(self, item: Visual) -> Tensor:
-        if self.encoder is None:
-            raise InputError("this model has no vision encoder, so it cannot take images or videos "
-                             "(its config has no 'vision:' section)")
-        return self.encode_video(item) if isinstance(item, VideoClip) else self.encode_image(item)
 
     def embed(self, input_ids: list[Tensor], visuals: list[list[Visual]] | None = None,
               labels: list[Tensor] | None = None) -> Batch:
@@ -106,9 +124,11 @@ class HybridMLLM(nn.Module):
         in order; labels[i]: (L_i,) or None. Returns a `Batch` (left padding, mask False there).
         """
         visuals = visuals or [[] for _ in input_ids]
-        seqs, labs, counts = [], [], []
+        flat = self.encode_visuals([item for items in visuals for item in items])
+        seqs, labs, counts, start = [], [], [], 0
         for i, ids in enumerate(input_ids):
-            emb, lab, n = self._splice(ids, visuals[i], None if labels is None else labels[i], i)
+            tokens, start = flat[start:start + len(visuals[i])], start + len(visuals[i])
+            emb, lab, n = self._splice(ids, visuals[i], tokens, None if labels is None else labels[i], i)
             seqs.append(emb)
             labs.append(lab)
             counts.append(n)
@@ -116,7 +136,7 @@ class HybridMLLM(nn.Module):
         out_labels = _left_pad(labs, IGNORE)[0] if labels is not None else None
         return Batch(embeds, mask, out_labels, counts)
 
-    def _splice(self, ids: Tensor, items: list[Visual], labels: Tensor | None, index: int):
+    def _splice(self, ids: Tensor, items: list[Visual], encoded: list[Tensor], labels: Tensor | None, index: int):
         ids = ids.to(self.lm.embed.weight.device)
         is_slot = (ids == self.image_token_id) | (ids == self.video_token_id)
         slots = is_slot.nonzero().flatten().tolist()
@@ -125,12 +145,12 @@ class HybridMLLM(nn.Module):
                              f"{len(items)} image/video item(s) given")
         text = self.lm.embed(ids.masked_fill(is_slot, 0))
         pieces, label_pieces, start, n_visual = [], [], 0, 0
-        for slot, item in zip(slots, items):
+        for slot, item, tokens in zip(slots, items, encoded):
             want_video = bool(ids[slot] == self.video_token_id)
             if want_video != isinstance(item, VideoClip):
                 kind = "a video" if want_video else "an image"
                 raise InputError(f"sample {index}: placeholder {len(pieces) // 2 + 1} expects {kind}")
-            tokens = self.encode_visual(item).to(text.dtype)
+            tokens = tokens.to(text.dtype)
             pieces += [text[start:slot], tokens]
             if labels is not None:
                 label_pieces += [labels[start:slot], labels.new_full((tokens.shape[0],), IGNORE)]

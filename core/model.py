@@ -57,8 +57,13 @@ class HybridLM(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         self.norm = RMSNorm(d_model, eps=norm_eps, device=device, dtype=dtype)
         self.lm_head = nn.Linear(d_model, vocab_size, bias=False, device=device, dtype=dtype)
+        # small embeddings (GPT-2's 0.02): with nn.Embedding's N(0, 1) a tied head starts with
+        # logits of std ~sqrt(d_model) and a loss many times log(vocab)
+        nn.init.normal_(self.embed.weight, std=0.02)
         if tie_embeddings:
             self.lm_head.weight = self.embed.weight
+        else:
+            nn.init.normal_(self.lm_head.weight, std=0.02)
         self.activation_checkpointing = False  # recompute block activations in backward (training only)
 
     def init_state(self, batch_size: int, *, device=None, dtype=None) -> ModelState:

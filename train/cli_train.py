@@ -58,15 +58,18 @@ def stage_index(train: TrainConfig, stage: str | None) -> int | None:
 
 
 def run_training(config: Config, train: TrainConfig, *, only: int | None = None, resume: Path | None = None,
-                 dist: DistInfo | None = None) -> Path:
-    """Train stage `only` (or every stage in order); returns the last final checkpoint."""
+                 init: Path | None = None, dist: DistInfo | None = None) -> Path:
+    """Train stage `only` (or every stage in order); returns the last final checkpoint.
+    `init`: a checkpoint whose weights the first stage starts from (e.g. a pretrained encoder)."""
     dist = dist or DistInfo()
     torch.manual_seed(train.seed)
     model, tokenizer = build_mllm(config, seed=train.seed, device=dist.device)
+    if init is not None:
+        load_weights(model, weight_files(init), source=str(init))
     indices = [only] if only is not None else list(range(len(train.stages)))
     final = None
     for index in indices:
-        if index > 0 and (resume is None or index != indices[0]):
+        if index > 0 and (resume is None or index != indices[0]) and (init is None or index != indices[0]):
             _start_from_previous(model, train, index)
         run = _stage_run(model, tokenizer, config, train, index, dist)
         final = run.run(resume if index == indices[0] else None)
@@ -100,6 +103,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="key=value settings that replace the YAML's (values parsed as YAML)")
     p.add_argument("--stage", help="train only this stage (name or 1-based number)")
     p.add_argument("--resume", help="a step checkpoint of this run to continue exactly from")
+    p.add_argument("--init", help="a checkpoint whose weights the first stage trained starts from")
     p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
     return p
 
@@ -115,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         lock = OutputLock(train.path(train.output_dir)) if dist.main else None
         with lock or contextlib.nullcontext():
-            final = run_training(config, train, only=only, resume=resume, dist=dist)
+            final = run_training(config, train, only=only, resume=resume, dist=dist,
+                                 init=Path(args.init) if args.init else None)
         if dist.main:
             print(f"final checkpoint: {final}")
     finally:
