@@ -27,6 +27,7 @@ from typing import Any, Literal
 
 import yaml
 
+from hybrid_mllm.core._suggest import did_you_mean
 from hybrid_mllm.core.errors import ConfigError
 from hybrid_mllm.core.schema import check_options, describe
 
@@ -102,12 +103,16 @@ def _stage(raw: Any, path: str, problems: list[str]) -> StageConfig | None:
         return None
     for i, part in enumerate(options["trainable"]):
         if part not in PARTS:
-            problems.append(f"{path}.trainable[{i}]: unknown part '{part}' (allowed: {', '.join(PARTS)})")
+            problems.append(f"{path}.trainable[{i}]: unknown part '{part}'.{did_you_mean(part, PARTS)} "
+                            f"(allowed: {', '.join(PARTS)})")
     lr = options["lr"]
     if isinstance(lr, dict):
         for part in lr:
             if part not in options["trainable"]:
                 problems.append(f"{path}.lr.{part}: not a trainable part of this stage ({', '.join(options['trainable'])})")
+        for part in options["trainable"]:
+            if part in PARTS and part not in lr:
+                problems.append(f"{path}.lr: no learning rate for '{part}' (give one per trainable part, or a single number)")
     for key in ("steps", "batch_size", "grad_accum"):
         if options[key] < 1:
             problems.append(f"{path}.{key}: must be >= 1, got {options[key]}")

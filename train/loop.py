@@ -54,8 +54,7 @@ def make_optimizer(model: HybridMLLM, stage: StageConfig, weight_decay: float) -
     groups = []
     for part, params in part_parameters(model).items():
         if part in stage.trainable and params:
-            lr = stage.lr[part] if isinstance(stage.lr, dict) and part in stage.lr else \
-                (stage.lr if not isinstance(stage.lr, dict) else max(stage.lr.values()))
+            lr = stage.lr[part] if isinstance(stage.lr, dict) else stage.lr
             groups.append({"params": params, "lr": lr, "base_lr": lr, "name": part})
     if not groups:
         raise TrainError(f"stage '{stage.name}': nothing to train (trainable: {stage.trainable}; the model has "
