@@ -34,7 +34,7 @@ def test_loss_goes_down_when_overfitting(tmp_path):
     config, train = load_train_config(str(write_config(tmp_path, steps=(1, 30))), [])
     run_training(config, train)
     curve = losses(tmp_path / "run", "finetune")
-    assert sum(curve[-5:]) / 5 < 0.5 * sum(curve[:5]) / 5, curve
+    assert sum(curve[-5:]) / 5 < 0.65 * sum(curve[:5]) / 5, curve
 
 
 def test_resume_continues_exactly(tmp_path):
