@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
@@ -57,21 +57,31 @@ def save_checkpoint(model: HybridMLLM | HybridLM, config: Config, out_dir: str |
                     write_extra: Callable[[Path], None] | None = None) -> Path:
     """Write `model`, `config` (and `tokenizer`'s files) to `out_dir` atomically;
     `write_extra(tmp_dir)` may add files. A bare `HybridLM` is saved as a text-only model."""
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not overwrite:
-        raise CheckpointError(f"{out_dir} already exists: choose another directory or pass overwrite=True")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
-    try:
+
+    def fill(tmp: Path) -> None:
+        nonlocal config
         if tokenizer is not None:
             tokenizer.save(tmp)
             config = dataclasses.replace(config, text=dataclasses.replace(config.text, tokenizer=tokenizer.describe()))
         save_config(config, tmp / CONFIG_FILE)
         prefix = "lm." if isinstance(model, HybridLM) else ""
         state = {prefix + name: t.detach().contiguous().cpu() for name, t in unique_state_dict(model).items()}
-        _save_weights(state, tmp, max_shard_bytes)
+        save_weights(state, tmp, max_shard_bytes)
         if write_extra is not None:
             write_extra(tmp)
+
+    return write_directory(Path(out_dir), fill, overwrite=overwrite)
+
+
+def write_directory(out_dir: Path, fill: Callable[[Path], None], *, overwrite: bool = False) -> Path:
+    """Create `out_dir` atomically: `fill(tmp)` writes into a temporary sibling, which is
+    fsynced and renamed into place; on any failure it is removed and `out_dir` is untouched."""
+    if out_dir.exists() and not overwrite:
+        raise CheckpointError(f"{out_dir} already exists: choose another directory or pass overwrite=True")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
+    try:
+        fill(tmp)
         _fsync_tree(tmp)
         _replace_dir(tmp, out_dir)
     except BaseException:
@@ -81,17 +91,18 @@ def save_checkpoint(model: HybridMLLM | HybridLM, config: Config, out_dir: str |
 
 
 def unique_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The state dict without tied duplicates (a tied LM head is stored once, as the embedding)."""
+    """The state dict without tied duplicates (a tied LM head is stored once, as the embedding).
+    Tied parameters are one Parameter object under two names; compared by identity, which
+    also works on the meta device where every data pointer is 0."""
     seen, out = set(), {}
-    for name, tensor in model.state_dict().items():
-        key = (tensor.data_ptr(), tensor.shape, tensor.dtype) if tensor.numel() else (name,)
-        if key not in seen:
-            seen.add(key)
-            out[name] = tensor
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        if id(tensor) not in seen:
+            seen.add(id(tensor))
+            out[name] = tensor.detach()
     return out
 
 
-def _save_weights(state: dict[str, torch.Tensor], directory: Path, max_shard_bytes: int) -> None:
+def save_weights(state: dict[str, torch.Tensor], directory: Path, max_shard_bytes: int) -> None:
     shards, current, size = [], {}, 0
     for name, tensor in state.items():
         nbytes = tensor.numel() * tensor.element_size()
@@ -152,8 +163,11 @@ def weight_files(ckpt_dir: Path) -> dict[str, Path]:
     single = ckpt_dir / WEIGHTS_FILE
     if not single.exists():
         raise CheckpointError(f"{ckpt_dir} has no {WEIGHTS_FILE} (nor {INDEX_FILE}): not a checkpoint directory")
-    with safe_open(str(single), framework="pt") as f:
-        return dict.fromkeys(f.keys(), single)
+    try:
+        with safe_open(str(single), framework="pt") as f:
+            return dict.fromkeys(f.keys(), single)
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{single} is not a readable safetensors file ({e}): truncated or corrupt?") from None
 
 
 def load_checkpoint(ckpt_dir: str | os.PathLike, *, device="cpu", dtype: torch.dtype | None = None) -> Loaded:

@@ -1,0 +1,87 @@
+"""``hybrid-convert SRC OUT``: Hugging Face model directory <-> hybrid-mllm checkpoint.
+
+The direction follows SRC: a directory with ``config.json`` (Hugging Face: Jamba, Mamba or
+Llama causal LM) becomes our checkpoint; one with ``config.yaml`` (ours) becomes a Hugging
+Face directory that transformers loads. OUT is written atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+from .._cli import run_cli
+from ..build import build_model
+from ..checkpoint import CONFIG_FILE, load_checkpoint
+from ..config import Config, load_config
+from ._hf_io import HF_CONFIG_FILE, ConversionError, HFWeights, parse_dtype
+from .hf_lm import ARCHITECTURES, convert_hf, save_hf
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hybrid-convert", description=__doc__.split("\n\n")[1].replace("\n", " "))
+    p.add_argument("src", type=Path, help=f"a Hugging Face model directory ({', '.join(ARCHITECTURES)}) "
+                                          "or a hybrid-mllm checkpoint directory")
+    p.add_argument("out", type=Path, help="the directory to write (must not exist, unless --overwrite)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
+                   help="parameter dtype of the output (default: as stored in SRC)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    return p
+
+
+def _counts(names: list[str]) -> str:
+    """[mamba, attention, mamba] -> "2 mamba + 1 attention"."""
+    return " + ".join(f"{n} {name}" for name, n in Counter(names).items())
+
+
+def _summary(config: Config) -> str:
+    m = config.model
+    n_params = sum(p.numel() for p in build_model(config, device="meta").parameters())  # no memory on meta
+    return f"{m.n_layer} layers ({_counts(m.layers)}; ffn {_counts(m.ffn_layers)}), {n_params / 1e6:.1f}M parameters"
+
+
+def _stored_dtype(ckpt_dir: Path) -> torch.dtype:
+    """The dtype of our checkpoint's weights (load_checkpoint would otherwise build float32)."""
+    with HFWeights(ckpt_dir) as weights:
+        return weights.stored_dtype()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    src, out = args.src, args.out
+    if not src.is_dir():
+        raise ConversionError(f"{src}: no such directory")
+    kinds = [f for f in (HF_CONFIG_FILE, CONFIG_FILE) if (src / f).exists()]
+    if len(kinds) != 1:
+        found = "both" if kinds else "neither"
+        raise ConversionError(f"{src} has {found} of {HF_CONFIG_FILE} (a Hugging Face model) and {CONFIG_FILE} "
+                              "(a hybrid-mllm checkpoint): cannot tell which way to convert")
+    if out.exists() and not args.overwrite:  # before loading anything
+        raise ConversionError(f"{out} already exists: choose another directory or pass --overwrite")
+    start = time.perf_counter()
+    if kinds == [HF_CONFIG_FILE]:
+        out, config = convert_hf(src, out, dtype=args.dtype, overwrite=args.overwrite)
+        what = f"{src} -> hybrid-mllm checkpoint {out}"
+    else:
+        if load_config(src / CONFIG_FILE).vision is not None:
+            raise ConversionError(f"{src} has a vision section: only text-only language models convert "
+                                  "to a Hugging Face directory")
+        loaded = load_checkpoint(src, dtype=parse_dtype(args.dtype) or _stored_dtype(src))
+        config = loaded.config
+        out, arch = save_hf(loaded.model.lm, config, out, overwrite=args.overwrite)
+        what = f"{src} -> {arch} {out}"
+    print(f"{what}: {_summary(config)}, {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def entry() -> None:
+    sys.exit(run_cli(main))
+
+
+if __name__ == "__main__":
+    entry()
