@@ -6,7 +6,11 @@ from hybrid_mllm.core.hookspecs import hookimpl
 from hybrid_mllm.core.scan import ScanKernel
 
 from ._scan_chunked import selective_scan_chunked
+from ._scan_cpu import CPU_FUSED
+from ._scan_export import CHUNKED_EXPORT
+from ._scan_mamba_ssm import MAMBA_SSM
 from ._scan_ref import selective_scan_ref
+from ._scan_triton import TRITON
 from .attention import Attention
 from .mamba import Mamba
 
@@ -29,3 +33,7 @@ def register_scan_kernels(register):
         fn=selective_scan_chunked, priority=dict.fromkeys(ANY_DEVICE, 10), export_safe=True,
         description="chunks of 16 tokens, stable segment sums, standard ops (export path, fallback)",
     ))
+    register("cpu_fused", CPU_FUSED)
+    register("chunked_export", CHUNKED_EXPORT)
+    register("triton", TRITON)
+    register("mamba_ssm", MAMBA_SSM)
