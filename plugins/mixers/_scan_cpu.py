@@ -16,6 +16,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
+import itertools
 import os
 import platform
 import shlex
@@ -76,7 +77,7 @@ def _cpu_id() -> str:
 
 def _compiler_version(compiler: str) -> str:
     try:
-        result = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60)
+        result = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60, check=False)
     except (OSError, subprocess.SubprocessError) as exc:
         raise BuildError(f"cannot run the C compiler {compiler}: {exc}") from exc
     if result.returncode != 0:
@@ -105,7 +106,7 @@ def build_library(compiler: str | None, cache: Path) -> Path:
     os.close(fd)
     try:
         result = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", tmp],
-                                capture_output=True, text=True, timeout=300)
+                                capture_output=True, text=True, timeout=300, check=False)
         if result.returncode != 0:
             raise BuildError(f"{compiler} failed: {_error_line(result.stderr)}")
         os.replace(tmp, target)
@@ -249,7 +250,7 @@ def _split(start: int, stop: int, parts: int) -> list[tuple[int, int]]:
     """`parts` contiguous ranges covering start .. stop, sizes differing by at most one."""
     parts = max(1, min(parts, stop - start))
     bounds = [start + (stop - start) * i // parts for i in range(parts + 1)]
-    return list(zip(bounds[:-1], bounds[1:]))
+    return list(itertools.pairwise(bounds))
 
 
 # ---- forward and backward -----------------------------------------------------------------
