@@ -130,9 +130,8 @@ def _fresh(t: Tensor) -> Tensor:
 
 CHUNKED_EXPORT = ScanKernel(
     fn=selective_scan_chunked_export,
-    # Above `chunked`: faster and lighter in eager PyTorch too (benchmarks/RESULTS.md). The
+    # Runs everywhere, never chosen by ``auto``: the export selects it by name.
     priority=dict.fromkeys(("cpu", "cuda", "mps", "xpu"), 1),
-    priority=dict.fromkeys(("cpu", "cuda", "mps", "xpu"), 15),
     description=f"ONNX export path: chunks of {CHUNK} tokens as one Scan node, L = 1 as an If branch, standard ops",
     export_safe=True,
 )
