@@ -2,9 +2,10 @@
 
     hybrid-run --config mllm-tiny --image photo.jpg --prompt "What is in the picture?"
     hybrid-run --checkpoint runs/stage2 --video clip.mp4 --max-frames 64 --prompt "..."
+    hybrid-run --onnx exported/ --image photo.jpg --prompt "..." --provider cpu
 
-Runtime: PyTorch (this build); the model comes from a checkpoint directory or, with random
-weights, from a YAML config / shipped preset.
+Runtime: PyTorch for a checkpoint directory or, with random weights, a YAML config /
+shipped preset; ONNX Runtime for a directory written by ``hybrid-export --onnx``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from hybrid_mllm.core.build import build_mllm
 from hybrid_mllm.core.checkpoint import load_checkpoint
 from hybrid_mllm.core.config import load_config
 from hybrid_mllm.core.errors import HybridError
-from hybrid_mllm.core.generate import GenerationConfig
+from hybrid_mllm.core.generate import Decoder, GenerationConfig
 from hybrid_mllm.core.pipeline import Overrides, Pipeline, Request
 from hybrid_mllm.core.presets import resolve_config_path
 
@@ -32,6 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="a checkpoint directory (config.yaml + model.safetensors)")
     src.add_argument("--config", help="a YAML config or shipped preset (random weights)")
+    src.add_argument("--onnx", help="an export directory of hybrid-export --onnx (runs in ONNX Runtime)")
     p.add_argument("--prompt", required=True, help="the question; <image>/<video> mark where the files go")
     p.add_argument("--image", action="append", default=[], help="an image file (repeatable)")
     p.add_argument("--video", action="append", default=[], help="a video file, frame folder (repeatable)")
@@ -47,11 +49,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--fps", type=float, help="sample video frames at this rate (capped by --max-frames)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", choices=list(DTYPES), default="float32")
+    p.add_argument("--provider", choices=["cpu", "cuda", "tensorrt"], default="cpu",
+                   help="ONNX Runtime execution provider with --onnx (cuda/tensorrt need onnxruntime-gpu)")
     p.add_argument("--verbose", "-v", action="store_true", help="print token counts and speed")
     return p
 
 
-def _load(args) -> Pipeline:
+def _load(args) -> tuple[Pipeline, Decoder | None]:
+    """The pipeline and, for --onnx, its ONNX Runtime decoder (None: PyTorch's)."""
+    if args.onnx:
+        from hybrid_mllm.export.onnx import load_onnx  # needs onnxruntime, only for --onnx
+
+        loaded = load_onnx(args.onnx, provider=args.provider)
+        return loaded.pipeline(), loaded.decoder
     dtype = DTYPES[args.dtype]
     if args.checkpoint:
         loaded = load_checkpoint(args.checkpoint, device=args.device, dtype=dtype)
@@ -59,7 +69,7 @@ def _load(args) -> Pipeline:
     else:
         config = load_config(resolve_config_path(args.config))
         model, tokenizer = build_mllm(config, seed=args.seed, device=args.device, dtype=dtype)
-    return Pipeline(model.eval(), tokenizer, config)
+    return Pipeline(model.eval(), tokenizer, config), None
 
 
 class _Streamer:
@@ -80,13 +90,13 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.max_tiles is not None and args.max_tiles < 1 or args.max_frames is not None and args.max_frames < 1:
         raise HybridError("--max-tiles and --max-frames must be >= 1")
-    pipeline = _load(args)
+    pipeline, decoder = _load(args)
     generation = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                                   top_p=args.top_p, repetition_penalty=args.repetition_penalty,
                                   stop_strings=tuple(args.stop), seed=args.seed)
     streamer = _Streamer(pipeline.tokenizer.decode)
     request = Request(args.prompt, images=args.image, videos=args.video)
-    result, batch = pipeline.answer([request], generation, on_token=streamer,
+    result, batch = pipeline.answer([request], generation, on_token=streamer, decoder=decoder,
                                     overrides=Overrides(args.max_tiles, args.max_frames, args.fps))
     print(result.texts[0][streamer.shown:])  # the rest, if the last characters were incomplete
     if args.verbose:
