@@ -82,6 +82,7 @@ def write_directory(out_dir: Path, fill: Callable[[Path], None], *, overwrite: b
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
     try:
         fill(tmp)
+        _make_readable(tmp)
         _fsync_tree(tmp)
         _replace_dir(tmp, out_dir)
     except BaseException:
@@ -134,6 +135,15 @@ def _fsync_tree(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _make_readable(directory: Path) -> None:
+    """Permissions like any directory the user creates (mkdtemp makes it private), umask applied."""
+    umask = os.umask(0)
+    os.umask(umask)
+    directory.chmod(0o777 & ~umask)
+    for path in directory.rglob("*"):
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
 
 
 def _replace_dir(new: Path, target: Path) -> None:

@@ -10,8 +10,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,7 +17,7 @@ import numpy as np
 import onnx
 import torch
 
-from hybrid_mllm.core.checkpoint import load_checkpoint
+from hybrid_mllm.core.checkpoint import load_checkpoint, write_directory
 from hybrid_mllm.core.config import save_config
 from hybrid_mllm.core.mllm import HybridMLLM
 
@@ -70,16 +68,13 @@ def export_onnx(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, fl
     model, tokenizer, config = load_checkpoint(checkpoint)  # CheckpointError for anything not ours
     model.eval()
     exported = model if dtype == "float32" else copy.deepcopy(model).to(DTYPES[dtype])
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
-    try:
-        manifest = _write_all(model, exported, tokenizer, config, tmp, flavour=flavour, opset=opset, dtype=dtype,
-                              verbose=verbose, log=log)
-        _make_readable(tmp)
-        _replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    manifest = {}
+
+    def fill(tmp: Path) -> None:
+        manifest.update(_write_all(model, exported, tokenizer, config, tmp, flavour=flavour, opset=opset,
+                                   dtype=dtype, verbose=verbose, log=log))
+
+    write_directory(out_dir, fill, overwrite=True)
     return manifest
 
 
@@ -152,21 +147,3 @@ def _versions() -> dict:
     import onnxscript
     return {"hybrid-mllm": version("hybrid-mllm"), "torch": torch.__version__, "onnx": onnx.__version__,
             "onnxscript": onnxscript.__version__, "onnxruntime": onnxruntime.__version__}
-
-
-def _make_readable(directory: Path) -> None:
-    """Like any directory a user creates (mkdtemp makes it private)."""
-    directory.chmod(0o755)
-    for path in directory.iterdir():
-        path.chmod(0o644)
-
-
-def _replace_dir(new: Path, target: Path) -> None:
-    """Move `new` to `target`; an existing target is moved aside first and removed after."""
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.replace(target, old)
-    os.replace(new, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
