@@ -47,4 +47,4 @@ def _chunk(h0: Tensor, delta: Tensor, x: Tensor, A: Tensor, B: Tensor, C: Tensor
     xB = x[:, :, :, None] * B.transpose(1, 2)[:, None, :, :]  # (b, d, Q_s, n)
     h_t = torch.einsum("bdtsn,bdsn->bdtn", decay, xB) + torch.exp(cs) * h0[:, :, None, :]  # (b, d, Q, n)
     y = torch.einsum("bdtn,bnt->bdt", h_t, C)
-    return y, h_t[:, :, -1]
+    return y.contiguous(), h_t[:, :, -1].clone()  # copies: views would keep whole chunk temporaries alive
