@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._scan_common import effective_delta, finish_output
+from ._scan_common import finish_output, prepare_inputs
 
 CHUNK = 16
 
@@ -21,9 +21,7 @@ CHUNK = 16
 def selective_scan_chunked(u, delta, A, B, C, D=None, z=None, delta_bias=None, softplus=False, state=None):
     """Same signature and shapes as `hybrid_mllm.core.scan.selective_scan`. Needs A <= 0."""
     batch, channels, length = u.shape
-    delta = effective_delta(delta, delta_bias, softplus)
-    A, B, C = A.float(), B.float(), C.float()
-    h = u.new_zeros(batch, channels, A.shape[1], dtype=torch.float32) if state is None else state.float()
+    delta, A, B, C, h = prepare_inputs(u, delta, A, B, C, delta_bias, softplus, state)
     x = delta * u.float()  # (batch, D, L): delta_t u_t, multiplied by B_t inside the chunk
     ys = []
     for start in range(0, length, CHUNK):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -12,6 +13,15 @@ def effective_delta(delta: Tensor, delta_bias: Tensor | None, softplus: bool) ->
     if delta_bias is not None:
         delta = delta + delta_bias.float()[:, None]
     return F.softplus(delta) if softplus else delta
+
+
+def prepare_inputs(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, delta_bias: Tensor | None,
+                   softplus: bool, state: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The float32 operands every PyTorch kernel starts from: delta' (batch, D, L), A (D, N),
+    B, C (batch, N, L) and the initial state (batch, D, N), zeros when None."""
+    delta = effective_delta(delta, delta_bias, softplus)
+    h0 = u.new_zeros(u.shape[0], u.shape[1], A.shape[1], dtype=torch.float32) if state is None else state.float()
+    return delta, A.float(), B.float(), C.float(), h0
 
 
 def finish_output(y: Tensor, u: Tensor, D: Tensor | None, z: Tensor | None) -> Tensor:

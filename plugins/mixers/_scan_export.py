@@ -26,7 +26,7 @@ from torch import Tensor
 
 from hybrid_mllm.core.scan import ScanKernel
 
-from ._scan_common import effective_delta, finish_output
+from ._scan_common import finish_output, prepare_inputs
 
 CHUNK = 16
 # torch.scan is a prototype API without a public module path yet.
@@ -40,9 +40,7 @@ def selective_scan_chunked_export(u, delta, A, B, C, D=None, z=None, delta_bias=
     -> y: (batch, D, L), last_state: (batch, D, N) float32
     """
     batch, channels, length = u.shape
-    delta = effective_delta(delta, delta_bias, softplus)
-    A, B, C = A.float(), B.float(), C.float()
-    h0 = u.new_zeros(batch, channels, A.shape[1], dtype=torch.float32) if state is None else state.float()
+    delta, A, B, C, h0 = prepare_inputs(u, delta, A, B, C, delta_bias, softplus, state)
     x = delta * u.float()  # delta_t u_t, multiplied by B_t inside the recurrence
     operands = (delta, x, A, B, C, h0)
     if isinstance(length, torch.SymInt):  # exporting with a dynamic length: both paths go into the graph

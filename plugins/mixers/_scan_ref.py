@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._scan_common import effective_delta, finish_output
+from ._scan_common import finish_output, prepare_inputs
 
 
 def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, softplus=False, state=None):
@@ -15,9 +15,7 @@ def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, softp
     -> y: (batch, D, L), last_state: (batch, D, N) float32
     """
     batch, channels, length = u.shape
-    delta = effective_delta(delta, delta_bias, softplus)
-    A, B, C = A.float(), B.float(), C.float()
-    h = u.new_zeros(batch, channels, A.shape[1], dtype=torch.float32) if state is None else state.float()
+    delta, A, B, C, h = prepare_inputs(u, delta, A, B, C, delta_bias, softplus, state)
     ys: list[Tensor] = []
     for t in range(length):
         dA = torch.exp(delta[:, :, t, None] * A)  # (batch, D, N)
