@@ -18,3 +18,18 @@ def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | No
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def check_device(name: str | None) -> str | None:
+    """A ``--device`` value that torch can use here, or a `HybridError` saying why not."""
+    import torch
+
+    if name is None:
+        return None
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise HybridError(f"--device {name!r}: not a device name (use cpu, cuda or cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise HybridError(f"--device {name}: no CUDA GPU is visible to torch here; use --device cpu")
+    return name

@@ -15,7 +15,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from ._cli import run_cli
+from ._cli import check_device, run_cli
 from .build import build_model
 from .config import load_config, save_config
 from .errors import HybridError
@@ -28,9 +28,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("config", help=f"a YAML file or a shipped preset ({', '.join(preset_names())})")
     p.add_argument("--seq-len", type=int, default=1024, help="prompt length to prefill (default 1024)")
     p.add_argument("--new-tokens", type=int, default=16, help="tokens to decode one by one (default 16)")
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch", type=int, default=1, help="sequences per batch (default 1)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights and tokens")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--save-config", metavar="PATH", help="write the resolved config (explicit per-layer lists)")
     return p
 
@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.seq_len < 1 or args.new_tokens < 0 or args.batch < 1:
         raise HybridError("--seq-len and --batch must be >= 1 and --new-tokens >= 0")
+    check_device(args.device)
     console = Console()
     config = load_config(resolve_config_path(args.config))
     model = build_model(config, seed=args.seed, device=args.device).eval()

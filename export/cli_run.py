@@ -15,7 +15,7 @@ import sys
 
 import torch
 
-from hybrid_mllm.core._cli import run_cli
+from hybrid_mllm.core._cli import check_device, run_cli
 from hybrid_mllm.core.build import build_mllm
 from hybrid_mllm.core.checkpoint import load_checkpoint
 from hybrid_mllm.core.config import load_config
@@ -37,18 +37,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", required=True, help="the question; <image>/<video> mark where the files go")
     p.add_argument("--image", action="append", default=[], help="an image file (repeatable)")
     p.add_argument("--video", action="append", default=[], help="a video file, frame folder (repeatable)")
-    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--max-new-tokens", type=int, default=128, help="longest answer in tokens (default 128)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0, help="sample among the k likeliest tokens (0 = off)")
+    p.add_argument("--top-p", type=float, default=1.0, help="sample from the smallest set reaching this probability (1 = off)")
+    p.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeated tokens (1 = off)")
     p.add_argument("--stop", action="append", default=[], help="an extra stop string (repeatable)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed for sampling and for a config's random weights")
     p.add_argument("--max-tiles", type=int, help="anyres tile limit at inference (default: the config's)")
     p.add_argument("--max-frames", type=int, help="frames sampled per video (default: the config's)")
     p.add_argument("--fps", type=float, help="sample video frames at this rate (capped by --max-frames)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", choices=list(DTYPES), default="float32")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (PyTorch runtime; default cpu)")
+    p.add_argument("--dtype", choices=list(DTYPES), default="float32", help="weights dtype (PyTorch runtime)")
     p.add_argument("--provider", choices=["cpu", "cuda", "tensorrt"], default="cpu",
                    help="ONNX Runtime execution provider with --onnx (cuda/tensorrt need onnxruntime-gpu)")
     p.add_argument("--verbose", "-v", action="store_true", help="print token counts and speed")
@@ -90,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.max_tiles is not None and args.max_tiles < 1 or args.max_frames is not None and args.max_frames < 1:
         raise HybridError("--max-tiles and --max-frames must be >= 1")
+    check_device(args.device)
     pipeline, decoder = _load(args)
     generation = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                                   top_p=args.top_p, repetition_penalty=args.repetition_penalty,

@@ -40,3 +40,14 @@ def test_bad_yaml_lists_problems_without_traceback(tmp_path):
     r = subprocess.run([sys.executable, "-m", "hybrid_mllm.core.cli_model", str(path)], capture_output=True, text=True)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "model.layers[1]: unknown mixer 'atention'. Did you mean 'attention'?" in r.stderr
+
+
+@pytest.mark.parametrize(("device", "message"), [("gpu", "not a device name"), ("cuda", "no CUDA GPU is visible")])
+def test_bad_device_is_a_one_line_error(device, message):
+    import torch
+
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("a GPU is visible here")
+    r = subprocess.run([sys.executable, "-m", "hybrid_mllm.core.cli_model", "hybrid-tiny", "--device", device],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr

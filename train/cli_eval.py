@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from hybrid_mllm.core._cli import run_cli
+from hybrid_mllm.core._cli import check_device, run_cli
 from hybrid_mllm.core.checkpoint import load_checkpoint
 from hybrid_mllm.core.pipeline import Pipeline
 from hybrid_mllm.core.visual_inputs import Overrides
@@ -28,16 +28,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tiles", type=int, help="anyres tile limit (evaluate at another resolution)")
     p.add_argument("--max-frames", type=int, help="frames per video")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--max-new-tokens", type=int, default=16)
+    p.add_argument("--max-new-tokens", type=int, default=16, help="longest answer in tokens (default 16)")
     p.add_argument("--limit", type=int, help="only the first N records")
     p.add_argument("--out", help="write samples.jsonl and summary.json here")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    model, tokenizer, config = load_checkpoint(args.checkpoint, device=args.device)
+    model, tokenizer, config = load_checkpoint(args.checkpoint, device=check_device(args.device))
     records = read_records(args.data, args.data_root)[: args.limit]
     raw = [json.loads(line) for line in Path(args.data).read_text().splitlines() if line.strip()][: len(records)]
     pipeline = Pipeline(model.eval(), tokenizer, config)

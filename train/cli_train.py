@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from hybrid_mllm.core._cli import run_cli
+from hybrid_mllm.core._cli import check_device, run_cli
 from hybrid_mllm.core.build import build_mllm
 from hybrid_mllm.core.checkpoint import load_weights, weight_files
 from hybrid_mllm.core.config import Config, parse_config
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     only = stage_index(train, args.stage)
     if resume is not None and only is None:
         only = _stage_of(resume, train)
-    dist = init_distributed(args.device)
+    dist = init_distributed(check_device(args.device))
     try:
         lock = OutputLock(train.path(train.output_dir)) if dist.main else None
         with lock or contextlib.nullcontext():
