@@ -72,7 +72,7 @@ def resolve_kernel(impl: str, device: torch.device | str) -> ScanKernel:
     """The kernel for `impl` on `device`; ``auto`` is the highest-priority available one."""
     device = torch.device(device)
     if impl == AUTO:
-        return get_registry().get("scan_kernel", _auto_name(device.type))
+        return get_registry().get("scan_kernel", _auto_name(get_registry(), device.type))
     kernel: ScanKernel = get_registry().get("scan_kernel", impl)
     if device.type not in kernel.priority:
         runs_on = ", ".join(sorted(kernel.priority)) or "no device"
@@ -88,12 +88,11 @@ def resolve_kernel(impl: str, device: torch.device | str) -> ScanKernel:
 
 def auto_kernel_name(device: torch.device | str) -> str:
     """The name ``auto`` resolves to on `device`."""
-    return _auto_name(torch.device(device).type)
+    return _auto_name(get_registry(), torch.device(device).type)
 
 
-@functools.cache
-def _auto_name(device_type: str) -> str:
-    registry = get_registry()
+@functools.cache  # per registry: a registry swapped in (set_registry) gets its own choice
+def _auto_name(registry, device_type: str) -> str:
     ranked = sorted(
         (k.priority[device_type], name)
         for name in registry.names("scan_kernel")
@@ -106,5 +105,5 @@ def _auto_name(device_type: str) -> str:
 
 
 def reset_auto_choice() -> None:
-    """Forget the cached ``auto`` choices (after the registry changes)."""
+    """Forget the cached ``auto`` choices (after a kernel's availability changes)."""
     _auto_name.cache_clear()

@@ -142,7 +142,3 @@ class LlavaDataset(torch.utils.data.Dataset):
         record = self.records[index]
         return sum(len(str(t.get("value", ""))) for t in record.conversations) + 1000 * (len(record.images) + len(record.videos))
 
-
-def collate(samples: list[Sample]) -> list[Sample]:
-    """Keep samples as a list: the model splices and pads them (`HybridMLLM.embed`)."""
-    return samples
