@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
-# GPU checks of the selective-scan kernels (Triton, mamba-ssm) on a machine with an NVIDIA GPU.
+# GPU checks of the selective-scan kernels (Triton, mamba-ssm) and the TensorRT path on a machine with an NVIDIA GPU.
 #
 # Usage, from anywhere (it works in the repository root):
 #   bash scripts/gpu_check.sh                            # results in ./gpu_results/
 #   OUT=/tmp/res WHEELS=/path/to/wheels bash scripts/gpu_check.sh
+#   TRT_WHEELS=.whl bash scripts/gpu_check.sh            # with local tensorrt wheels
 #
 # Environment:
 #   OUT         folder for logs and JSON (default: gpu_results)
 #   WHEELS      optional folder of wheels (e.g. mamba_ssm, causal_conv1d) installed offline with
 #               pip install --no-index --find-links "$WHEELS" "$WHEELS"/*.whl
+#   TRT_WHEELS  optional folder of TensorRT wheels (tensorrt, tensorrt_cu12 or _cu13, its _libs and _bindings:
+#               pip cannot fetch the _libs from NVIDIA's index offline), installed with --no-index --no-deps
+#               into TRT_SITE (default /tmp/trt_site), which is put on PYTHONPATH
+#   BENCH_TRT_ARGS extra arguments for benchmarks/bench_trt.py (default: --precision fp16 --lengths 1024 8192)
 #   PYTHON      interpreter to use (default: python3); it needs torch, triton, pytest, numpy,
 #               pyyaml, pluggy, safetensors
 #   BENCH_ARGS  extra arguments for benchmarks/bench_scan_gpu.py (e.g. "--quick" or "--tune")
@@ -17,8 +22,10 @@
 # install this repo (pip install --no-deps --no-build-isolation -e ., or, when pip may not
 # install, a PYTHONPATH shim mapping core/, plugins/... to hybrid_mllm.*); pytest -m gpu;
 # the other tests of tests/test_scan_triton.py with compiled kernels on CUDA (TRITON_INTERPRET
-# unset); the benchmark.
-# Each step has a time limit (the whole script stays well under 10 minutes on an H100);
+# unset); the benchmark; when tensorrt imports: tests/test_trt.py (engines built and checked against
+# PyTorch) and benchmarks/bench_trt.py (engine vs PyTorch eager, prefill and decode, ratios).
+# Each step has a time limit (without TensorRT the whole script stays well under 10 minutes on an H100;
+# the two TensorRT steps may add up to 14 more);
 # a failing step is logged and the next one still runs; the exit status is 1 if any failed.
 # Files: gpu_check.log (everything), <step>.log, pytest_*.xml, bench_scan.json, summary.txt.
 set -euo pipefail
@@ -81,6 +88,12 @@ EOF
 if [ -n "${WHEELS:-}" ]; then
     step install_wheels 300 "$PY" -m pip install --no-index --find-links "$WHEELS" "$WHEELS"/*.whl
 fi
+if [ -n "${TRT_WHEELS:-}" ]; then
+    TRT_SITE="${TRT_SITE:-/tmp/trt_site}"
+    step install_tensorrt 300 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target "$TRT_SITE" "$TRT_WHEELS"/*.whl
+    export PYTHONPATH="$TRT_SITE${PYTHONPATH:+:$PYTHONPATH}"
+fi
 
 section "install hybrid-mllm from $REPO"
 if "$PY" -m pip install --no-deps --no-build-isolation -e . > "$OUT/pip_install.log" 2>&1 \
@@ -100,7 +113,9 @@ fi
 print('hybrid_mllm.core from', p); sys.exit(0 if p.startswith(os.path.realpath('$REPO')) else 1)" \
     || { echo "hybrid_mllm does not import from $REPO"; exit 1; }
 
-step pytest_gpu 150 "$PY" -m pytest -m gpu -q -p no:cacheprovider --junitxml "$OUT/pytest_gpu.xml"
+# (tests/test_trt.py has its own step below: engine builds take longer)
+step pytest_gpu 150 "$PY" -m pytest -m gpu -q -p no:cacheprovider --ignore tests/test_trt.py \
+    --junitxml "$OUT/pytest_gpu.xml"
 # The rest of the Triton tests, compiled on CUDA (its gpu-marked tests ran in the step above).
 step pytest_scan_triton 170 "$PY" -m pytest tests/test_scan_triton.py -m "not gpu" -q -p no:cacheprovider \
     --junitxml "$OUT/pytest_scan_triton.xml"
@@ -108,6 +123,16 @@ step pytest_scan_triton 170 "$PY" -m pytest tests/test_scan_triton.py -m "not gp
 step bench_scan 210 "$PY" benchmarks/bench_scan_gpu.py --json "$OUT/bench_scan.json" ${BENCH_ARGS:-}
 # Hybrid vs attention-only twin prefill at 8k / 32k / 100k tokens (bf16).
 step bench_prefill 180 "$PY" benchmarks/bench_prefill_gpu.py --json "$OUT/bench_prefill.json"
+
+if "$PY" -c "import tensorrt" 2>/dev/null; then
+    step pytest_trt 420 "$PY" -m pytest tests/test_trt.py -q -p no:cacheprovider --junitxml "$OUT/pytest_trt.xml"
+    # shellcheck disable=SC2086  # BENCH_TRT_ARGS is a list of arguments
+    step bench_trt 420 "$PY" benchmarks/bench_trt.py --json "$OUT/bench_trt.json" \
+        ${BENCH_TRT_ARGS:---precision fp16 --lengths 1024 8192}
+else
+    echo "tensorrt does not import: TensorRT steps skipped (pass TRT_WHEELS=DIR to install local wheels)" \
+        | tee -a "$SUMMARY"
+fi
 
 section "summary"
 cat "$SUMMARY"

@@ -123,7 +123,7 @@ def test_hybrid_run_onnx_prints_what_pytorch_prints(export, media, capsys):
     (["{ckpt}", "{out}"], "already exists: choose another directory or pass --force"),
     (["{ckpt}", "{root}/new", "--opset", "12"], "opset 12 is not supported: choose 18 to"),
     (["{empty}", "{root}/new"], "has no config.yaml: not a hybrid-mllm checkpoint"),
-    (["--trt", "{ckpt}", "{root}/new"], "the TensorRT path (--trt) is not built yet"),
+    (["--trt", "{ckpt}", "{root}/new", "--scan", "custom"], "--scan, --fp16 and --opset are for --onnx"),
 ])
 def test_export_refuses_bad_input_in_one_line(export, tmp_path, capsys, argv, message):
     root, ckpt, out = export

@@ -36,13 +36,14 @@ DECODER_CHAINS = (  # (name, batch, left padding of sample 0, lengths in order)
 TILE_COUNTS = (1, 2, 5)
 
 
-def check_decoder(lm: HybridLM, session, layout: list[StateEntry], *, tol: float, seed: int = 0) -> dict[str, float]:
-    """Run `DECODER_CHAINS` through `session` and `lm` (PyTorch, float32); returns the largest
-    relative difference per chain, or raises `ParityError` naming the call that failed."""
+def check_decoder(lm: HybridLM, session, layout: list[StateEntry], *, tol: float, seed: int = 0,
+                  chains=DECODER_CHAINS) -> dict[str, float]:
+    """Run `chains` (default `DECODER_CHAINS`) through `session` and `lm` (PyTorch, float32); returns
+    the largest relative difference per chain, or raises `ParityError` naming the call that failed."""
     g = torch.Generator().manual_seed(seed)
     dtype = np.dtype(next(i for i in _inputs(session) if i[0] == "inputs_embeds")[1])
     measured = {}
-    for name, batch, padding, lengths in DECODER_CHAINS:
+    for name, batch, padding, lengths in chains:
         torch_state = lm.init_state(batch)
         ort_state = [t.numpy().astype(e.dtype) for e, t in zip(layout, [t for layer in torch_state for t in layer])]
         past, worst = 0, 0.0

@@ -1,0 +1,68 @@
+"""Engine identity: cache keys, and refusing an engine built for another GPU or TensorRT (plain Python).
+
+A TensorRT engine is only valid for the GPU model (compute capability) and TensorRT
+version it was built with, so the key hashes those with the graph. It also hashes the
+build options (precision, profile limits, plugin implementation): two engines of one graph
+built for fp16 and fp32 must not share a cache entry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .errors import EngineMismatchError
+
+CACHE_ENV = "HYBRID_MLLM_TRT_CACHE"
+CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class Platform:
+    """Where an engine is built or run."""
+
+    tensorrt: str
+    gpu: str
+    compute_capability: tuple[int, int]
+
+    @property
+    def sm(self) -> str:
+        return f"sm_{self.compute_capability[0]}{self.compute_capability[1]}"
+
+    def describe(self) -> str:
+        return f"{self.gpu} ({self.sm}) with TensorRT {self.tensorrt}"
+
+
+def graph_digest(files: Iterable[Path]) -> str:
+    """sha256 over the graph file and its external data, in the given order (names excluded:
+    a renamed copy is the same graph)."""
+    h = hashlib.sha256()
+    for path in files:
+        with open(path, "rb") as f:
+            while block := f.read(CHUNK):
+                h.update(block)
+        h.update(b"\0file\0")
+    return h.hexdigest()
+
+
+def cache_key(graph_sha256: str, platform: Platform, options: dict) -> str:
+    """sha256 of the graph digest, TensorRT version, GPU name and compute capability, and the
+    build options (JSON, sorted keys)."""
+    payload = json.dumps({"graph": graph_sha256, "platform": asdict(platform), "options": options}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def check_compatible(built: Platform, here: Platform, *, engine: str) -> None:
+    """Refuse an engine built with another TensorRT version or for another GPU."""
+    if built.tensorrt != here.tensorrt or built.compute_capability != here.compute_capability or built.gpu != here.gpu:
+        raise EngineMismatchError(f"{engine} was built for {built.describe()}, but this is {here.describe()}: "
+                                  "rebuild it here with hybrid-export --trt")
+
+
+def default_cache_dir() -> Path:
+    """$HYBRID_MLLM_TRT_CACHE, else ~/.cache/hybrid-mllm/trt."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "hybrid-mllm" / "trt")

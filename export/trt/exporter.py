@@ -1,0 +1,85 @@
+"""Checkpoint -> TensorRT engine directory: custom-flavour ONNX, engine, parity gate, optional Triton repo.
+
+The directory is the ``custom`` ONNX export (manifest, graphs, embeddings, tokenizer,
+config; `hybrid_mllm.export.onnx`) plus ``decoder.plan`` and ``engine.json``. TensorRT and
+a GPU are checked first, so without them nothing is written; everything is written to a
+temporary sibling and renamed into place only after the engine passed its parity gate
+against PyTorch (`parity_chains`: the ONNX gate's chains that fit the engine's profiles).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from hybrid_mllm.core.checkpoint import write_directory
+
+from .build import BuildOptions, build_engine, write_engine
+from .errors import TrtParityError, import_tensorrt, require_cuda
+from .profiles import ProfileLimits
+
+# Stated tolerances, relative to max(1, max |PyTorch float32|), per engine precision.
+TOLERANCE = {"fp32": 1e-3, "fp16": 3e-2, "bf16": 6e-2}
+
+
+def parity_chains(chains, limits: ProfileLimits) -> tuple:
+    """The gate's chains (name, batch, padding, lengths) that fit the profiles: batch <= max
+    batch and all tokens <= max past (lengths above max seq run in chunks)."""
+    return tuple(c for c in chains if c[1] <= limits.max_batch and sum(c[3]) <= limits.max_past)
+
+
+def export_trt(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, options: BuildOptions,
+               triton_repo: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None,
+               force: bool = False, log: Callable[[str], None] = lambda message: None) -> dict:
+    """Export, build, check; returns engine.json's content. Raises a `HybridError` subclass
+    with a one-line reason, leaving `out_dir` (and `triton_repo`) untouched."""
+    import_tensorrt()  # before anything is written: no TensorRT, no directory
+    require_cuda()
+    options.check()
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not force:
+        from hybrid_mllm.export.onnx import ExportError
+
+        raise ExportError(f"{out_dir} already exists: choose another directory or pass --force to replace it")
+    result = {}
+
+    def fill(tmp: Path) -> None:
+        result.update(_export_build_check(checkpoint, tmp, options, cache_dir, log))
+
+    write_directory(out_dir, fill, overwrite=True)
+    if triton_repo is not None:
+        from hybrid_mllm.export.onnx.manifest import read_manifest
+
+        from .triton_server import write_model_repository
+
+        model_dir = write_model_repository(triton_repo, read_manifest(out_dir), out_dir / result["plan"], info=result,
+                                           force=force)
+        log(f"wrote the Triton Inference Server model {model_dir}")
+    return result
+
+
+def _export_build_check(checkpoint, tmp: Path, options: BuildOptions, cache_dir, log) -> dict:
+    from hybrid_mllm.core.checkpoint import load_checkpoint
+    from hybrid_mllm.export.onnx import ParityError, export_onnx, parity
+    from hybrid_mllm.export.onnx.decoder import state_layout
+
+    from .runtime import TrtDecoder, TrtEngine, TrtSession
+
+    manifest = export_onnx(checkpoint, tmp, flavour="custom", force=True, log=log)
+    graph = manifest["graphs"]["decoder"]
+    built = build_engine(tmp / graph["file"], graph["inputs"], options, cache_dir=cache_dir, log=log)
+    log("parity gate: TensorRT vs PyTorch")
+    lm = load_checkpoint(checkpoint).model.lm.eval()
+    decoder = TrtDecoder(TrtEngine(built.plan), manifest, np.load(tmp / manifest["embeddings"]["file"]),
+                         options.limits)
+    tol = TOLERANCE[options.precision]
+    chains = parity_chains(parity.DECODER_CHAINS, options.limits)
+    try:
+        measured = parity.check_decoder(lm, TrtSession(decoder), state_layout(lm), tol=tol, chains=chains)
+    except ParityError as e:
+        raise TrtParityError(str(e).replace("ONNX Runtime", "TensorRT")) from None
+    log(f"parity gate passed: largest relative difference {max(measured.values()):.1e} (tolerance {tol:.0e})")
+    return write_engine(tmp, built.plan, {**built.info, "tolerances": {"stated": tol, "measured": measured}})

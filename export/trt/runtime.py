@@ -1,0 +1,205 @@
+"""Run a decoder engine behind the `Decoder` protocol, states kept on the GPU.
+
+- `TrtEngine`: the deserialized plan with one execution context per optimization profile
+  (prefill, decode: `profiles`), run on torch CUDA tensors bound as its I/O, on torch's
+  current stream;
+- `TrtDecoder`: `hybrid_mllm.core.generate.Decoder` (prefill in chunks of the profile's
+  max length, then one token per step), the state a tuple of CUDA tensors in graph order,
+  never copied to the host between steps;
+- `TrtSession`: the ONNX Runtime session interface (``get_inputs``, ``run``) over the
+  engine, so the export's parity gate (`hybrid_mllm.export.onnx.parity`) checks it;
+- `load_trt`: an engine directory (``hybrid-export --trt``) -> pipeline and decoder. The
+  vision graphs run in ONNX Runtime (they have no custom ops), the decoder in TensorRT.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from . import profiles
+from .cache import Platform, check_compatible
+from .errors import EngineMismatchError, import_tensorrt, require_cuda
+
+ENGINE_INFO = "engine.json"
+ORT_TYPES = {torch.float32: "tensor(float)", torch.float16: "tensor(float16)", torch.bool: "tensor(bool)"}
+
+
+def _torch_dtype(trt, dtype) -> torch.dtype:
+    table = {trt.float32: torch.float32, trt.float16: torch.float16, trt.bfloat16: torch.bfloat16,
+             trt.bool: torch.bool, trt.int32: torch.int32, trt.int64: torch.int64}
+    return table[dtype]
+
+
+class TrtEngine:
+    """A deserialized engine; `run(feed, profile)` binds torch CUDA tensors and executes."""
+
+    def __init__(self, plan: bytes, n_profiles: int = 2):
+        from .plugins import register_plugins
+
+        trt = self.trt = import_tensorrt()
+        require_cuda()
+        register_plugins()  # needed by engines built with the Python (jit) plugins; harmless otherwise
+        self.logger = trt.Logger(trt.Logger.WARNING)
+        self.runtime = trt.Runtime(self.logger)
+        self.engine = self.runtime.deserialize_cuda_engine(plan)
+        if self.engine is None:
+            raise EngineMismatchError("TensorRT could not deserialize the engine: rebuild it with hybrid-export --trt")
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self.outputs = [n for n in names if n not in self.inputs]
+        self.dtypes = {n: _torch_dtype(trt, self.engine.get_tensor_dtype(n)) for n in names}
+        stream = torch.cuda.current_stream().cuda_stream
+        self.contexts = []
+        for index in range(min(n_profiles, self.engine.num_optimization_profiles)):
+            context = self.engine.create_execution_context()
+            context.set_optimization_profile_async(index, stream)
+            self.contexts.append(context)
+        torch.cuda.current_stream().synchronize()
+        self._placeholder = torch.zeros(16, device="cuda")  # an address for empty tensors
+
+    def _address(self, t: Tensor) -> int:
+        return t.data_ptr() if t.numel() else self._placeholder.data_ptr()
+
+    def run(self, feed: dict[str, Tensor], profile: int) -> dict[str, Tensor]:
+        """feed: every input as a CUDA tensor -> every output (new CUDA tensors)."""
+        context = self.contexts[profile]
+        keep = []
+        for name in self.inputs:
+            t = feed[name].to(device="cuda", dtype=self.dtypes[name]).contiguous()
+            keep.append(t)
+            context.set_input_shape(name, tuple(t.shape))
+            context.set_tensor_address(name, self._address(t))
+        outputs = {}
+        for name in self.outputs:
+            t = torch.empty(tuple(context.get_tensor_shape(name)), dtype=self.dtypes[name], device="cuda")
+            outputs[name] = t
+            context.set_tensor_address(name, self._address(t))
+        if not context.execute_async_v3(torch.cuda.current_stream().cuda_stream):
+            raise RuntimeError("TensorRT failed to run the engine (see its log above)")
+        return outputs
+
+
+class TrtDecoder:
+    """The `Decoder` protocol over a decoder engine. State: tuple of CUDA tensors, graph order."""
+
+    def __init__(self, engine: TrtEngine, manifest: dict, embeddings: np.ndarray, limits: profiles.ProfileLimits):
+        self.engine, self.limits = engine, limits
+        self.layout = manifest["state"]
+        self.embeddings = torch.from_numpy(np.ascontiguousarray(embeddings)).to("cuda", torch.float32)
+        self.grow = next(((i, e["seq_dim"]) for i, e in enumerate(self.layout) if e["seq_dim"] is not None), None)
+
+    def initial_state(self, batch: int) -> tuple[Tensor, ...]:
+        from .shapes import state_shape
+
+        return tuple(torch.zeros(state_shape(e, batch, 0), dtype=getattr(torch, e["dtype"]), device="cuda")
+                     for e in self.layout)
+
+    def past(self, state: tuple[Tensor, ...]) -> int:
+        """Cached positions in `state` (0 for a model without attention)."""
+        return 0 if self.grow is None else state[self.grow[0]].shape[self.grow[1]]
+
+    def run(self, embeds: Tensor, mask: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """One engine call: embeds (B, L, d), mask (B, L) bool on CUDA -> logits (B, vocab), new state."""
+        batch, length = mask.shape
+        profiles.check_fits(batch, self.past(state), length, self.limits)
+        feed = {"inputs_embeds": embeds, "mask": mask, **{e["input"]: s for e, s in zip(self.layout, state)}}
+        out = self.engine.run(feed, profiles.choose_profile(length))
+        return out["logits"], tuple(out[e["output"]] for e in self.layout)
+
+    @torch.no_grad()
+    def prefill(self, embeds: Tensor, mask: Tensor) -> tuple[Tensor, Any]:
+        embeds = embeds.to("cuda", torch.float32)
+        mask = mask.to("cuda", torch.bool)
+        state = self.initial_state(embeds.shape[0])
+        logits = None
+        for start, stop in profiles.prefill_chunks(embeds.shape[1], self.limits.max_seq):
+            logits, state = self.run(embeds[:, start:stop], mask[:, start:stop], state)
+        return logits.float(), state
+
+    @torch.no_grad()
+    def step(self, token_ids: Tensor, state: Any) -> tuple[Tensor, Any]:
+        ids = token_ids.to("cuda")
+        logits, state = self.run(self.embeddings[ids], torch.ones(ids.shape, dtype=torch.bool, device="cuda"), state)
+        return logits.float(), state
+
+
+class _Input(NamedTuple):
+    name: str
+    type: str
+
+
+class TrtSession:
+    """The slice of ``onnxruntime.InferenceSession`` the parity gate uses, over a decoder engine
+    (numpy in and out; calls longer than the profile's max length run in chunks)."""
+
+    def __init__(self, decoder: TrtDecoder):
+        self.decoder = decoder
+
+    def get_inputs(self) -> list[_Input]:
+        engine = self.decoder.engine
+        return [_Input(n, ORT_TYPES.get(engine.dtypes[n], "tensor(float)")) for n in engine.inputs]
+
+    def run(self, names, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        d = self.decoder
+        embeds = torch.from_numpy(feed["inputs_embeds"]).to("cuda", torch.float32)
+        mask = torch.from_numpy(feed["mask"]).to("cuda")
+        state = tuple(torch.from_numpy(np.ascontiguousarray(feed[e["input"]])).to("cuda") for e in d.layout)
+        with torch.no_grad():
+            for start, stop in profiles.prefill_chunks(embeds.shape[1], d.limits.max_seq):
+                logits, state = d.run(embeds[:, start:stop], mask[:, start:stop], state)
+        return [logits.float().cpu().numpy(), *[s.cpu().numpy() for s in state]]
+
+
+def read_engine_info(engine_dir: Path) -> dict:
+    path = engine_dir / ENGINE_INFO
+    if not path.is_file():
+        raise EngineMismatchError(f"{path}: missing, so {engine_dir} is not a hybrid-export TensorRT directory "
+                                  "(build one with: hybrid-export --trt CHECKPOINT OUT_DIR)")
+    return json.loads(path.read_text())
+
+
+def open_engine(engine_dir: Path, info: dict) -> TrtEngine:
+    """The engine of `engine_dir`, after checking it was built for this GPU and TensorRT."""
+    from .build import platform_here
+
+    built = info["platform"]
+    check_compatible(Platform(built["tensorrt"], built["gpu"], tuple(built["compute_capability"])), platform_here(),
+                     engine=str(engine_dir / info["plan"]))
+    return TrtEngine((engine_dir / info["plan"]).read_bytes())
+
+
+def limits_of(info: dict) -> profiles.ProfileLimits:
+    return profiles.ProfileLimits(**info["options"]["limits"])
+
+
+class LoadedTrt(NamedTuple):
+    pipeline: Any
+    decoder: TrtDecoder
+    manifest: dict
+    info: dict
+
+
+def load_trt(engine_dir: str | Path, *, provider: str = "cpu") -> LoadedTrt:
+    """An engine directory -> a pipeline whose decoder is the engine (vision graphs on
+    ONNX Runtime's `provider`)."""
+    from hybrid_mllm.core.config import load_config
+    from hybrid_mllm.core.text import load_tokenizer
+    from hybrid_mllm.export.onnx.manifest import read_manifest
+    from hybrid_mllm.export.onnx.runtime import OnnxPipeline, OrtMLLM
+
+    engine_dir = Path(engine_dir)
+    import_tensorrt()  # the missing-TensorRT error before anything else
+    manifest = read_manifest(engine_dir)
+    info = read_engine_info(engine_dir)
+    embeddings = np.load(engine_dir / manifest["embeddings"]["file"])
+    decoder = TrtDecoder(open_engine(engine_dir, info), manifest, embeddings, limits_of(info))
+    model = OrtMLLM(engine_dir, manifest, embeddings, provider=provider)
+    config = load_config(engine_dir / manifest["config_file"])
+    tokenizer = load_tokenizer(manifest["tokenizer"], base_dir=engine_dir)
+    return LoadedTrt(OnnxPipeline(model, tokenizer, config, decoder), decoder, manifest, info)

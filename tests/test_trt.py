@@ -1,0 +1,519 @@
+"""The TensorRT path: what runs without TensorRT (shape rules against the real custom export,
+the plugin kernels' wrappers, AOT compilation to PTX, profiles, cache keys, the Triton server
+repository, the CLIs' missing-TensorRT errors), and, marked ``gpu``, engines built and checked
+against PyTorch where tensorrt and CUDA are present (skipped elsewhere).
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+onnx = pytest.importorskip("onnx")
+
+from hybrid_mllm.core.build import build_mllm  # noqa: E402
+from hybrid_mllm.core.checkpoint import save_checkpoint  # noqa: E402
+from hybrid_mllm.core.config import load_config  # noqa: E402
+from hybrid_mllm.core.errors import HybridError  # noqa: E402
+from hybrid_mllm.export.onnx import parity  # noqa: E402
+from hybrid_mllm.export.onnx.custom_ops import (  # noqa: E402
+    DOMAIN,
+    causal_conv1d_op,
+    selective_scan_op,
+)
+from hybrid_mllm.export.onnx.decoder import export_decoder  # noqa: E402
+from hybrid_mllm.export.onnx.exporter import DEFAULT_OPSETS  # noqa: E402
+from hybrid_mllm.export.onnx.paths import export_paths  # noqa: E402
+from hybrid_mllm.export.trt import cache, profiles, shapes  # noqa: E402
+from hybrid_mllm.export.trt.build import BuildOptions, prepare_graph  # noqa: E402
+from hybrid_mllm.export.trt.errors import EngineMismatchError, version_tuple  # noqa: E402
+from hybrid_mllm.export.trt.exporter import parity_chains  # noqa: E402
+from hybrid_mllm.export.trt.triton_server import model_config, write_model_repository  # noqa: E402
+
+CONFIG = """
+model:
+  vocab_size: 263
+  d_model: 32
+  n_layer: 2
+  layers: [mamba, attention]
+  mixers:
+    mamba: {d_state: 8, d_conv: 4, expand: 2}
+    attention: {n_head: 2, n_kv_head: 1}
+  mlp: {d_hidden: 64}
+"""
+
+
+def _has_tensorrt() -> bool:
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _has_export_gate() -> bool:
+    """onnxruntime and onnxruntime-extensions: the custom export's own gate runs before the engine's."""
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None for m in ("onnxruntime", "onnxruntime_extensions"))
+
+
+needs_trt = pytest.mark.skipif(not (_has_tensorrt() and torch.cuda.is_available() and _has_export_gate()),
+                               reason="needs tensorrt, a CUDA GPU, onnxruntime and onnxruntime-extensions "
+                                      "(scripts/gpu_check.sh runs these)")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """(checkpoint dir, lm, decoder.onnx path, graph description) of a 2-layer hybrid,
+    its decoder exported in the custom flavour (no parity gate: fast)."""
+    from hybrid_mllm.export.onnx.graph import dim_names  # noqa: F401  (onnxscript needed)
+
+    root = tmp_path_factory.mktemp("trt")
+    (root / "config.yaml").write_text(CONFIG)
+    config = load_config(root / "config.yaml")
+    model, tokenizer = build_mllm(config, seed=0)
+    save_checkpoint(model, config, root / "ckpt", tokenizer=tokenizer)
+    lm = model.lm.eval()
+    with export_paths(lm, "custom") as translations:
+        graph = export_decoder(lm, root / "decoder.onnx", opset=DEFAULT_OPSETS["custom"], translations=translations)
+    return root / "ckpt", lm, root / "decoder.onnx", graph
+
+
+# ---------------------------------------------------------------------------------------
+# Shape rules
+# ---------------------------------------------------------------------------------------
+
+
+def _value_shapes(model) -> dict:
+    """Every named value's shape in the graph (inputs, outputs, value_info, initializers)."""
+    out = {}
+    for v in (*model.graph.input, *model.graph.output, *model.graph.value_info):
+        if v.type.tensor_type.HasField("shape"):
+            out[v.name] = tuple(d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim)
+    for init in model.graph.initializer:
+        out[init.name] = tuple(init.dims)
+    return out
+
+
+def test_shape_rules_match_the_custom_export(tiny):
+    """For every hybrid:: node of the exported graph: the rule's output shapes (from the node's
+    input shapes, ints and axis names as the exporter recorded them) are the exporter's."""
+    model = onnx.load(str(tiny[2]), load_external_data=False)
+    known = _value_shapes(model)
+    nodes = [n for n in model.graph.node if n.domain == DOMAIN]
+    assert sorted(n.op_type for n in nodes) == ["CausalConv1d", "SelectiveScan"]
+    for node in nodes:
+        spec = shapes.OPS[node.op_type]
+        inputs = [known[name] for name in node.input]
+        shapes.check_shapes(spec, inputs)
+        assert shapes.output_shapes(spec, inputs) == tuple(known[name] for name in node.output), node.op_type
+        assert [a.name for a in node.attribute] == list(spec.attributes)
+
+
+@pytest.mark.parametrize(("batch", "length"), [(1, 1), (3, 17)])
+def test_shape_and_type_rules_match_pytorch(batch, length):
+    g = torch.Generator().manual_seed(0)
+    d, n, k = 6, 4, 4
+    r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+    scan_in = (r(batch, d, length), r(batch, d, length), -r(d, n).abs(), r(batch, n, length), r(batch, n, length),
+               r(d), r(batch, d, length), r(d), r(batch, d, n))
+    conv_in = (r(batch, d, length), r(d, k), r(d), r(batch, d, k - 1))
+    for spec, args, op in ((shapes.SCAN, scan_in, lambda *a: selective_scan_op(*a, True)),
+                           (shapes.CONV, conv_in, causal_conv1d_op)):
+        outs = op(*args)
+        assert shapes.output_shapes(spec, [tuple(a.shape) for a in args]) == tuple(tuple(o.shape) for o in outs)
+        assert shapes.output_types(spec, [a.dtype for a in args]) == tuple(o.dtype for o in outs)
+
+
+def test_shape_check_names_every_mismatch():
+    good = [("b", "d", "l"), ("b", "d", "l"), ("d", 8), ("b", 8, "l"), ("b", 8, "l"), ("d",), ("b", "d", "l"),
+            ("d",), ("b", "d", 8)]
+    shapes.check_shapes(shapes.SCAN, good)
+    bad = list(good)
+    bad[3] = ("b", 7, "l")
+    with pytest.raises(shapes.PluginShapeError, match=r"A\[1\] = 8, B\[1\] = 7, C\[1\] = 8, state\[2\] = 8 must agree"):
+        shapes.check_shapes(shapes.SCAN, bad)
+    with pytest.raises(shapes.PluginShapeError, match=r"weight\[1\] -1 = 3, conv_state\[2\] = 2 must agree"):
+        shapes.check_shapes(shapes.CONV, [(2, 6, 5), (6, 4), (6,), (2, 6, 2)])
+    with pytest.raises(shapes.PluginShapeError, match="u has rank 2, expected 3"):
+        shapes.check_shapes(shapes.SCAN, [("b", "d")] + good[1:])
+
+
+def test_autotune_types_pair_activations_and_keep_float32_parameters():
+    assert shapes.autotune_types(shapes.SCAN) == ", ".join(
+        ["FP32|FP16|BF16", "FP32", "FP32", "FP32|FP16|BF16", "FP32|FP16|BF16", "FP32", "FP32|FP16|BF16", "FP32",
+         "FP32", "FP32|FP16|BF16", "FP32"])
+    assert shapes.autotune_types(shapes.CONV) == ", ".join(["FP32|FP16|BF16"] * 6)
+
+
+# ---------------------------------------------------------------------------------------
+# Plugin kernels: the wrappers in TensorRT's calling convention (interpreted on CPU)
+# ---------------------------------------------------------------------------------------
+
+def _has_triton() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+needs_triton = pytest.mark.skipif(not _has_triton(), reason="triton is not installed: pip install triton")
+DEVICE = "cuda" if torch.cuda.is_available() and not os.environ.get("TRITON_INTERPRET") else "cpu"
+
+
+@needs_triton
+@pytest.mark.parametrize("softplus", [False, True])
+@pytest.mark.parametrize(("batch", "channels", "d_state", "length"), [(1, 3, 4, 1), (2, 70, 5, 9)])
+def test_scan_wrapper_matches_ref(softplus, batch, channels, d_state, length):
+    from hybrid_mllm.export.trt import kernels
+    from hybrid_mllm.plugins.mixers._scan_ref import selective_scan_ref
+
+    g = torch.Generator().manual_seed(length)
+    r = lambda *s: torch.randn(*s, generator=g).to(DEVICE)  # noqa: E731
+    args = (r(batch, channels, length), r(batch, channels, length).abs() * 0.3, -r(channels, d_state).abs(),
+            r(batch, d_state, length), r(batch, d_state, length), r(channels), r(batch, channels, length),
+            r(channels) * 0.1, r(batch, channels, d_state))
+    y, h = torch.empty_like(args[0]), torch.empty_like(args[-1])
+    kernels.launch_scan(*args, y, h, softplus=softplus)
+    y_ref, h_ref = selective_scan_ref(*args[:8], softplus, args[8])
+    for got, ref in ((y, y_ref), (h, h_ref)):
+        diff = (got - ref).abs().max().item() / max(1.0, ref.abs().max().item())
+        assert diff <= 1e-4, diff
+
+
+@needs_triton
+@pytest.mark.parametrize(("kernel_size", "length"), [(4, 1), (4, 2), (4, 70), (2, 5), (1, 3)])
+def test_conv_wrapper_matches_pytorch_and_writes_the_new_state(kernel_size, length):
+    from hybrid_mllm.export.trt import kernels
+    from hybrid_mllm.plugins.mixers._conv import causal_conv1d
+
+    g = torch.Generator().manual_seed(length)
+    r = lambda *s: torch.randn(*s, generator=g).to(DEVICE)  # noqa: E731
+    x, w, b, state = r(2, 20, length), r(20, kernel_size), r(20), r(2, 20, kernel_size - 1)
+    y, new_state = torch.empty_like(x), torch.empty_like(state)
+    kernels.launch_conv(x, w, b, state, y, new_state)
+    y_ref, state_ref = causal_conv1d(x, w, b, state)
+    torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(new_state, state_ref, atol=0, rtol=0)
+
+
+@needs_triton
+def test_aot_kernels_compile_to_ptx_in_tensorrts_argument_order():
+    """Compiled for sm_90 without a GPU (Triton needs no device to emit PTX): inputs, int32
+    scalars, outputs, in that order, and no Triton global scratch (TensorRT passes none).
+    Triton appends two scratch pointers TensorRT does not pass; unused, as checked."""
+    script = textwrap.dedent("""
+        import json, re
+        from triton.backends.compiler import GPUTarget
+        from hybrid_mllm.export.trt import kernels
+        target = GPUTarget("cuda", 90, 32)
+        out = {}
+        for name, k in (("scan", kernels.compile_scan("FP16", softplus=True, d_state=16, target=target)),
+                        ("conv", kernels.compile_conv("BF16", kernel_size=4, target=target))):
+            head = k.ptx[k.ptx.index(".entry"):].split(")")[0]
+            out[name] = {"name": k.name, "params": re.findall(r"\\.param \\.(\\w+)", head), "block_x": k.block_x}
+        print(json.dumps(out))
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    r = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True, env=env, timeout=240)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    ptr, i32 = "u64", "u32"
+    assert out["scan"]["name"] == "_scan_aot_kernel" and out["scan"]["block_x"] == 64
+    assert out["scan"]["params"][:14] == [ptr] * 9 + [i32] * 3 + [ptr] * 2
+    assert out["conv"]["params"][:8] == [ptr] * 4 + [i32] * 2 + [ptr] * 2
+    assert all(p == ptr for p in out["scan"]["params"][14:] + out["conv"]["params"][8:])
+
+
+def test_launch_geometry_is_generic_over_dims():
+    from hybrid_mllm.export.trt import kernels
+
+    assert kernels.scan_grid((3, 130, 7)) == (3, 3, 1)
+    assert kernels.scan_scalars((3, 130, 7), (130, 16)) == (130, 7, 16)
+    assert kernels.conv_grid((2, 17, 129)) == (3, 2, 2)
+    assert kernels.conv_constexprs(4)["K1_POW2"] == 4 and kernels.conv_constexprs(1)["K1_POW2"] == 1
+    assert kernels.scan_constexprs(True, 5)["BLOCK_N"] == 8
+    symbolic = kernels.scan_grid(("B", "D", "L"), lambda a, b: f"cdiv({a}, {b})")
+    assert symbolic == ("cdiv(D, 64)", "B", 1)
+
+
+# ---------------------------------------------------------------------------------------
+# Profiles, cache keys, graph preparation
+# ---------------------------------------------------------------------------------------
+
+
+def test_profiles_cover_every_decoder_input(tiny):
+    graph = tiny[3]
+    limits = profiles.ProfileLimits(max_batch=4, max_seq=512, max_past=4096, opt_seq=256)
+    prefill, decode = profiles.decoder_profiles(graph["inputs"], limits)
+    names = [i["name"] for i in graph["inputs"]]
+    assert list(prefill.shapes) == names == list(decode.shapes)
+    assert prefill.shapes["inputs_embeds"] == ((1, 1, 32), (1, 256, 32), (4, 512, 32))
+    assert decode.shapes["inputs_embeds"] == ((1, 1, 32), (1, 1, 32), (4, 1, 32))
+    assert decode.shapes["mask"] == ((1, 1), (1, 1), (4, 1))
+    assert prefill.shapes["past.0.ssm_state"] == ((1, 64, 8), (1, 64, 8), (4, 64, 8))
+    k = next(n for n in names if n.startswith("past.1.k"))
+    assert prefill.shapes[k][0][2] == 0 and prefill.shapes[k][2][2] == 4096 and decode.shapes[k][1][2] == 256
+    assert prefill.shapes["past.1.kmask"] == ((1, 0), (1, 0), (4, 4096))
+
+
+def test_profile_choice_chunks_and_limits():
+    assert profiles.choose_profile(1) == profiles.DECODE and profiles.choose_profile(2) == profiles.PREFILL
+    assert profiles.prefill_chunks(5, 2) == [(0, 2), (2, 4), (4, 5)]
+    assert profiles.prefill_chunks(3, 8) == [(0, 3)]
+    limits = profiles.ProfileLimits(max_batch=2, max_seq=8, max_past=16)
+    profiles.check_fits(2, 15, 1, limits)
+    with pytest.raises(HybridError, match="batch 3 is larger than the engine's max batch 2"):
+        profiles.check_fits(3, 0, 1, limits)
+    with pytest.raises(HybridError, match="17 tokens in total .* exceed the engine's max 16: rebuild"):
+        profiles.check_fits(1, 16, 1, limits)
+    with pytest.raises(HybridError, match="max past .* must be >= max sequence"):
+        profiles.ProfileLimits(max_seq=64, max_past=32).check()
+    with pytest.raises(HybridError, match="axis 'frames' that no TensorRT profile covers"):
+        profiles.decoder_profiles([{"name": "x", "shape": ["frames"]}], profiles.ProfileLimits())
+
+
+def test_parity_chains_keep_what_the_profiles_take():
+    assert parity_chains(parity.DECODER_CHAINS, profiles.ProfileLimits()) == parity.DECODER_CHAINS
+    small = parity_chains(parity.DECODER_CHAINS, profiles.ProfileLimits(max_batch=2, max_seq=64, max_past=64))
+    assert [c[0] for c in small] == ["decode-from-empty"]
+
+
+PLATFORM = cache.Platform("10.13.0.35", "NVIDIA H100 80GB HBM3", (9, 0))
+
+
+def test_cache_key_changes_with_graph_platform_and_options(tmp_path):
+    a, b = tmp_path / "a.onnx", tmp_path / "a.onnx.data"
+    a.write_bytes(b"graph")
+    b.write_bytes(b"weights")
+    digest = cache.graph_digest([a, b])
+    options = BuildOptions().to_dict()
+    key = cache.cache_key(digest, PLATFORM, options)
+    assert key == cache.cache_key(digest, PLATFORM, dict(reversed(list(options.items()))))  # order-free
+    b.write_bytes(b"weightz")
+    assert cache.graph_digest([a, b]) != digest  # the external weights count
+    others = [
+        cache.cache_key(digest, cache.Platform("10.14.1", PLATFORM.gpu, (9, 0)), options),
+        cache.cache_key(digest, cache.Platform(PLATFORM.tensorrt, "NVIDIA H200", (9, 0)), options),
+        cache.cache_key(digest, cache.Platform(PLATFORM.tensorrt, PLATFORM.gpu, (8, 0)), options),
+        cache.cache_key(digest, PLATFORM, BuildOptions(precision="fp16").to_dict()),
+        cache.cache_key(digest, PLATFORM, BuildOptions(plugin_impl="jit").to_dict()),
+        cache.cache_key(digest, PLATFORM, BuildOptions(limits=profiles.ProfileLimits(max_seq=1024)).to_dict()),
+    ]
+    assert len({key, *others}) == 7
+
+
+def test_an_engine_from_another_gpu_or_tensorrt_is_refused():
+    cache.check_compatible(PLATFORM, PLATFORM, engine="e.plan")
+    with pytest.raises(EngineMismatchError, match=r"^e.plan was built for NVIDIA H100 80GB HBM3 \(sm_90\) with TensorRT "
+                                                  r"10.13.0.35, but this is NVIDIA A100 \(sm_80\) with TensorRT "
+                                                  r"10.13.0.35: rebuild it here with hybrid-export --trt$"):
+        cache.check_compatible(PLATFORM, cache.Platform(PLATFORM.tensorrt, "NVIDIA A100", (8, 0)), engine="e.plan")
+    with pytest.raises(EngineMismatchError, match="with TensorRT 10.9.0"):
+        cache.check_compatible(PLATFORM, cache.Platform("10.9.0", PLATFORM.gpu, (9, 0)), engine="e.plan")
+    assert version_tuple("10.13.0.35") == (10, 13, 0, 35) and version_tuple("11.0.0b1") == (11, 0)
+
+
+def test_prepare_graph_marks_plugin_nodes_only(tiny):
+    model = onnx.load(str(tiny[2]), load_external_data=False)
+    for aot in (True, False):
+        prepared = prepare_graph(model, aot=aot)
+        for node in prepared.graph.node:
+            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+            if node.domain == DOMAIN:
+                assert attrs["plugin_namespace"] == b"hybrid" and attrs["aot"] == int(aot)
+            else:
+                assert "plugin_namespace" not in attrs
+    assert not any(a.name == "aot" for n in model.graph.node for a in n.attribute)  # the input is not changed
+    model.graph.node[0].domain, model.graph.node[0].op_type = DOMAIN, "Mystery"
+    with pytest.raises(HybridError, match="hybrid::Mystery node, which no TensorRT plugin implements"):
+        prepare_graph(model, aot=True)
+
+
+# ---------------------------------------------------------------------------------------
+# Triton Inference Server repository
+# ---------------------------------------------------------------------------------------
+
+
+def parse_pbtxt(text: str) -> dict:
+    """A protobuf text-format reader for what `model_config` writes: scalars, strings, enums,
+    lists [a, b] and messages {...}; repeated fields become lists."""
+    tokens = re.findall(r'"[^"]*"|[{}\[\]:,]|[^\s{}\[\]:,"]+', re.sub(r"#.*", "", text))
+    pos = 0
+
+    def value():
+        nonlocal pos
+        tok = tokens[pos]
+        pos += 1
+        if tok == "{":
+            return fields("}")
+        if tok == "[":
+            items = []
+            while tokens[pos] != "]":
+                items.append(value())
+                if tokens[pos] == ",":
+                    pos += 1
+            pos += 1
+            return items
+        if tok.startswith('"'):
+            return tok[1:-1]
+        return int(tok) if re.fullmatch(r"-?\d+", tok) else tok
+
+    def fields(end):
+        nonlocal pos
+        out = {}
+        while pos < len(tokens) and tokens[pos] != end:
+            key = tokens[pos]
+            pos += 1
+            if tokens[pos] == ":":
+                pos += 1
+            out[key] = value()
+        pos += 1
+        return out
+
+    return fields(None)
+
+
+def test_triton_config_round_trips_the_manifest(tiny, tmp_path):
+    graph = tiny[3]
+    manifest = {"graphs": {"decoder": {"file": "decoder.onnx", **graph}}, "state": [{}] * 4}
+    config = parse_pbtxt(model_config(manifest, model_name="tiny"))
+    assert config["name"] == "tiny" and config["platform"] == "tensorrt_plan" and config["max_batch_size"] == 0
+    types = {"float32": "TYPE_FP32", "bool": "TYPE_BOOL"}
+    for key, entries in (("input", graph["inputs"]), ("output", graph["outputs"])):
+        got = config[key]
+        assert [t["name"] for t in got] == [e["name"] for e in entries]
+        assert [t["data_type"] for t in got] == [types[e["dtype"]] for e in entries]
+        assert [t["dims"] for t in got] == [[d if isinstance(d, int) else -1 for d in e["shape"]] for e in entries]
+    assert config["input"][0] == {"name": "inputs_embeds", "data_type": "TYPE_FP32", "dims": [-1, -1, 32]}
+    assert config["instance_group"] == [{"count": 1, "kind": "KIND_GPU"}]
+
+    plan = tmp_path / "decoder.plan"
+    plan.write_bytes(b"\x00plan")
+    info = {"options": {"plugin_impl": "aot"},
+            "platform": {"gpu": "NVIDIA H100", "compute_capability": [9, 0], "tensorrt": "10.13.0"}}
+    model_dir = write_model_repository(tmp_path / "repo", manifest, plan, info=info, model_name="tiny")
+    assert sorted(p.relative_to(model_dir).as_posix() for p in model_dir.rglob("*")) == [
+        "1", "1/model.plan", "README.md", "config.pbtxt"]
+    assert (model_dir / "1" / "model.plan").read_bytes() == b"\x00plan"
+    assert "no plugin library" in (model_dir / "README.md").read_text()
+    with pytest.raises(HybridError, match="already exists"):
+        write_model_repository(tmp_path / "repo", manifest, plan, info=info, model_name="tiny")
+    with pytest.raises(HybridError, match="Python \\(jit\\) plugins, which Triton Inference Server cannot run"):
+        write_model_repository(tmp_path / "repo2", manifest, plan, info={"options": {"plugin_impl": "jit"}})
+    assert not (tmp_path / "repo2").exists()
+
+
+# ---------------------------------------------------------------------------------------
+# CLIs without TensorRT
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_tensorrt(tmp_path):
+    """An environment where ``import tensorrt`` fails (whether or not it is installed)."""
+    shadow = tmp_path / "shadow"
+    shadow.mkdir()
+    (shadow / "tensorrt.py").write_text("raise ImportError(\"No module named 'tensorrt'\")\n")
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(shadow), os.environ.get("PYTHONPATH", "")])}
+
+
+def test_export_trt_without_tensorrt_is_one_line_and_writes_nothing(tiny, tmp_path, no_tensorrt):
+    out, repo = tmp_path / "engine", tmp_path / "repo"
+    r = subprocess.run([sys.executable, "-m", "hybrid_mllm.export.cli_export", "--trt", str(tiny[0]), str(out),
+                        "--triton-repo", str(repo)], check=False, capture_output=True, text=True, env=no_tensorrt, timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "TensorRTUnavailableError: TensorRT is not installed: " in r.stderr and "pip install" in r.stderr
+    assert not out.exists() and not repo.exists() and list(tmp_path.iterdir()) == [tmp_path / "shadow"]
+
+
+def test_run_trt_without_tensorrt_is_one_line(tmp_path, no_tensorrt):
+    r = subprocess.run([sys.executable, "-m", "hybrid_mllm.export.cli_run", "--trt", str(tmp_path), "--prompt", "x"],
+                       check=False, capture_output=True, text=True, env=no_tensorrt, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "TensorRT is not installed: " in r.stderr
+
+
+def test_export_trt_refuses_onnx_only_flags(tiny, tmp_path, capsys):
+    from hybrid_mllm.core._cli import run_cli
+    from hybrid_mllm.export import cli_export
+
+    assert run_cli(cli_export.main, ["--trt", str(tiny[0]), str(tmp_path / "o"), "--fp16"]) == 2
+    assert "--scan, --fp16 and --opset are for --onnx" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+# ---------------------------------------------------------------------------------------
+# With TensorRT and a GPU (skipped elsewhere; scripts/gpu_check.sh runs them)
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+@needs_trt
+@pytest.mark.parametrize("plugin_impl", ["aot", "jit"])
+def test_engine_passes_the_gate_and_generates_like_pytorch(tiny, tmp_path, plugin_impl):
+    from hybrid_mllm.core.generate import GenerationConfig, TorchDecoder, generate
+    from hybrid_mllm.export.trt.exporter import TOLERANCE, export_trt
+    from hybrid_mllm.export.trt.runtime import load_trt
+
+    checkpoint, lm = tiny[0], tiny[1]
+    options = BuildOptions(plugin_impl=plugin_impl, limits=profiles.ProfileLimits(max_batch=4, max_seq=64,
+                                                                                 max_past=512))
+    info = export_trt(checkpoint, tmp_path / "engine", options=options, cache_dir=tmp_path / "cache",
+                      triton_repo=tmp_path / "repo" if plugin_impl == "aot" else None)
+    assert max(info["tolerances"]["measured"].values()) <= TOLERANCE["fp32"]
+    assert len(info["tolerances"]["measured"]) == 3  # every gate chain ran (prefills of 300 in chunks of 64)
+    loaded = load_trt(tmp_path / "engine")
+    g = torch.Generator().manual_seed(0)
+    embeds, mask = torch.randn(2, 90, 32, generator=g), torch.ones(2, 90, dtype=torch.bool)
+    mask[0, :7] = False
+    config = GenerationConfig(max_new_tokens=12)
+    expected = generate(TorchDecoder(lm), embeds, mask, config).tokens
+    assert generate(loaded.decoder, embeds, mask, config).tokens == expected
+    if plugin_impl == "aot":
+        assert (tmp_path / "repo" / "hybrid_decoder" / "1" / "model.plan").is_file()
+
+
+@pytest.mark.gpu
+@needs_trt
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_reduced_precision_engines_within_tolerance(tiny, tmp_path, precision):
+    from hybrid_mllm.export.trt.errors import EngineBuildError
+    from hybrid_mllm.export.trt.exporter import export_trt
+
+    options = BuildOptions(precision=precision, limits=profiles.ProfileLimits(max_batch=4, max_seq=128, max_past=512))
+    try:
+        info = export_trt(tiny[0], tmp_path / "engine", options=options, cache_dir=tmp_path / "cache")
+    except EngineBuildError as e:  # TensorRT 11: strongly typed only (documented refusal)
+        assert "strongly typed networks only" in str(e)
+        return
+    assert info["options"]["precision"] == precision
+
+
+@pytest.mark.gpu
+@needs_trt
+def test_engine_cache_hit_and_foreign_engine_refused(tiny, tmp_path):
+    from hybrid_mllm.export.trt.build import build_engine
+    from hybrid_mllm.export.trt.runtime import open_engine
+
+    options = BuildOptions(limits=profiles.ProfileLimits(max_batch=2, max_seq=32, max_past=64))
+    first = build_engine(tiny[2], tiny[3]["inputs"], options, cache_dir=tmp_path)
+    again = build_engine(tiny[2], tiny[3]["inputs"], options, cache_dir=tmp_path)
+    assert not first.cached and again.cached and again.plan == first.plan
+    (tmp_path / "decoder.plan").write_bytes(first.plan)
+    info = {**first.info, "plan": "decoder.plan"}
+    info["platform"] = {**info["platform"], "gpu": "Some Other GPU"}
+    with pytest.raises(EngineMismatchError, match="was built for Some Other GPU"):
+        open_engine(tmp_path, info)
