@@ -1,8 +1,10 @@
 """``hybrid-convert SRC OUT``: Hugging Face model directory <-> hybrid-mllm checkpoint.
 
-The direction follows SRC: a directory with ``config.json`` (Hugging Face: Jamba, Mamba or
-Llama causal LM) becomes our checkpoint; one with ``config.yaml`` (ours) becomes a Hugging
-Face directory that transformers loads. OUT is written atomically.
+The direction follows SRC. A Hugging Face directory (``config.json``) becomes ours: a
+Jamba, Mamba or Llama causal LM, or a LLaVA / LLaVA-NeXT model, becomes our checkpoint; a
+CLIP or SigLIP vision tower becomes timm-named encoder weights plus the ``encoder.yaml``
+that loads them. Our checkpoint (``config.yaml``, text-only) becomes a Hugging Face
+directory that transformers loads. OUT is written atomically.
 """
 
 from __future__ import annotations
@@ -19,18 +21,24 @@ from .._cli import run_cli
 from ..build import build_model
 from ..checkpoint import CONFIG_FILE, load_checkpoint
 from ..config import Config, load_config
-from ._hf_io import HF_CONFIG_FILE, ConversionError, HFWeights, parse_dtype
-from .hf_lm import ARCHITECTURES, convert_hf, save_hf
+from ._hf_io import HF_CONFIG_FILE, ConversionError, HFWeights, parse_dtype, read_hf_config
+from .auto import KINDS, hf_kind
+from .hf_lm import convert_hf, save_hf
+from .hf_vision import ENCODER_FILE, convert_hf_vision
+from .llava import convert_llava
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hybrid-convert", description=__doc__.split("\n\n")[1].replace("\n", " "))
-    p.add_argument("src", type=Path, help=f"a Hugging Face model directory ({', '.join(ARCHITECTURES)}) "
+    p.add_argument("src", type=Path, help=f"a Hugging Face model directory ({', '.join(KINDS)}) "
                                           "or a hybrid-mllm checkpoint directory")
     p.add_argument("out", type=Path, help="the directory to write (must not exist, unless --overwrite)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
                    help="parameter dtype of the output (default: as stored in SRC)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    p.add_argument("--feature-layer", type=int, default=-2,
+                   help="vision towers only: the block whose output is the feature (default -2, as LLaVA)")
+    p.add_argument("--keep-cls", action="store_true", help="vision towers only: keep the CLS token")
     return p
 
 
@@ -65,8 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         raise ConversionError(f"{out} already exists: choose another directory or pass --overwrite")
     start = time.perf_counter()
     if kinds == [HF_CONFIG_FILE]:
-        out, config = convert_hf(src, out, dtype=args.dtype, overwrite=args.overwrite)
-        what = f"{src} -> hybrid-mllm checkpoint {out}"
+        what = _from_hf(src, out, args)
     else:
         if load_config(src / CONFIG_FILE).vision is not None:
             raise ConversionError(f"{src} has a vision section: only text-only language models convert "
@@ -74,9 +81,23 @@ def main(argv: list[str] | None = None) -> int:
         loaded = load_checkpoint(src, dtype=parse_dtype(args.dtype) or _stored_dtype(src))
         config = loaded.config
         out, arch = save_hf(loaded.model.lm, config, out, overwrite=args.overwrite)
-        what = f"{src} -> {arch} {out}"
-    print(f"{what}: {_summary(config)}, {time.perf_counter() - start:.1f} s")
+        what = f"{src} -> {arch} {out}: {_summary(config)}"
+    print(f"{what}, {time.perf_counter() - start:.1f} s")
     return 0
+
+
+def _from_hf(src: Path, out: Path, args: argparse.Namespace) -> str:
+    """Convert with the converter config.json's architecture needs; returns what was written."""
+    kind = hf_kind(read_hf_config(src), src)
+    options = {"dtype": args.dtype, "overwrite": args.overwrite}
+    if kind == "vision":
+        out, encoder = convert_hf_vision(src, out, feature_layer=args.feature_layer, keep_cls=args.keep_cls, **options)
+        a = encoder["model_args"]
+        return (f"{src} -> timm encoder weights {out} ({a['depth']} blocks, width {a['embed_dim']}, patch "
+                f"{a['patch_size']}, image {encoder['image_size']}; load them with {out / ENCODER_FILE})")
+    convert = convert_llava if kind == "llava" else convert_hf
+    out, config = convert(src, out, **options)
+    return f"{src} -> hybrid-mllm checkpoint {out}: {_summary(config)}"
 
 
 def entry() -> None:

@@ -10,6 +10,7 @@ copy of the model.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +26,12 @@ from ._arch import Architecture, hf_shape
 from ._hf_io import (
     HF_CONFIG_FILE, ConversionError, HFWeights, dtype_name, parse_dtype, read_hf_config, write_hf_dir,
 )
+from ._plan import Plan, check_plan, fill_from_plan
 from .jamba import JAMBA
 from .llama import LLAMA
 from .mamba import MAMBA
 
 ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (JAMBA, MAMBA, LLAMA)}
-SHOWN = 4  # problems listed per kind, then a count
 
 
 def load_hf(src: str | os.PathLike, *, dtype: torch.dtype | str | None = None,
@@ -46,15 +47,14 @@ def load_hf(src: str | os.PathLike, *, dtype: torch.dtype | str | None = None,
     with HFWeights(src) as weights:
         if arch.adapt is not None:
             arch.adapt(weights)
-        names = _match(build_model(config, device="meta"), config, arch, weights, src)
+        plan = lm_plan(build_model(config, device="meta"), config, arch)
+        check_plan(plan, weights, f"{src} does not match its {HF_CONFIG_FILE} ({arch.name}):",
+                   ignorable=lm_ignorable(config, arch))
         dtype = parse_dtype(dtype) or weights.stored_dtype(arch.hf_name("embed.weight", config.model))
         model = build_model(config, device="meta", dtype=dtype).to_empty(device=device)
         if config.model.tie_embeddings:  # to_empty gives each module its own new tensor: tie again
             model.lm_head.weight = model.embed.weight
-        params = model.state_dict()
-        with torch.no_grad():
-            for ours, theirs in sorted(names.items(), key=lambda pair: (weights.path(pair[1]), pair[1])):
-                params[ours].copy_(weights.read(theirs).reshape(params[ours].shape))
+        fill_from_plan(model.state_dict(), plan, weights)
     return model.eval(), config
 
 
@@ -105,29 +105,18 @@ def _architecture(hf: dict[str, Any], src: Path) -> Architecture:
     return known[0]
 
 
-def _match(model: nn.Module, config: Config, arch: Architecture, weights: HFWeights, src: Path) -> dict[str, str]:
-    """our tensor name -> theirs, after checking that the checkpoint has exactly these tensors
-    with these shapes (headers only). One error lists every missing, unexpected or mis-shaped tensor."""
-    seen, expected = set(), {}  # their name -> (our name, their shape)
-    for name, tensor in model.state_dict(keep_vars=True).items():
-        if id(tensor) not in seen:  # a tied LM head is the embedding's tensor: skip it
-            seen.add(id(tensor))
-            expected[arch.hf_name(name, config.model)] = (name, hf_shape(name, tuple(tensor.shape)))
-    present = weights.names()
-    # transformers ties the head itself and ignores a stored copy; likewise the arch's ignored buffers
-    ignorable = {n for n in present if n.endswith(arch.ignored) or (config.model.tie_embeddings and n == "lm_head.weight")}
-    missing = sorted(set(expected) - present)
-    unexpected = sorted(present - set(expected) - ignorable)
-    mismatched = [f"{n} is {shape}, config.json implies {expected[n][1]}"
-                  for n in sorted(set(expected) & present) if (shape := weights.shape(n)) != expected[n][1]]
-    problems = []
-    for label, found in (("missing tensor", missing), ("unexpected tensor", unexpected), ("shape mismatch", mismatched)):
-        problems += [f"{label}: {item}" for item in found[:SHOWN]]
-        if len(found) > SHOWN:
-            problems.append(f"... and {len(found) - SHOWN} more ({label}: {len(found)} in all)")
-    if problems:
-        raise ConversionError(f"{src} does not match its {HF_CONFIG_FILE} ({arch.name}):", problems)
-    return {ours: theirs for theirs, (ours, _) in expected.items()}
+def lm_plan(model: nn.Module, config: Config, arch: Architecture, rename: Callable[[str], str] = str) -> Plan:
+    """Our LM tensor -> its tensor in their checkpoint (named by `arch`, then `rename`d, e.g.
+    into a multimodal checkpoint's ``language_model.`` prefix). A tied head is the embedding."""
+    return {name: [(rename(arch.hf_name(name, config.model)), hf_shape(name, tuple(tensor.shape)))]
+            for name, tensor in unique_state_dict(model).items()}
+
+
+def lm_ignorable(config: Config, arch: Architecture, rename: Callable[[str], str] = str) -> Callable[[str], bool]:
+    """Their tensors the LM may carry and does not read: transformers ties the head itself
+    and ignores a stored copy; likewise the architecture's ignored buffers."""
+    head = rename("lm_head.weight")
+    return lambda n: n.endswith(arch.ignored) or (config.model.tie_embeddings and n == head)
 
 
 def _hf_config(config: Config) -> tuple[Architecture, dict[str, Any]]:
