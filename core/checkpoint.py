@@ -54,9 +54,11 @@ class Loaded(NamedTuple):
 def save_checkpoint(model: HybridMLLM | HybridLM, config: Config, out_dir: str | os.PathLike, *,
                     tokenizer: Tokenizer | None = None, overwrite: bool = False,
                     max_shard_bytes: int = MAX_SHARD_BYTES,
-                    write_extra: Callable[[Path], None] | None = None) -> Path:
+                    write_extra: Callable[[Path], None] | None = None,
+                    weights: dict[str, torch.Tensor] | None = None) -> Path:
     """Write `model`, `config` (and `tokenizer`'s files) to `out_dir` atomically;
-    `write_extra(tmp_dir)` may add files. A bare `HybridLM` is saved as a text-only model."""
+    `write_extra(tmp_dir)` may add files. A bare `HybridLM` is saved as a text-only model.
+    `weights`: the state dict to write instead of `model`'s (a sharded model's, gathered)."""
 
     def fill(tmp: Path) -> None:
         nonlocal config
@@ -65,7 +67,8 @@ def save_checkpoint(model: HybridMLLM | HybridLM, config: Config, out_dir: str |
             config = dataclasses.replace(config, text=dataclasses.replace(config.text, tokenizer=tokenizer.describe()))
         save_config(config, tmp / CONFIG_FILE)
         prefix = "lm." if isinstance(model, HybridLM) else ""
-        state = {prefix + name: t.detach().contiguous().cpu() for name, t in unique_state_dict(model).items()}
+        state = {prefix + name: t.detach().contiguous().cpu()
+                 for name, t in (weights if weights is not None else unique_state_dict(model)).items()}
         save_weights(state, tmp, max_shard_bytes)
         if write_extra is not None:
             write_extra(tmp)
@@ -89,6 +92,16 @@ def write_directory(out_dir: Path, fill: Callable[[Path], None], *, overwrite: b
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
+
+
+def remove_partial(parent: Path) -> list[Path]:
+    """Remove what an interrupted `write_directory` into `parent` left: hidden ``.NAME.tmp-*``
+    directories (never renamed into place) and ``.NAME.old-*`` ones (replaced targets).
+    Only safe while no other process writes there (a trainer calls it under its lock)."""
+    leftovers = [p for pattern in (".*.tmp-*", ".*.old-*") for p in parent.glob(pattern) if p.is_dir()]
+    for path in leftovers:
+        shutil.rmtree(path, ignore_errors=True)
+    return leftovers
 
 
 def unique_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -173,11 +186,17 @@ def weight_files(ckpt_dir: Path) -> dict[str, Path]:
     single = ckpt_dir / WEIGHTS_FILE
     if not single.exists():
         raise CheckpointError(f"{ckpt_dir} has no {WEIGHTS_FILE} (nor {INDEX_FILE}): not a checkpoint directory")
+    with _open_weights(single) as f:
+        return dict.fromkeys(f.keys(), single)
+
+
+def _open_weights(path: Path):
+    """A safetensors file opened for reading, or a `CheckpointError` naming it."""
     try:
-        with safe_open(str(single), framework="pt") as f:
-            return dict.fromkeys(f.keys(), single)
+        return safe_open(str(path), framework="pt")
     except (SafetensorError, OSError) as e:
-        raise CheckpointError(f"{single} is not a readable safetensors file ({e}): truncated or corrupt?") from None
+        raise CheckpointError(f"{path} is not a readable safetensors file ({e}): truncated or corrupt? "
+                              "Save the checkpoint again") from None
 
 
 def load_checkpoint(ckpt_dir: str | os.PathLike, *, device="cpu", dtype: torch.dtype | None = None) -> Loaded:
@@ -195,30 +214,50 @@ def load_checkpoint(ckpt_dir: str | os.PathLike, *, device="cpu", dtype: torch.d
 
 
 def load_weights(model: nn.Module, files: dict[str, Path], *, source: str) -> None:
-    """Copy tensors into `model` one at a time; every missing, unexpected or mis-shaped
-    tensor is reported in one error (first few names and a count)."""
+    """Copy tensors into `model` one at a time (floating-point ones cast to the model's dtype);
+    every missing, unexpected, mis-shaped or wrong-kind (integer for float) tensor is reported
+    in one error (first few names and a count)."""
     expected = {name: tuple(t.shape) for name, t in unique_state_dict(model).items()}
     missing = sorted(set(expected) - set(files))
     unexpected = sorted(set(files) - set(expected))
     params = dict(model.state_dict())
-    mismatched, handles = [], {}
+    mismatched, wrong_dtype, handles = [], [], {}
     try:
         for name in sorted(set(files) & set(expected)):
             path = files[name]
             if path not in handles:
-                handles[path] = safe_open(str(path), framework="pt")
+                handles[path] = _open_weights(path)
             tensor = handles[path].get_tensor(name)
             if tuple(tensor.shape) != expected[name]:
                 mismatched.append(f"{name} {tuple(tensor.shape)} != {expected[name]}")
                 continue
+            if tensor.is_floating_point() != params[name].is_floating_point():  # float dtypes are cast
+                wrong_dtype.append(f"{name} {str(tensor.dtype).removeprefix('torch.')} "
+                                   f"(expected {str(params[name].dtype).removeprefix('torch.')})")
+                continue
             with torch.no_grad():
-                params[name].copy_(tensor)
+                params[name].copy_(shard_like(tensor, params[name]))
     finally:
         handles.clear()
     problems = [f"{label}: {_first_few(names)}" for label, names in
-                (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)) if names]
+                (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched),
+                 ("wrong dtype", wrong_dtype)) if names]
     if problems:
-        raise CheckpointError(f"{source} does not fit the model: " + "; ".join(problems))
+        raise CheckpointError(f"{source} does not fit the model: " + "; ".join(problems)
+                              + " (weights saved from another config, or changed since?)")
+
+
+def shard_like(tensor: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """The full `tensor` laid out as `like`: itself for a plain tensor; for a parameter or
+    optimizer moment sharded by FSDP2 (a DTensor of the same shape), this process's slice,
+    cut locally (every process holds the full tensor, so nothing is sent)."""
+    if not torch.distributed.is_available():  # then nothing is sharded
+        return tensor
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    if not isinstance(like, DTensor) or tuple(tensor.shape) != tuple(like.shape):
+        return tensor
+    return distribute_tensor(tensor.to(like.device), like.device_mesh, like.placements, src_data_rank=None)
 
 
 def _first_few(names: list[str], n: int = 5) -> str:

@@ -37,6 +37,7 @@ from .config_vision import VisionConfig, parse_vision
 from .ffn import MoE, SwiGLU
 from .registry import Registry, get_registry
 from .schema import coerce, component_options, describe, type_name
+from .yaml_io import read_yaml
 
 FFN_KINDS = {"mlp": SwiGLU, "moe": MoE}
 FFN_CHOICES = [*FFN_KINDS, "none"]  # none: the block has no FFN (pure Mamba)
@@ -78,26 +79,13 @@ class Config:
         return out
 
 
+MAX_LAYERS = 10_000
 SCALARS = {"vocab_size": int, "d_model": int, "n_layer": int, "norm_eps": float, "tie_embeddings": bool}
 
 
 def load_config(path: str | os.PathLike, registry: Registry | None = None) -> Config:
     """Read and validate a YAML file; raise `ConfigError` listing every problem."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ConfigError(str(path), ["file not found: check the path"]) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(str(path), [f"cannot read the file: {e}"]) from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(e, "problem", None) or str(e)
-        raise ConfigError(str(path), [f"YAML syntax error at {where}{problem}"]) from None
-    return parse_config(raw, source=str(path), registry=registry)
+    return parse_config(read_yaml(path), source=str(path), registry=registry)
 
 
 def parse_config(raw: Any, *, source: str = "<config>", registry: Registry | None = None) -> Config:
@@ -164,6 +152,8 @@ def _parse_scalars(raw: dict, problems: list[str]) -> dict[str, Any]:
             problems.append(f"model.{key}: expected {type_name(typ)}, got {describe(raw[key])}")
         elif typ is int and value < 1:
             problems.append(f"model.{key}: must be >= 1, got {value}")
+        elif key == "n_layer" and value > MAX_LAYERS:  # a typo; a list this long would exhaust memory
+            problems.append(f"model.n_layer: must be <= {MAX_LAYERS:,}, got {value:,}")
         else:
             out[key] = value
     return out
@@ -234,7 +224,8 @@ def _mixer_options(raw: Any, layers: list[str], registry: Registry, d_model: int
     for name in raw:
         if name not in names:
             problems.append(f"model.mixers.{name}: {unknown('mixer', name, names)}")
-    used = [n for n in dict.fromkeys(layers) if n in names] + [n for n in raw if n in names and n not in layers]
+    in_layers = dict.fromkeys(n for n in layers if isinstance(n, str))  # a bad entry was already reported
+    used = [n for n in in_layers if n in names] + [n for n in raw if n in names and n not in layers]
     return {name: _component_options(registry.get("mixer", name), raw.get(name), f"model.mixers.{name}",
                                      name in layers, d_model, problems)
             for name in used}

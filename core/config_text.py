@@ -5,6 +5,7 @@ text:
   tokenizer: {type: byte}       # or {type: hf, path: tokenizer.json}, relative to the config file
   template: chatml              # plain | chatml | vicuna: stored with the model, used at inference
   max_context: 131072           # prompts with more text + visual tokens are refused
+  max_visual_tokens: 65536      # optional: refuse requests with more visual tokens (hybrid-run --max-visual-tokens)
 ```
 """
 
@@ -25,6 +26,7 @@ class TextConfig:
     tokenizer: dict[str, Any] = field(default_factory=lambda: {"type": "byte"})
     template: str = "chatml"
     max_context: int = 131072
+    max_visual_tokens: int | None = None
 
 
 def parse_text(raw: Any, problems: list[str]) -> TextConfig:
@@ -34,7 +36,7 @@ def parse_text(raw: Any, problems: list[str]) -> TextConfig:
     if not isinstance(raw, dict):
         problems.append(f"text: expected a mapping, got {describe(raw)}")
         return TextConfig()
-    allowed = ("tokenizer", "template", "max_context")
+    allowed = ("tokenizer", "template", "max_context", "max_visual_tokens")
     problems.extend(f"text.{k}: unknown key.{did_you_mean(k, allowed)} (allowed: {', '.join(allowed)})"
                     for k in raw if k not in allowed)
     out = TextConfig()
@@ -47,7 +49,7 @@ def parse_text(raw: Any, problems: list[str]) -> TextConfig:
     else:
         out.tokenizer = {"type": "byte", **tokenizer}
     template = raw.get("template", out.template)
-    if template not in TEMPLATES:
+    if not isinstance(template, str) or template not in TEMPLATES:
         problems.append(f"text.template: {unknown('template', template, TEMPLATES)}")
     else:
         out.template = template
@@ -56,4 +58,9 @@ def parse_text(raw: Any, problems: list[str]) -> TextConfig:
         problems.append(f"text.max_context: expected an int >= 1, got {describe(max_context)}")
     else:
         out.max_context = max_context
+    cap = raw.get("max_visual_tokens")
+    if cap is not None and (not isinstance(cap, int) or isinstance(cap, bool) or cap < 1):
+        problems.append(f"text.max_visual_tokens: expected an int >= 1 (or no key for no cap), got {describe(cap)}")
+    else:
+        out.max_visual_tokens = cap
     return out

@@ -43,6 +43,7 @@ class VisionConfig:
 SETTINGS = {"max_tiles": int | None, "pinpoints": list[list[int]] | None, "newline": bool, "grid_pos": bool,
             "max_pixels": int,
             "max_frames": int | None, "fps": float | None}
+_POSITIVE = ("max_tiles", "max_pixels", "max_frames", "fps")
 
 
 def parse_vision(raw: Any, registry: Registry, d_model: int | None, problems: list[str]) -> VisionConfig | None:
@@ -74,7 +75,7 @@ def _component(raw, path, kind, registry, problems, build_args, provided=None) -
                         f"got {describe(raw)}")
         return None
     name = raw["name"]
-    if (kind, name) not in registry:
+    if not isinstance(name, str) or (kind, name) not in registry:
         problems.append(f"{path}.name: {unknown(kind, name, registry.names(kind))}")
         return None
     options = {k: v for k, v in raw.items() if k != "name"}
@@ -90,13 +91,15 @@ def _settings(raw: dict, problems: list[str]) -> dict[str, Any]:
         ok, value = coerce(raw[key], typ)
         if not ok:
             problems.append(f"vision.{key}: expected {type_name(typ)}, got {describe(raw[key])}")
+        elif value is not None and key in _POSITIVE and not value > 0:
+            problems.append(f"vision.{key}: must be > 0, got {value}")
         else:
             out[key] = value
     if out.get("pinpoints") and "max_tiles" in raw and raw["max_tiles"] is not None:
         problems.append("vision.pinpoints: give either pinpoints or max_tiles, not both")
     if out.get("pinpoints"):
         out["max_tiles"] = None
-    if out.get("max_tiles") is None and not out.get("pinpoints") and "max_tiles" in raw:
+    if "max_tiles" in raw and raw["max_tiles"] is None and not out.get("pinpoints"):
         problems.append("vision.max_tiles: null needs pinpoints")
     return out
 

@@ -15,14 +15,17 @@ class HybridError(Exception):
 class ConfigError(HybridError):
     """A configuration (YAML or options) has one or more problems.
 
-    `problems` holds one line per problem, each starting with its YAML path.
+    `problems` holds one line per problem, each starting with its YAML path. One problem
+    reads as one line (``c.yaml: model.d_model: ...``); several as a head line and one per problem.
     """
 
     def __init__(self, source: str, problems: list[str]):
         self.source = source
         self.problems = list(problems)
-        n = len(self.problems)
-        head = f"{source} has {n} problem{'s' if n != 1 else ''}"
+        if len(self.problems) == 1:
+            super().__init__(f"{source}: {self.problems[0]}")
+            return
+        head = f"{source} has {len(self.problems)} problems"
         super().__init__("\n".join([head] + [f"  {p}" for p in self.problems]))
 
 
@@ -36,3 +39,7 @@ class KernelUnavailableError(HybridError):
 
 class InputError(HybridError):
     """A request the model cannot take: bad images or videos, a prompt longer than the context."""
+
+
+class ResourceError(HybridError):
+    """A request over a resource limit: more visual tokens than allowed, more memory than is free."""

@@ -1,8 +1,9 @@
 """One request end to end: prompt + images / videos -> template -> visual tokens -> generation.
 
 `Pipeline` holds a model, its tokenizer and config; `prepare` turns a request into a
-batch (checking the context length before any encoding), and `answer` generates through
-any runtime's `Decoder` (PyTorch by default).
+batch (checking the context length and the visual-token cap before any encoding), and
+`answer` generates through any runtime's `Decoder` (PyTorch by default, after checking
+that its prefill fits in free memory).
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ import torch
 from .config import Config
 from .errors import HybridError, InputError
 from .generate import Decoder, GenerationConfig, GenerationResult, TorchDecoder, generate
+from .memory import check_prefill_memory
 from .mllm import Batch, HybridMLLM, Visual
 from .text import IMAGE_TOKEN, VIDEO_TOKEN, Tokenizer, get_template
+from .visual_budget import check_visual_budget
 from .visual_inputs import Overrides, VisualLoader
 
 
@@ -27,6 +30,9 @@ class Request:
     prompt: str
     images: Sequence[str] = ()
     videos: Sequence[str] = ()
+
+
+PREFILL_CHUNK = 8192  # tokens per prefill step of the PyTorch runtime
 
 
 class Pipeline:
@@ -56,12 +62,16 @@ class Pipeline:
         return batch, ids
 
     def answer(self, requests: Sequence[Request], generation: GenerationConfig, *, overrides: Overrides | None = None,
-               decoder: Decoder | None = None, on_token: Callable[[int, int], None] | None = None) -> tuple[GenerationResult, Batch]:
+               decoder: Decoder | None = None, on_token: Callable[[int, int], None] | None = None,
+               prefill_chunk: int = PREFILL_CHUNK) -> tuple[GenerationResult, Batch]:
+        """Generate the answers; without a `decoder`, PyTorch's, prefilling `prefill_chunk` tokens at a time."""
         batch, prompt_ids = self.prepare(requests, overrides)
+        if decoder is None:
+            check_prefill_memory(self.model.lm, *batch.mask.shape, prefill_chunk)
+            decoder = TorchDecoder(self.model.lm, prefill_chunk=prefill_chunk)
         stops = tuple(dict.fromkeys([*generation.stop_token_ids, *self.template.stop_token_ids(self.tokenizer)]))
         generation = GenerationConfig(**{**generation.__dict__, "stop_token_ids": stops,
                                          "stop_strings": generation.stop_strings or tuple(self.template.stop_strings)})
-        decoder = decoder or TorchDecoder(self.model.lm)
         result = generate(decoder, batch.embeds, batch.mask, generation, decode=self.tokenizer.decode,
                           prompt_ids=prompt_ids, on_token=on_token)
         return result, batch
@@ -71,7 +81,12 @@ class Pipeline:
             raise InputError("this model has no vision encoder, so it cannot take images or videos")
         prompt = _with_placeholders(request)
         rendered = self.template.render([{"role": "user", "content": prompt}], self.tokenizer, add_generation_prompt=True)
-        items, n_visual = self.visuals.load(rendered.ids, request.images, request.videos, overrides)
+        items, sizes = self.visuals.load_sized(rendered.ids, request.images, request.videos, overrides)
+        limit = overrides.max_visual_tokens or self.config.text.max_visual_tokens
+        if limit is not None:
+            option = "--max-visual-tokens" if overrides.max_visual_tokens else "text.max_visual_tokens"
+            check_visual_budget(self.visuals, sizes, overrides, limit, option=option)
+        n_visual = self.visuals.count(sizes, overrides)
         total = len(rendered.ids) - len(items) + n_visual
         if total > self.config.text.max_context:
             raise InputError(f"the prompt needs {total:,} tokens ({n_visual:,} visual) but the model's context is "

@@ -8,6 +8,7 @@ Built-in plugins and third-party plugins register through the same hooks
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import os
 from dataclasses import dataclass
 from fnmatch import fnmatch
@@ -55,7 +56,7 @@ class Registry:
         for kind, hook_name in KINDS.items():
             for impl in getattr(plugin_manager.hook, hook_name).get_hookimpls():
                 package = packages.get(id(impl.plugin), impl.plugin_name)
-                impl.function(register=self._registrar(kind, package))
+                self._call_hook(impl, hook_name, package, self._registrar(kind, package))
 
     @classmethod
     def load(cls, *, autoload: bool | None = None, extra_plugins: tuple = ()) -> Registry:
@@ -71,13 +72,23 @@ class Registry:
             pm.register(module, name=module_name)
             packages[id(module)] = BUILTIN_PACKAGE
         if autoload:
-            pm.load_setuptools_entrypoints(hookspecs.PROJECT)
-            for plugin, dist in pm.list_plugin_distinfo():
-                packages[id(plugin)] = dist.metadata["name"]
+            _load_entry_points(pm, packages)
         for plugin in extra_plugins:
             pm.register(plugin)
             packages.setdefault(id(plugin), getattr(plugin, "__name__", repr(plugin)))
         return cls(pm, packages)
+
+    @staticmethod
+    def _call_hook(impl, hook_name: str, package: str, register) -> None:
+        try:
+            impl.function(register=register)
+        except RegistryError:
+            raise
+        except Exception as e:
+            if package == BUILTIN_PACKAGE:  # our own bug: keep the traceback
+                raise
+            raise RegistryError(f"plugin {package}: {hook_name} raised {type(e).__name__}: {e}. Fix or uninstall "
+                                f"{package}, or set {AUTOLOAD_ENV}=1 to skip plugins") from None
 
     def _registrar(self, kind: str, package: str):
         def register(name: str, obj: Any) -> None:
@@ -118,6 +129,24 @@ class Registry:
     def _check_kind(kind: str) -> None:
         if kind not in KINDS:
             raise RegistryError(unknown("component kind", kind, KINDS))
+
+
+def _load_entry_points(pm: pluggy.PluginManager, packages: dict[int, str]) -> None:
+    """Register the plugins of the ``hybrid_mllm`` entry-point group (pluggy's
+    `load_setuptools_entrypoints`, but a plugin that fails to import is named)."""
+    for dist in importlib.metadata.distributions():
+        for ep in dist.entry_points:
+            if ep.group != hookspecs.PROJECT or pm.get_plugin(ep.name) is not None:
+                continue
+            package = dist.metadata["name"]
+            try:
+                plugin = ep.load()
+            except Exception as e:  # any error in third-party code: name the plugin, keep one line
+                raise RegistryError(
+                    f"plugin '{ep.name}' ({ep.value}) of package {package} fails to import: {type(e).__name__}: "
+                    f"{e}. Fix or uninstall {package}, or set {AUTOLOAD_ENV}=1 to skip plugins") from None
+            pm.register(plugin, name=ep.name)
+            packages[id(plugin)] = package
 
 
 _default: Registry | None = None

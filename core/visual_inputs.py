@@ -25,6 +25,15 @@ class Overrides:
     max_tiles: int | None = None
     max_frames: int | None = None
     fps: float | None = None
+    max_visual_tokens: int | None = None  # refuse a request with more (None: the config's text.max_visual_tokens)
+
+
+@dataclass(frozen=True)
+class ItemSize:
+    """What a loaded item's token count depends on: an image's (width, height), a video's frames."""
+
+    image_size: tuple[int, int] | None = None
+    frames: int = 0
 
 
 class VisualLoader:
@@ -36,6 +45,12 @@ class VisualLoader:
     def load(self, ids: Sequence[int], images: Sequence[str], videos: Sequence[str],
              overrides: Overrides | None = None) -> tuple[list[Visual], int]:
         """Returns the visual items in placeholder order and their total token count."""
+        items, sizes = self.load_sized(ids, images, videos, overrides)
+        return items, self.count(sizes, overrides or Overrides())
+
+    def load_sized(self, ids: Sequence[int], images: Sequence[str], videos: Sequence[str],
+                   overrides: Overrides | None = None) -> tuple[list[Visual], list[ItemSize]]:
+        """Returns the visual items in placeholder order and their sizes (see `count`)."""
         overrides = overrides or Overrides()
         image_id, video_id = self.model.image_token_id, self.model.video_token_id
         n_img, n_vid = sum(1 for t in ids if t == image_id), sum(1 for t in ids if t == video_id)
@@ -45,35 +60,60 @@ class VisualLoader:
         if (images or videos) and not self.model.has_vision:
             raise InputError("this model has no vision encoder, so it cannot take images or videos")
         image_iter, video_iter = iter(images), iter(videos)
-        items, total = [], 0
+        items, sizes = [], []
         for token in ids:
             if token == image_id:
-                item, n = self.image(next(image_iter), overrides)
+                item, size = self._image(next(image_iter), overrides)
             elif token == video_id:
-                item, n = self.video(next(video_iter), overrides)
+                item, size = self._video(next(video_iter), overrides)
             else:
                 continue
             items.append(item)
-            total += n
-        return items, total
+            sizes.append(size)
+        return items, sizes
+
+    def count(self, sizes: Sequence[ItemSize], overrides: Overrides) -> int:
+        """Visual tokens of items of these sizes under `overrides` (a lower max_frames keeps
+        that many of a video's frames), computed without loading anything."""
+        return sum(self.image_tokens(s.image_size, overrides) if s.image_size else
+                   min(s.frames, overrides.max_frames or s.frames) * self.frame_tokens() for s in sizes)
+
+    def image_tokens(self, image_size: tuple[int, int], overrides: Overrides) -> int:
+        encoder = self.model.encoder
+        patch_grid = self.model.connector.out_grid(encoder.grid)
+        n = num_visual_tokens(image_size, encoder.image_size, patch_grid, newline=self.vision.newline,
+                              **self.tile_limits(overrides))
+        return n + encoder.num_prefix_tokens
+
+    def frame_tokens(self) -> int:
+        gh, gw = self.model.video_connector.out_grid(self.model.encoder.grid)
+        return gh * gw + 1 + self.model.encoder.num_prefix_tokens
+
+    def tile_limits(self, overrides: Overrides) -> dict:
+        if overrides.max_tiles or not self.vision.pinpoints:
+            return {"max_tiles": overrides.max_tiles or self.vision.max_tiles}
+        return {"pinpoints": self.vision.pinpoints}
 
     def image(self, path: str, overrides: Overrides) -> tuple[Visual, int]:
-        v, encoder = self.vision, self.model.encoder
-        image = load_image(path, max_pixels=v.max_pixels)
-        if overrides.max_tiles or not v.pinpoints:
-            limits = {"max_tiles": overrides.max_tiles or v.max_tiles}
-        else:
-            limits = {"pinpoints": v.pinpoints}
-        grid = select_grid(image.size, encoder.image_size, **limits)
-        tiles = anyres_tiles(image, encoder.image_size, grid, mean=encoder.mean, std=encoder.std)
-        patch_grid = self.model.connector.out_grid(encoder.grid)
-        n = num_visual_tokens(image.size, encoder.image_size, patch_grid, newline=v.newline, **limits)
-        return tiles, n + encoder.num_prefix_tokens
+        """An image's tiles and token count."""
+        tiles, size = self._image(path, overrides)
+        return tiles, self.image_tokens(size.image_size, overrides)
 
     def video(self, path: str, overrides: Overrides) -> tuple[Visual, int]:
+        """A video's frames and token count."""
+        clip, size = self._video(path, overrides)
+        return clip, size.frames * self.frame_tokens()
+
+    def _image(self, path: str, overrides: Overrides) -> tuple[Visual, ItemSize]:
+        v, encoder = self.vision, self.model.encoder
+        image = load_image(path, max_pixels=v.max_pixels)
+        grid = select_grid(image.size, encoder.image_size, **self.tile_limits(overrides))
+        tiles = anyres_tiles(image, encoder.image_size, grid, mean=encoder.mean, std=encoder.std)
+        return tiles, ItemSize(image_size=tuple(image.size))
+
+    def _video(self, path: str, overrides: Overrides) -> tuple[Visual, ItemSize]:
         v, encoder = self.vision, self.model.encoder
         frames = load_video(path, max_frames=overrides.max_frames or v.max_frames, fps=overrides.fps or v.fps,
                             max_pixels=v.max_pixels)
         pixels = torch.stack([normalize(f, encoder.image_size, encoder.mean, encoder.std) for f in frames.frames])
-        gh, gw = self.model.video_connector.out_grid(encoder.grid)
-        return VideoClip(pixels), len(frames.frames) * (gh * gw + 1 + encoder.num_prefix_tokens)
+        return VideoClip(pixels), ItemSize(frames=len(frames.frames))

@@ -3,9 +3,11 @@
     hybrid-run --config mllm-tiny --image photo.jpg --prompt "What is in the picture?"
     hybrid-run --checkpoint runs/stage2 --video clip.mp4 --max-frames 64 --prompt "..."
     hybrid-run --onnx exported/ --image photo.jpg --prompt "..." --provider cpu
+    hybrid-run --trt engine/ --image photo.jpg --prompt "..."          # a hybrid-export --trt directory
 
 Runtime: PyTorch for a checkpoint directory or, with random weights, a YAML config /
-shipped preset; ONNX Runtime for a directory written by ``hybrid-export --onnx``.
+shipped preset; ONNX Runtime for a directory written by ``hybrid-export --onnx``; TensorRT
+(the decoder; vision graphs in ONNX Runtime) for one written by ``hybrid-export --trt``.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from hybrid_mllm.core.checkpoint import load_checkpoint
 from hybrid_mllm.core.config import load_config
 from hybrid_mllm.core.errors import HybridError
 from hybrid_mllm.core.generate import Decoder, GenerationConfig
-from hybrid_mllm.core.pipeline import Overrides, Pipeline, Request
+from hybrid_mllm.core.pipeline import PREFILL_CHUNK, Overrides, Pipeline, Request
 from hybrid_mllm.core.presets import resolve_config_path
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -34,6 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     src.add_argument("--checkpoint", help="a checkpoint directory (config.yaml + model.safetensors)")
     src.add_argument("--config", help="a YAML config or shipped preset (random weights)")
     src.add_argument("--onnx", help="an export directory of hybrid-export --onnx (runs in ONNX Runtime)")
+    src.add_argument("--trt", help="an engine directory of hybrid-export --trt (runs in TensorRT on the GPU)")
     p.add_argument("--prompt", required=True, help="the question; <image>/<video> mark where the files go")
     p.add_argument("--image", action="append", default=[], help="an image file (repeatable)")
     p.add_argument("--video", action="append", default=[], help="a video file, frame folder (repeatable)")
@@ -47,6 +50,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tiles", type=int, help="anyres tile limit at inference (default: the config's)")
     p.add_argument("--max-frames", type=int, help="frames sampled per video (default: the config's)")
     p.add_argument("--fps", type=float, help="sample video frames at this rate (capped by --max-frames)")
+    p.add_argument("--max-visual-tokens", type=int, help="refuse a request with more visual tokens (default: the "
+                                                          "config's text.max_visual_tokens, if any)")
+    p.add_argument("--prefill-chunk", type=int, default=PREFILL_CHUNK,
+                   help=f"prompt tokens per prefill step: less memory, a little slower (default {PREFILL_CHUNK})")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (PyTorch runtime; default cpu)")
     p.add_argument("--dtype", choices=list(DTYPES), default="float32", help="weights dtype (PyTorch runtime)")
     p.add_argument("--provider", choices=["cpu", "cuda", "tensorrt"], default="cpu",
@@ -57,6 +64,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def _load(args) -> tuple[Pipeline, Decoder | None]:
     """The pipeline and, for --onnx, its ONNX Runtime decoder (None: PyTorch's)."""
+    if args.trt:
+        from hybrid_mllm.export.trt.runtime import load_trt  # needs tensorrt, only for --trt
+
+        loaded = load_trt(args.trt, provider=args.provider)
+        return loaded.pipeline, loaded.decoder
     if args.onnx:
         from hybrid_mllm.export.onnx import load_onnx  # needs onnxruntime, only for --onnx
 
@@ -88,8 +100,10 @@ class _Streamer:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.max_tiles is not None and args.max_tiles < 1 or args.max_frames is not None and args.max_frames < 1:
-        raise HybridError("--max-tiles and --max-frames must be >= 1")
+    for flag, value in (("--max-tiles", args.max_tiles), ("--max-frames", args.max_frames),
+                        ("--max-visual-tokens", args.max_visual_tokens), ("--prefill-chunk", args.prefill_chunk)):
+        if value is not None and value < 1:
+            raise HybridError(f"{flag} must be >= 1, got {value}")
     check_device(args.device)
     pipeline, decoder = _load(args)
     generation = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
@@ -98,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     streamer = _Streamer(pipeline.tokenizer.decode)
     request = Request(args.prompt, images=args.image, videos=args.video)
     result, batch = pipeline.answer([request], generation, on_token=streamer, decoder=decoder,
-                                    overrides=Overrides(args.max_tiles, args.max_frames, args.fps))
+                                    overrides=Overrides(args.max_tiles, args.max_frames, args.fps, args.max_visual_tokens),
+                                    prefill_chunk=args.prefill_chunk)
     print(result.texts[0][streamer.shown:])  # the rest, if the last characters were incomplete
     if args.verbose:
         n = len(result.tokens[0])

@@ -69,7 +69,7 @@ def test_bad_documents(tmp_path, text, message):
 
 
 def test_missing_file(tmp_path):
-    assert _problems(tmp_path / "nope.yaml")[1] == "  file not found: check the path"
+    assert _problems(tmp_path / "nope.yaml") == [f"{tmp_path / 'nope.yaml'}: file not found: check the path"]
 
 
 def test_jamba_periods_expand_to_lists():
@@ -80,7 +80,7 @@ def test_jamba_periods_expand_to_lists():
 
 def test_period_offset_out_of_range(tmp_path):
     path = _write(tmp_path, "model: {vocab_size: 8, d_model: 8, n_layer: 4, attn_layer_period: 2, attn_layer_offset: 2}\n")
-    assert "  model.attn_layer_offset: expected an int in [0, 1], got int 2" in _problems(path)
+    assert _problems(path) == [f"{path}: model.attn_layer_offset: expected an int in [0, 1], got int 2"]
 
 
 def test_yaml_exponent_string_is_a_float():

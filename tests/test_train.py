@@ -1,7 +1,9 @@
 """Training: two stages, freezing, loss going down, exact resume, errors, and 2-process DDP."""
 
 import json
+import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -13,6 +15,8 @@ from hybrid_mllm.core.checkpoint import load_checkpoint
 from hybrid_mllm.core.errors import HybridError
 from hybrid_mllm.train.cli_train import load_train_config, run_training
 from hybrid_mllm.train.data import DataError, read_records
+from hybrid_mllm.train import loop
+from hybrid_mllm.train.loop import LossStep, TrainError
 
 from _train_fixtures import losses, write_config
 
@@ -103,3 +107,38 @@ def test_two_processes_match_one_at_equal_global_batch(tmp_path):
     a, b = losses(tmp_path / "one" / "run", "finetune"), losses(tmp_path / "two" / "run", "finetune")
     assert len(a) == len(b) == 3
     assert max(abs(x - y) for x, y in zip(a, b)) < 1e-4, (a, b)
+
+
+def test_nonfinite_loss_stop_names_the_step_batch_and_records(tmp_path):
+    path = write_config(tmp_path, steps=(1, 4), on_nonfinite="stop")
+    config, train = load_train_config(str(path), ["train.stages.1.lr.lm=1.0e+30"])  # step 1 blows the weights up
+    with pytest.raises(TrainError, match=r"^non-finite loss at stage 'finetune', step 2, batch \d+ of epoch \d+ "
+                                         r"\(records \d+, \d+, \d+, \d+\) \(set train.on_nonfinite: skip"):
+        run_training(config, train)
+
+
+def test_nonfinite_loss_skip_drops_the_batch_and_goes_on(tmp_path, monkeypatch, capsys):
+    calls = []
+
+    def nan_on_third_call(self, samples):  # align step 1, finetune step 1, then this batch
+        calls.append(1)
+        ce, aux = original(self, samples)
+        return (ce * float("nan"), aux) if len(calls) == 3 else (ce, aux)
+
+    original = LossStep.forward
+    monkeypatch.setattr(LossStep, "forward", nan_on_third_call)
+    config, train = load_train_config(str(write_config(tmp_path, steps=(1, 4), on_nonfinite="skip")), [])
+    run_training(config, train)
+    assert re.search(r"warning: non-finite loss at stage 'finetune', step 2, batch \d+ of epoch \d+ \(records "
+                     r"\d+, \d+, \d+, \d+\): batch skipped", capsys.readouterr().out)
+    curve = losses(tmp_path / "run", "finetune")
+    assert len(curve) == 4 and all(math.isfinite(x) for x in curve) and len(calls) == 6
+
+
+def test_nonfinite_loss_skip_stops_when_the_weights_diverged(tmp_path, monkeypatch):
+    monkeypatch.setattr(loop, "MAX_NONFINITE_IN_A_ROW", 3)
+    path = write_config(tmp_path, steps=(1, 30), on_nonfinite="skip")
+    config, train = load_train_config(str(path), ["train.stages.1.lr.lm=1.0e+30"])
+    with pytest.raises(TrainError, match="non-finite loss on 3 batches in a row, the last at stage 'finetune', step 2, "
+                                         ".*: the weights have diverged"):
+        run_training(config, train)

@@ -6,16 +6,15 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from hybrid_mllm.core._cli import check_device, run_cli
 from hybrid_mllm.core.checkpoint import load_checkpoint
-from hybrid_mllm.core.pipeline import Pipeline
+from hybrid_mllm.core.pipeline import PREFILL_CHUNK, Pipeline
 from hybrid_mllm.core.visual_inputs import Overrides
 
-from .data import read_records
+from .data import json_items, read_records
 from .evaluate import evaluate, write_results
 
 
@@ -27,6 +26,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", help="folder the data's paths are relative to (default: the data file's folder)")
     p.add_argument("--max-tiles", type=int, help="anyres tile limit (evaluate at another resolution)")
     p.add_argument("--max-frames", type=int, help="frames per video")
+    p.add_argument("--max-visual-tokens", type=int, help="refuse a record with more visual tokens")
+    p.add_argument("--prefill-chunk", type=int, default=PREFILL_CHUNK, help=f"prompt tokens per prefill step "
+                                                                            f"(default {PREFILL_CHUNK})")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-new-tokens", type=int, default=16, help="longest answer in tokens (default 16)")
     p.add_argument("--limit", type=int, help="only the first N records")
@@ -39,10 +41,11 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     model, tokenizer, config = load_checkpoint(args.checkpoint, device=check_device(args.device))
     records = read_records(args.data, args.data_root)[: args.limit]
-    raw = [json.loads(line) for line in Path(args.data).read_text().splitlines() if line.strip()][: len(records)]
+    raw = [item for _, item in json_items(Path(args.data), Path(args.data).read_text())][: len(records)]
     pipeline = Pipeline(model.eval(), tokenizer, config)
-    rows, summary = evaluate(pipeline, records, raw, overrides=Overrides(args.max_tiles, args.max_frames),
-                             batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
+    rows, summary = evaluate(pipeline, records, raw, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+                             overrides=Overrides(args.max_tiles, args.max_frames, max_visual_tokens=args.max_visual_tokens),
+                             prefill_chunk=args.prefill_chunk)
     if args.out:
         write_results(Path(args.out), rows, summary)
     overall = summary["overall"]

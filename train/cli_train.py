@@ -5,6 +5,7 @@
     hybrid-train configs/digits.yaml --resume runs/digits/stage-align/step-000100
     hybrid-train configs/digits.yaml train.stages.0.steps=20 train.seed=1
     torchrun --nproc-per-node 2 -m hybrid_mllm.train.cli_train configs/digits.yaml   # DDP (gloo on CPU)
+    torchrun --nproc-per-node 2 -m hybrid_mllm.train.cli_train configs/digits.yaml train.parallel=fsdp  # sharded
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import sys
 from pathlib import Path
 
 import torch
-import yaml
 
 from hybrid_mllm.core._cli import check_device, run_cli
 from hybrid_mllm.core.build import build_mllm
@@ -23,27 +23,25 @@ from hybrid_mllm.core.checkpoint import load_weights, weight_files
 from hybrid_mllm.core.config import Config, parse_config
 from hybrid_mllm.core.errors import ConfigError
 from hybrid_mllm.core.text import get_template
+from hybrid_mllm.core.yaml_io import read_yaml
 from hybrid_mllm.core.visual_inputs import VisualLoader
 
 from .config import TrainConfig, apply_overrides, parse_train
 from .data import LlavaDataset, read_records
+from .determinism import make_deterministic
 from .distributed import DistInfo, init_distributed, shutdown
+from .fsdp import SINGLE_PROCESS_NOTE
 from .lock import OutputLock
 from .loop import StageRun
 from .sampler import LengthGroupedBatches
 
 
 def load_train_config(path: str, overrides: list[str]) -> tuple[Config, TrainConfig]:
-    path_obj = Path(path)
-    try:
-        raw = yaml.safe_load(path_obj.read_text())
-    except FileNotFoundError:
-        raise ConfigError(path, ["file not found: check the path"]) from None
-    except yaml.YAMLError as e:
-        raise ConfigError(path, [f"YAML syntax error: {getattr(e, 'problem', e)}"]) from None
-    raw = apply_overrides(raw if isinstance(raw, dict) else {}, overrides, source=path)
+    raw = read_yaml(path)
+    if isinstance(raw, dict):  # otherwise parse_config says what the document should be
+        raw = apply_overrides(raw, overrides, source=path)
     config = parse_config(raw, source=path)
-    return config, parse_train(config.train, source=path, base_dir=path_obj.parent)
+    return config, parse_train(config.train, source=path, base_dir=Path(path).parent)
 
 
 def stage_index(train: TrainConfig, stage: str | None) -> int | None:
@@ -62,6 +60,10 @@ def run_training(config: Config, train: TrainConfig, *, only: int | None = None,
     """Train stage `only` (or every stage in order); returns the last final checkpoint.
     `init`: a checkpoint whose weights the first stage starts from (e.g. a pretrained encoder)."""
     dist = dist or DistInfo()
+    if train.parallel == "fsdp" and dist.world_size == 1:
+        print(SINGLE_PROCESS_NOTE, file=sys.stderr)
+    if train.deterministic:
+        make_deterministic()
     torch.manual_seed(train.seed)
     model, tokenizer = build_mllm(config, seed=train.seed, device=dist.device)
     if init is not None:
@@ -109,7 +111,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _parser().parse_intermixed_args(argv)  # overrides may follow options
     config, train = load_train_config(args.config, args.overrides)
     resume = Path(args.resume) if args.resume else None
     only = stage_index(train, args.stage)

@@ -16,7 +16,8 @@ train:
       lr: {connector: 1.0e-3, lm: 3.0e-4}
       steps: 800
 ```
-Relative paths are resolved against the config file's folder.
+Relative paths are resolved against the config file's folder. Under torchrun, ``parallel: ddp``
+(the default) replicates the model on every process and ``parallel: fsdp`` shards it (train/fsdp.py).
 """
 
 from __future__ import annotations
@@ -65,6 +66,8 @@ class TrainConfig:
     max_len: int | None = None
     on_too_long: Literal["skip", "fail"] = "skip"
     on_nonfinite: Literal["skip", "stop"] = "stop"
+    deterministic: bool = False  # bit-identical GPU runs (see train/determinism.py); slower
+    parallel: Literal["ddp", "fsdp"] = "ddp"  # under torchrun: replicate (DDP) or shard (FSDP, train/fsdp.py)
     base_dir: str = field(default=".", repr=False)
 
     def stage(self, index: int) -> StageConfig:
@@ -152,6 +155,8 @@ def _set(node: Any, keys: list[str], value: Any) -> None:
     for i, key in enumerate(keys):
         last = i == len(keys) - 1
         if isinstance(node, list):
+            if not key.lstrip("-").isdigit():
+                raise TypeError(f"{'.'.join(keys[:i])} is a list: give an item number, not '{key}'")
             index = int(key)
             if last:
                 node[index] = value

@@ -52,7 +52,7 @@ def read_records(path: str | Path, root: str | Path | None = None) -> list[Recor
         text = path.read_text()
     except OSError as e:
         raise DataError(f"{path}: cannot read the data file ({e.strerror or e})") from None
-    items = _json_items(path, text)
+    items = json_items(path, text)
     records, problems = [], []
     for line, item in items:
         try:
@@ -67,7 +67,8 @@ def read_records(path: str | Path, root: str | Path | None = None) -> list[Recor
     return records
 
 
-def _json_items(path: Path, text: str) -> list[tuple[int, Any]]:
+def json_items(path: Path, text: str) -> list[tuple[int, Any]]:
+    """(line or item number, parsed item) of a JSON array or JSONL text; blank lines skipped."""
     if text.lstrip().startswith("["):
         try:
             return list(enumerate(json.loads(text), 1))
@@ -96,7 +97,7 @@ def _record(item: Any, line: int, root: Path) -> Record:
     text = " ".join(str(t.get("value", t.get("content", ""))) for t in conversations if isinstance(t, dict))
     if text.count("<image>") != len(images) or text.count("<video>") != len(videos):
         raise DataError(f"{text.count('<image>')} <image> and {text.count('<video>')} <video> tag(s) but "
-                        f"{len(images)} image(s) and {len(videos)} video(s)")
+                        f"{len(images)} image(s) and {len(videos)} video(s); put one tag in the text per file")
     return Record(str(item.get("id", line)), conversations, images, videos, line)
 
 
@@ -105,7 +106,11 @@ def _paths(item: dict, one: str, many: str, root: Path) -> list[str]:
     values = [value] if isinstance(value, str) else value
     if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
         raise DataError(f"'{one}' must be a path or a list of paths")
-    return [str(confined(root, v)) for v in values]
+    paths = [confined(root, v) for v in values]
+    for value, full in zip(values, paths):
+        if not full.exists():
+            raise DataError(f"{one} '{value}' does not exist under the data root {root}; fix the path or the data root")
+    return [str(p) for p in paths]
 
 
 def confined(root: Path, relative: str) -> Path:

@@ -10,10 +10,10 @@ from pathlib import Path
 from tqdm import tqdm
 
 from hybrid_mllm.core.generate import GenerationConfig
-from hybrid_mllm.core.pipeline import Pipeline, Request
+from hybrid_mllm.core.pipeline import PREFILL_CHUNK, Pipeline, Request
 from hybrid_mllm.core.visual_inputs import Overrides
 
-from .data import Record
+from .data import DataError, Record
 from .metrics import anls, exact_match
 
 
@@ -23,19 +23,22 @@ def first_question(record: Record) -> tuple[str, str]:
     for (role, text), (next_role, answer) in zip(turns, turns[1:]):
         if role in ("human", "user") and next_role in ("gpt", "assistant"):
             return text, answer
-    raise ValueError(f"record '{record.id}' has no question followed by an answer")
+    raise DataError(f"record '{record.id}' (line {record.line}): no human turn followed by a gpt answer to score; "
+                    "put the question before the answer")
 
 
 def evaluate(pipeline: Pipeline, records: list[Record], raw: list[dict], *, overrides: Overrides,
-             batch_size: int = 8, max_new_tokens: int = 16, progress: bool = True) -> tuple[list[dict], dict]:
+             batch_size: int = 8, max_new_tokens: int = 16, progress: bool = True,
+             prefill_chunk: int = PREFILL_CHUNK) -> tuple[list[dict], dict]:
     """Returns per-sample rows and a summary (overall and per question type ``qtype``)."""
     rows, t0 = [], time.perf_counter()
     generation = GenerationConfig(max_new_tokens=max_new_tokens)
+    all_questions = [first_question(r) for r in records]  # a record without one fails before any work
     for start in tqdm(range(0, len(records), batch_size), desc="eval", disable=not progress):
         chunk = records[start:start + batch_size]
-        questions = [first_question(r) for r in chunk]
+        questions = all_questions[start:start + batch_size]
         requests = [Request(q, images=r.images, videos=r.videos) for r, (q, _) in zip(chunk, questions)]
-        result, batch = pipeline.answer(requests, generation, overrides=overrides)
+        result, batch = pipeline.answer(requests, generation, overrides=overrides, prefill_chunk=prefill_chunk)
         for i, (record, (question, answer)) in enumerate(zip(chunk, questions)):
             prediction = result.texts[i].strip()
             rows.append({"id": record.id, "qtype": raw[start + i].get("qtype", "all"), "question": question,

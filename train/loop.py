@@ -1,5 +1,5 @@
 """One training stage: trainable parts, AdamW + warmup/cosine, accumulation, clipping,
-checkpoints with exact resume, DDP under torchrun, progress bar and JSONL metrics."""
+checkpoints with exact resume, DDP or FSDP under torchrun, progress bar and JSONL metrics."""
 
 from __future__ import annotations
 
@@ -17,16 +17,19 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from hybrid_mllm.core.checkpoint import load_weights, save_checkpoint, weight_files
+from hybrid_mllm.core.checkpoint import load_weights, remove_partial, save_checkpoint, weight_files
 from hybrid_mllm.core.config import Config
 from hybrid_mllm.core.errors import HybridError
 from hybrid_mllm.core.mllm import IGNORE, HybridMLLM
 from hybrid_mllm.core.text import Tokenizer
 
+from . import fsdp
 from .config import StageConfig, TrainConfig
 from .data import DataError, Sample
 from .distributed import DistInfo
 from .state import Progress, load_state, save_state
+
+MAX_NONFINITE_IN_A_ROW = 16  # with train.on_nonfinite: skip, this many in a row stops the run
 
 
 class TrainError(HybridError):
@@ -110,22 +113,29 @@ class StageRun:
         return self.train.path(self.train.output_dir) / f"stage-{self.stage.name}"
 
     def run(self, resume: Path | None = None) -> Path:
+        if self.dist.main:
+            remove_partial(self.stage_dir)  # what a killed run left mid-checkpoint (we hold the output lock)
         set_trainable(self.model, self.stage.trainable)
         self.model.lm.activation_checkpointing = self.train.activation_checkpointing
+        step_module = self._wrap()  # before the optimizer: FSDP replaces the parameters by shards
         optimizer = make_optimizer(self.model, self.stage, self.train.weight_decay)
         progress = Progress(self.stage.name, 0, 0, 0, 0, self.dist.world_size)
         if resume is not None:
             progress = self._resume(resume, optimizer)
-        step_module = LossStep(self.model)
-        if self.dist.world_size > 1:
-            step_module = DistributedDataParallel(step_module, find_unused_parameters=True)
         self.model.train()
         self._loop(step_module, optimizer, progress)
         final = self.stage_dir / "final"
-        if self.dist.main:
-            self._save(final, optimizer, progress_at_end(progress, self.stage), overwrite=True)
+        self._save(final, optimizer, progress_at_end(progress, self.stage), overwrite=True)
         self.dist.barrier()
         return final
+
+    def _wrap(self) -> nn.Module:
+        """The module the loop calls: the `LossStep`, under DDP or sharded by FSDP with several processes."""
+        if self.dist.world_size == 1:
+            return LossStep(self.model)
+        if self.train.parallel == "fsdp":
+            return fsdp.shard(self.model, LossStep, bf16=self._bf16())
+        return DistributedDataParallel(LossStep(self.model), find_unused_parameters=True)
 
     def _resume(self, directory: Path, optimizer) -> Progress:
         load_weights(self.model, weight_files(directory), source=str(directory))
@@ -141,16 +151,17 @@ class StageRun:
         bar = tqdm(total=self.stage.steps, initial=progress.step, desc=f"stage {self.stage.name}",
                    disable=not self.dist.main, dynamic_ncols=True)
         metrics = self.train.path(self.train.output_dir) / "metrics.jsonl"
-        skipped = 0
+        skipped, nonfinite_in_a_row = 0, 0
         while progress.step < self.stage.steps:
             t0 = time.perf_counter()
             factor = lr_factor(progress.step, self.stage)
             for group in optimizer.param_groups:
                 group["lr"] = group["base_lr"] * factor
-            loss, tokens, skipped_now = self._accumulate(step_module, stream, progress)
+            loss, tokens, skipped_now, record_ids = self._accumulate(step_module, stream, progress)
             skipped += skipped_now
-            if not math.isfinite(loss):
-                self._nonfinite(progress, optimizer)
+            nonfinite_in_a_row = 0 if math.isfinite(loss) else nonfinite_in_a_row + 1
+            if nonfinite_in_a_row:
+                self._nonfinite(progress, optimizer, record_ids, nonfinite_in_a_row)
                 continue
             if self.train.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], self.train.grad_clip)
@@ -166,15 +177,16 @@ class StageRun:
                                         "lr": optimizer.param_groups[0]["lr"], "tokens": progress.tokens,
                                         "tok_s": rate, "skipped_too_long": skipped, "time": time.time()})
             if self.train.save_every and progress.step % self.train.save_every == 0 and progress.step < self.stage.steps:
+                self._save(self.stage_dir / f"step-{progress.step:06d}", optimizer, progress)
                 if self.dist.main:
-                    self._save(self.stage_dir / f"step-{progress.step:06d}", optimizer, progress)
                     self._prune()
                 self.dist.barrier()
         bar.close()
 
-    def _accumulate(self, step_module, stream, progress: Progress) -> tuple[float, int, int]:
+    def _accumulate(self, step_module, stream, progress: Progress) -> tuple[float, int, int, list[str]]:
         """grad_accum micro-batches; the loss is normalised by the global number of target tokens,
-        so any split of the same global batch over ranks and micro-batches gives the same gradient."""
+        so any split of the same global batch over ranks and micro-batches gives the same gradient.
+        Returns (loss, tokens, records skipped as too long, this rank's record ids)."""
         micro, skipped = [], 0
         for _ in range(self.stage.grad_accum):
             epoch, index, indices = next(stream)
@@ -191,14 +203,15 @@ class StageRun:
         micro = [samples for samples in micro if samples]
         for i, samples in enumerate(micro):
             last = i == len(micro) - 1
-            sync = contextlib.nullcontext() if last or self.dist.world_size == 1 else step_module.no_sync()
+            sync = contextlib.nullcontext() if last or self.dist.world_size == 1 else fsdp.no_sync(step_module)
             with sync, self._autocast():
                 ce, aux = step_module(samples)
                 loss = ce * self.dist.world_size / max(n_global, 1.0) + self.train.moe_aux_weight * aux / len(micro)
             loss.backward()
             total += float(ce.detach()) / max(n_global, 1.0)
             tokens += sum(s.n_tokens for s in samples)
-        return float(self.dist.all_reduce_sum(torch.tensor(total))), tokens, skipped
+        record_ids = [s.record_id for samples in micro for s in samples]
+        return float(self.dist.all_reduce_sum(torch.tensor(total))), tokens, skipped, record_ids
 
     def _load(self, indices: list[int]) -> tuple[list[Sample], int]:
         samples = [self.dataset[i] for i in indices]
@@ -209,20 +222,32 @@ class StageRun:
                             f"(set train.on_too_long: skip to skip such records)")
         return kept, len(samples) - len(kept)
 
-    def _autocast(self):
-        use_bf16 = self.train.precision == "bf16" or (self.train.precision == "auto" and self.dist.device.type == "cuda")
-        return torch.autocast(self.dist.device.type, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
+    def _bf16(self) -> bool:
+        return self.train.precision == "bf16" or (self.train.precision == "auto" and self.dist.device.type == "cuda")
 
-    def _nonfinite(self, progress: Progress, optimizer) -> None:
+    def _autocast(self):
+        return torch.autocast(self.dist.device.type, dtype=torch.bfloat16) if self._bf16() else contextlib.nullcontext()
+
+    def _nonfinite(self, progress: Progress, optimizer, record_ids: list[str], in_a_row: int) -> None:
         optimizer.zero_grad(set_to_none=True)
-        where = f"stage '{self.stage.name}', step {progress.step + 1}, batch {progress.batch - 1} of epoch {progress.epoch}"
+        shown = ", ".join(record_ids[:8]) + (f" and {len(record_ids) - 8} more" if len(record_ids) > 8 else "")
+        where = (f"stage '{self.stage.name}', step {progress.step + 1}, batch {progress.batch - 1} of epoch "
+                 f"{progress.epoch} (records {shown})")
         if self.train.on_nonfinite == "stop":
             raise TrainError(f"non-finite loss at {where} (set train.on_nonfinite: skip to skip such batches)")
+        if in_a_row >= MAX_NONFINITE_IN_A_ROW:  # skipping cannot help: the weights themselves are broken
+            raise TrainError(f"non-finite loss on {in_a_row} batches in a row, the last at {where}: the weights "
+                             f"have diverged; lower the learning rate or resume from an earlier checkpoint")
         tqdm.write(f"warning: non-finite loss at {where}: batch skipped")
 
     def _save(self, directory: Path, optimizer, progress: Progress, *, overwrite: bool = False) -> None:
+        """Every rank calls this (gathering FSDP shards is collective); rank 0 writes."""
+        weights, moments = fsdp.full_state(self.model, optimizer) if fsdp.is_sharded(self.model) else (None, None)
+        if not self.dist.main:
+            return
         save_checkpoint(self.model, self.config, directory, tokenizer=self.tokenizer, overwrite=overwrite,
-                        write_extra=lambda tmp: save_state(tmp, self.model, optimizer, progress))
+                        weights=weights, write_extra=lambda tmp: save_state(tmp, self.model, optimizer, progress,
+                                                                            moments=moments))
 
     def _prune(self) -> None:
         """Keep the last `keep_last` step checkpoints of this stage."""

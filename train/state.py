@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from hybrid_mllm.core.checkpoint import shard_like
 from hybrid_mllm.core.errors import HybridError
 
 TENSORS, META = "training_state.safetensors", "training_state.json"
@@ -32,14 +33,19 @@ class Progress:
     world_size: int = 1
 
 
-def save_state(directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer, progress: Progress) -> None:
-    names = {id(p): n for n, p in model.named_parameters()}
+def save_state(directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer, progress: Progress, *,
+               moments: dict[str, dict] | None = None) -> None:
+    """`moments`: the optimizer state by parameter name to write instead of `optimizer`'s
+    (a sharded model's, gathered: see `train.fsdp.full_state`)."""
+    if moments is None:
+        names = {id(p): n for n, p in model.named_parameters()}
+        moments = {names[id(param)]: state for param, state in optimizer.state.items()}
     tensors = {"rng.torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         tensors["rng.cuda"] = torch.cuda.get_rng_state()
-    for param, state in optimizer.state.items():
+    for name, state in moments.items():
         for key, value in state.items():
-            tensors[f"opt.{names[id(param)]}.{key}"] = value.detach().cpu().contiguous() if torch.is_tensor(value) \
+            tensors[f"opt.{name}.{key}"] = value.detach().cpu().contiguous() if torch.is_tensor(value) \
                 else torch.tensor(value)
     save_file(tensors, str(directory / TENSORS))
     meta = {"progress": asdict(progress), "python_random": _python_rng()}
@@ -59,7 +65,7 @@ def load_state(directory: Path, model: nn.Module, optimizer: torch.optim.Optimiz
             if name not in params:
                 raise HybridError(f"{directory}: optimizer state for unknown parameter '{name}': "
                                   f"the model changed since this checkpoint")
-            optimizer.state[params[name]][slot] = value.to(params[name].device)
+            optimizer.state[params[name]][slot] = shard_like(value.to(params[name].device), params[name])
     torch.set_rng_state(tensors["rng.torch"])
     if "rng.cuda" in tensors and torch.cuda.is_available():
         torch.cuda.set_rng_state(tensors["rng.cuda"])

@@ -93,6 +93,8 @@ def _normalize(messages: Iterable[Mapping[str, Any]]) -> list[tuple[str, str]]:
             raise TemplateError(f"message {i} ({role}): 'content' (or LLaVA's 'value') must be a string, "
                                 f"got {content!r}")
         role = _ROLES[role]
+        if role == "user" and not content.strip():
+            raise TemplateError(f"message {i} (user) is empty: give the prompt some text, or an image or video")
         media = _PLACEHOLDER.search(content)
         if role != "user" and media:
             raise TemplateError(f"message {i} ({role}) contains '{media.group()}': images and videos go in "

@@ -100,6 +100,15 @@ def sample_times(duration: Fraction, max_frames: int | None, fps: float | None) 
     return times
 
 
+def sequence_indices(n_frames: int, rate: Fraction, max_frames: int | None, fps: float | None) -> list[int]:
+    """The frames to read of a sequence of `n_frames` at `rate` frames per second, sampled as
+    `sample_times` says: ascending, each once, all in [0, n_frames)."""
+    times = sample_times(n_frames / rate, max_frames, fps)
+    if times is None:
+        return list(range(n_frames))
+    return _unique(min(int(t * rate), n_frames - 1) for t in times)
+
+
 # --- folders and lists of frame images -------------------------------------------------------------
 
 def _frame_files(folder: str) -> list[str]:
@@ -122,10 +131,8 @@ def _load_sequence(name: str, paths: list, max_frames, fps, max_pixels, sequence
     rate = Fraction(sequence_fps).limit_denominator(1_000_000)
     if not rate > 0:
         raise VideoError(f"sequence_fps={sequence_fps}; it must be positive")
-    times = sample_times(len(paths) / rate, max_frames, fps)
-    indices = range(len(paths)) if times is None else _unique(min(int(t * rate), len(paths) - 1) for t in times)
     frames, timestamps = [], []
-    for i in indices:
+    for i in sequence_indices(len(paths), rate, max_frames, fps):
         try:
             frame = load_image(paths[i], max_pixels=max_pixels)
         except ImageError as e:
@@ -186,6 +193,9 @@ def _video_stream(container, path: str, max_pixels: int):
     if not container.streams.video:
         raise VideoError(f"{path}: has no video stream (audio only, or not a video); pass a video file")
     stream = container.streams.video[0]
+    if stream.codec_context is None:  # FFmpeg has no decoder for this codec
+        raise VideoError(f"{path}: its video codec is not one FFmpeg can decode; re-encode it to H.264 "
+                         "(ffmpeg -i IN -c:v libx264 OUT.mp4)")
     width, height = stream.codec_context.width, stream.codec_context.height
     if width * height > max_pixels:
         raise VideoError(f"{path}: frames of {width}x{height} = {width * height:,} pixels are more than the "

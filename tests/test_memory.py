@@ -1,0 +1,55 @@
+"""The prefill memory estimate against measured peaks, and the refusal it drives."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from hybrid_mllm.core.build import build_mllm
+from hybrid_mllm.core.config import load_config
+from hybrid_mllm.core.errors import ResourceError
+from hybrid_mllm.core.memory import GiB, check_prefill_memory, estimate_prefill
+from hybrid_mllm.core.presets import resolve_config_path
+
+CASES = ["1,4096,4096", "1,8192,1024", "2,2048,512"]  # batch, length, chunk
+
+
+@pytest.fixture(scope="module")
+def lm():
+    return build_mllm(load_config(resolve_config_path("hybrid-tiny")), seed=0)[0].lm
+
+
+@pytest.mark.skipif(not os.access("/proc/self/clear_refs", os.W_OK), reason="needs Linux's /proc/self/clear_refs")
+def test_estimate_is_within_2x_of_the_measured_peak(lm):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "65536"}
+    out = subprocess.run([sys.executable, os.path.join(os.path.dirname(__file__), "_memory_probe.py"), "hybrid-tiny",
+                          *CASES], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    ratios = {}
+    for row in map(json.loads, out.stdout.splitlines()):
+        estimate = estimate_prefill(lm, row["batch"], row["length"], row["chunk"]).total
+        ratios[row["batch"], row["length"], row["chunk"]] = round(estimate / row["peak"], 2)
+    print("estimate / measured peak:", ratios)
+    assert len(ratios) == len(CASES) and all(0.5 <= r <= 2.0 for r in ratios.values()), ratios
+
+
+def test_the_estimate_grows_as_documented(lm):
+    one, two = estimate_prefill(lm, 1, 8192, 1024), estimate_prefill(lm, 2, 8192, 1024)
+    assert two.total == 2 * one.total  # every part is per sample
+    assert estimate_prefill(lm, 1, 8192, 512).mask == one.mask // 2  # the mask scales with the chunk
+    assert estimate_prefill(lm, 1, 100, 4096).mask == 100 * 100 * 5  # a chunk is never longer than the prompt
+
+
+def test_refusal_names_the_sizes_and_a_chunk_that_fits(lm):
+    need = estimate_prefill(lm, 1, 16384, 8192).total
+    fits = estimate_prefill(lm, 1, 16384, 2048).total
+    check_prefill_memory(lm, 1, 16384, 8192, available=need)  # enough: no error
+    with pytest.raises(ResourceError) as info:
+        check_prefill_memory(lm, 1, 16384, 8192, available=fits)
+    message = str(info.value)
+    assert message.startswith(f"prefilling 1 x 16,384 tokens needs about {need / GiB:.2f} GiB (state ")
+    assert message.endswith(f"but {fits / GiB:.2f} GiB is free: use --prefill-chunk 2048")
+    with pytest.raises(ResourceError, match="even 1-token chunks would not fit: use fewer tiles"):
+        check_prefill_memory(lm, 1, 16384, 8192, available=1000)
