@@ -33,3 +33,11 @@ def check_device(name: str | None) -> str | None:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise HybridError(f"--device {name}: no CUDA GPU is visible to torch here; use --device cpu")
     return name
+
+
+def check_at_least_one(*flags: tuple[str, float | None]) -> None:
+    """Refuse (`HybridError`) a count or size flag below 1, e.g. ``("--max-tiles", args.max_tiles)``;
+    None is a flag not given."""
+    for flag, value in flags:
+        if value is not None and value < 1:
+            raise HybridError(f"{flag} must be >= 1, got {value}")

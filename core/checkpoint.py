@@ -28,6 +28,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from ._paths import confined
 from .build import build_mllm
 from .config import Config, load_config, save_config
 from .errors import HybridError
@@ -97,11 +98,23 @@ def write_directory(out_dir: Path, fill: Callable[[Path], None], *, overwrite: b
 def remove_partial(parent: Path) -> list[Path]:
     """Remove what an interrupted `write_directory` into `parent` left: hidden ``.NAME.tmp-*``
     directories (never renamed into place) and ``.NAME.old-*`` ones (replaced targets).
+    A kill between `_replace_dir`'s two renames leaves ``.NAME.old-*`` and no NAME: that old
+    directory is the last complete checkpoint, so it is renamed back to NAME first.
     Only safe while no other process writes there (a trainer calls it under its lock)."""
+    _restore_moved_aside(parent)
     leftovers = [p for pattern in (".*.tmp-*", ".*.old-*") for p in parent.glob(pattern) if p.is_dir()]
     for path in leftovers:
         shutil.rmtree(path, ignore_errors=True)
     return leftovers
+
+
+def _restore_moved_aside(parent: Path) -> None:
+    """Rename ``.NAME.old-PID`` back to NAME where NAME is missing (the newest, if several)."""
+    olds = sorted((p for p in parent.glob(".*.old-*") if p.is_dir()), key=lambda p: p.stat().st_mtime)
+    for old in reversed(olds):  # newest first: it wins when several were moved aside
+        target = parent / old.name[1:].rsplit(".old-", 1)[0]
+        if not target.exists():
+            os.replace(old, target)
 
 
 def unique_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -178,11 +191,18 @@ def weight_files(ckpt_dir: Path) -> dict[str, Path]:
             weight_map = json.loads(index.read_text())["weight_map"]
         except (ValueError, KeyError) as e:
             raise CheckpointError(f"{index} is not a valid safetensors index ({e})") from None
-        missing = sorted({f for f in weight_map.values() if not (ckpt_dir / f).exists()})
+        if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
+            raise CheckpointError(f"{index}: 'weight_map' must map tensor names to file names")
+        try:  # the index is a user file: its names must not reach outside the checkpoint
+            files = {f: confined(ckpt_dir, f, where="the checkpoint directory", error=CheckpointError)
+                     for f in set(weight_map.values())}
+        except CheckpointError as e:
+            raise CheckpointError(f"{index}: {e}") from None
+        missing = sorted(f for f, path in files.items() if not path.exists())
         if missing:
             raise CheckpointError(f"{ckpt_dir} is incomplete: missing shard(s) {', '.join(missing[:3])}"
                                   f"{f' and {len(missing) - 3} more' if len(missing) > 3 else ''}")
-        return {name: ckpt_dir / f for name, f in weight_map.items()}
+        return {name: files[f] for name, f in weight_map.items()}
     single = ckpt_dir / WEIGHTS_FILE
     if not single.exists():
         raise CheckpointError(f"{ckpt_dir} has no {WEIGHTS_FILE} (nor {INDEX_FILE}): not a checkpoint directory")

@@ -56,7 +56,7 @@ def estimate_prefill(lm: HybridLM, batch: int, length: int, chunk: int) -> Prefi
     itemsize = lm.embed.weight.element_size()
     state, growth, attends = 0, 0, False
     for block in lm.blocks:
-        per_token, fixed = _state_bytes(block.mixer, batch)
+        per_token, fixed = _state_bytes(block.mixer, batch, lm.embed.weight.dtype)
         state += per_token * length + fixed
         if per_token:
             attends = True
@@ -72,10 +72,12 @@ def estimate_prefill(lm: HybridLM, batch: int, length: int, chunk: int) -> Prefi
     )
 
 
-def _state_bytes(mixer: nn.Module, batch: int) -> tuple[int, int]:
+def _state_bytes(mixer: nn.Module, batch: int, default_dtype: torch.dtype) -> tuple[int, int]:
     """(bytes per token of the state's growing tensors, bytes of its fixed-size ones), from
-    `init_state` on the meta device: a growing tensor has 0 along its `seq_dim`."""
-    dtype = next(mixer.parameters()).dtype
+    `init_state` on the meta device: a growing tensor has 0 along its `seq_dim`. The state's
+    dtype is the mixer's parameters' (`default_dtype`, the model's, for a mixer without any)."""
+    param = next(mixer.parameters(), None)
+    dtype = default_dtype if param is None else param.dtype
     tensors = mixer.init_state(batch, device="meta", dtype=dtype)
     per_token, fixed = 0, 0
     for spec, t in zip(mixer.state_specs, tensors):
@@ -89,11 +91,14 @@ def _state_bytes(mixer: nn.Module, batch: int) -> tuple[int, int]:
 
 
 def available_bytes(device: torch.device | str = "cpu") -> int:
-    """Free memory for new allocations: the GPU's free memory on CUDA; on the CPU the least of
-    MemAvailable and the cgroup's limit minus its usage (a container is killed at its limit)."""
+    """Free memory for new allocations: on CUDA the GPU's free memory plus what PyTorch's caching
+    allocator holds unused (reserved, not allocated: reused before the GPU is asked for more); on
+    the CPU the least of MemAvailable and the cgroup's limit minus its usage (a container is
+    killed at its limit)."""
     device = torch.device(device)
     if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return torch.cuda.mem_get_info(device)[0] + cached
     try:
         import psutil
 
@@ -110,12 +115,11 @@ def _meminfo_available() -> int:
     return 2**62  # not Linux: no figure to go by, so no refusal
 
 
-def _cgroup_free() -> int:
-    root = Path("/sys/fs/cgroup")
+def _cgroup_free(root: Path = Path("/sys/fs/cgroup")) -> int:
     try:
         limit = (root / "memory.max").read_text().strip()
-        if limit != "max":
-            return int(limit) - int((root / "memory.current").read_text())
+        if limit != "max":  # usage can exceed a limit lowered under it: then nothing is free
+            return max(0, int(limit) - int((root / "memory.current").read_text()))
     except (OSError, ValueError):
         pass
     return 2**62

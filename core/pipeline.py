@@ -82,9 +82,10 @@ class Pipeline:
         prompt = _with_placeholders(request)
         rendered = self.template.render([{"role": "user", "content": prompt}], self.tokenizer, add_generation_prompt=True)
         items, sizes = self.visuals.load_sized(rendered.ids, request.images, request.videos, overrides)
-        limit = overrides.max_visual_tokens or self.config.text.max_visual_tokens
+        given = overrides.max_visual_tokens is not None  # 0 is a limit, not "unset"
+        limit = overrides.max_visual_tokens if given else self.config.text.max_visual_tokens
         if limit is not None:
-            option = "--max-visual-tokens" if overrides.max_visual_tokens else "text.max_visual_tokens"
+            option = "--max-visual-tokens" if given else "text.max_visual_tokens"
             check_visual_budget(self.visuals, sizes, overrides, limit, option=option)
         n_visual = self.visuals.count(sizes, overrides)
         total = len(rendered.ids) - len(items) + n_visual

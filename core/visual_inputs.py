@@ -94,16 +94,6 @@ class VisualLoader:
             return {"max_tiles": overrides.max_tiles or self.vision.max_tiles}
         return {"pinpoints": self.vision.pinpoints}
 
-    def image(self, path: str, overrides: Overrides) -> tuple[Visual, int]:
-        """An image's tiles and token count."""
-        tiles, size = self._image(path, overrides)
-        return tiles, self.image_tokens(size.image_size, overrides)
-
-    def video(self, path: str, overrides: Overrides) -> tuple[Visual, int]:
-        """A video's frames and token count."""
-        clip, size = self._video(path, overrides)
-        return clip, size.frames * self.frame_tokens()
-
     def _image(self, path: str, overrides: Overrides) -> tuple[Visual, ItemSize]:
         v, encoder = self.vision, self.model.encoder
         image = load_image(path, max_pixels=v.max_pixels)

@@ -17,7 +17,7 @@ import sys
 
 import torch
 
-from hybrid_mllm.core._cli import check_device, run_cli
+from hybrid_mllm.core._cli import check_at_least_one, check_device, run_cli
 from hybrid_mllm.core.build import build_mllm
 from hybrid_mllm.core.checkpoint import load_checkpoint
 from hybrid_mllm.core.config import load_config
@@ -52,8 +52,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--fps", type=float, help="sample video frames at this rate (capped by --max-frames)")
     p.add_argument("--max-visual-tokens", type=int, help="refuse a request with more visual tokens (default: the "
                                                           "config's text.max_visual_tokens, if any)")
-    p.add_argument("--prefill-chunk", type=int, default=PREFILL_CHUNK,
-                   help=f"prompt tokens per prefill step: less memory, a little slower (default {PREFILL_CHUNK})")
+    p.add_argument("--prefill-chunk", type=int,
+                   help=f"prompt tokens per prefill step: less memory, a little slower (default {PREFILL_CHUNK}; "
+                        "--onnx: 1024; not for --trt, whose engine prefills in chunks of its --max-seq)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (PyTorch runtime; default cpu)")
     p.add_argument("--dtype", choices=list(DTYPES), default="float32", help="weights dtype (PyTorch runtime)")
     p.add_argument("--provider", choices=["cpu", "cuda", "tensorrt"], default="cpu",
@@ -72,7 +73,8 @@ def _load(args) -> tuple[Pipeline, Decoder | None]:
     if args.onnx:
         from hybrid_mllm.export.onnx import load_onnx  # needs onnxruntime, only for --onnx
 
-        loaded = load_onnx(args.onnx, provider=args.provider)
+        chunk = {} if args.prefill_chunk is None else {"prefill_chunk": args.prefill_chunk}
+        loaded = load_onnx(args.onnx, provider=args.provider, **chunk)
         return loaded.pipeline(), loaded.decoder
     dtype = DTYPES[args.dtype]
     if args.checkpoint:
@@ -100,10 +102,11 @@ class _Streamer:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    for flag, value in (("--max-tiles", args.max_tiles), ("--max-frames", args.max_frames),
-                        ("--max-visual-tokens", args.max_visual_tokens), ("--prefill-chunk", args.prefill_chunk)):
-        if value is not None and value < 1:
-            raise HybridError(f"{flag} must be >= 1, got {value}")
+    check_at_least_one(("--max-tiles", args.max_tiles), ("--max-frames", args.max_frames),
+                       ("--max-visual-tokens", args.max_visual_tokens), ("--prefill-chunk", args.prefill_chunk))
+    if args.trt and args.prefill_chunk is not None:
+        raise HybridError("--prefill-chunk is not for --trt: the engine prefills in chunks of the --max-seq it was "
+                          "built with (rebuild with hybrid-export --trt --max-seq N to change it)")
     check_device(args.device)
     pipeline, decoder = _load(args)
     generation = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
@@ -113,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     request = Request(args.prompt, images=args.image, videos=args.video)
     result, batch = pipeline.answer([request], generation, on_token=streamer, decoder=decoder,
                                     overrides=Overrides(args.max_tiles, args.max_frames, args.fps, args.max_visual_tokens),
-                                    prefill_chunk=args.prefill_chunk)
+                                    prefill_chunk=PREFILL_CHUNK if args.prefill_chunk is None else args.prefill_chunk)
     print(result.texts[0][streamer.shown:])  # the rest, if the last characters were incomplete
     if args.verbose:
         n = len(result.tokens[0])

@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from hybrid_mllm.core.build import build_model
-from hybrid_mllm.core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from hybrid_mllm.core.checkpoint import CheckpointError, load_checkpoint, remove_partial, save_checkpoint
 from hybrid_mllm.core.config import load_config
 from hybrid_mllm.core.presets import resolve_config_path
 
@@ -62,6 +62,26 @@ def test_failure_leaves_nothing_behind(tmp_path, tiny):
     assert list(tmp_path.iterdir()) == []
 
 
+
+def test_kill_between_renames_restores_the_old_checkpoint(tmp_path, tiny):
+    """SIGKILL after `final` was moved aside and before the new one was renamed into place."""
+    model, config = tiny
+    save_checkpoint(model, config, tmp_path / ".final.old-123")  # the previous, complete checkpoint
+    save_checkpoint(model, config, tmp_path / ".final.tmp-abc")  # the new one, never renamed
+    (tmp_path / ".step-000004.tmp-def").mkdir()  # an unrelated half-written one
+    removed = remove_partial(tmp_path)
+    assert sorted(p.name for p in removed) == [".final.tmp-abc", ".step-000004.tmp-def"]
+    assert [p.name for p in tmp_path.iterdir()] == ["final"]
+    _same_logits(model, load_checkpoint(tmp_path / "final").model.lm.eval())
+
+
+def test_old_copy_is_removed_when_the_target_exists(tmp_path, tiny):
+    model, config = tiny
+    save_checkpoint(model, config, tmp_path / "final")
+    (tmp_path / ".final.old-123").mkdir()
+    assert [p.name for p in remove_partial(tmp_path)] == [".final.old-123"]
+    assert [p.name for p in tmp_path.iterdir()] == ["final"]
+
 def test_missing_unexpected_and_mismatched_tensors_are_listed(tmp_path, tiny):
     model, config = tiny
     save_checkpoint(model, config, tmp_path / "ckpt")
@@ -77,6 +97,22 @@ def test_missing_unexpected_and_mismatched_tensors_are_listed(tmp_path, tiny):
     assert "unexpected: extra.bias [1 in all]" in message
     assert "shape mismatch: lm.embed.weight (3, 3) != (263, 128)" in message
 
+
+
+@pytest.mark.parametrize(("shard", "message"), [
+    ("../outside.safetensors", r"index.json: path '\.\./outside.safetensors' leaves the checkpoint directory"),
+    ("/etc/passwd", r"index.json: absolute path '/etc/passwd': paths must be relative to the checkpoint directory"),
+])
+def test_index_cannot_point_outside_the_checkpoint(tmp_path, tiny, shard, message):
+    model, config = tiny
+    save_checkpoint(model, config, tmp_path / "ckpt", max_shard_bytes=1_000_000)
+    save_file({"x": torch.zeros(1)}, tmp_path / "outside.safetensors")
+    index_file = tmp_path / "ckpt" / "model.safetensors.index.json"
+    index = json.loads(index_file.read_text())
+    index["weight_map"]["lm.embed.weight"] = shard
+    index_file.write_text(json.dumps(index))
+    with pytest.raises(CheckpointError, match=message):
+        load_checkpoint(tmp_path / "ckpt")
 
 def test_not_a_checkpoint(tmp_path):
     with pytest.raises(CheckpointError, match="has no config.yaml: not a hybrid-mllm checkpoint"):

@@ -82,6 +82,24 @@ def test_visual_token_cap_names_the_count_the_limit_and_the_fix(image):
         _pipeline(max_visual_tokens=5).prepare(request)
 
 
+def test_zero_visual_token_cap_is_a_limit_not_unset(image):
+    from hybrid_mllm.core.errors import ResourceError
+    from hybrid_mllm.core.pipeline import Overrides, Request
+
+    with pytest.raises(ResourceError, match=r"more than the limit of 0 \(--max-visual-tokens\)"):
+        _pipeline(max_visual_tokens=10**6).prepare([Request("x", images=[image])], Overrides(max_visual_tokens=0))
+
+
+def test_prefill_chunk_is_refused_with_trt(tmp_path, capsys):
+    from hybrid_mllm.core._cli import run_cli
+    from hybrid_mllm.export.cli_run import main
+
+    assert run_cli(main, ["--trt", str(tmp_path), "--prompt", "x", "--prefill-chunk", "64"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: HybridError: --prefill-chunk is not for --trt: the engine prefills in chunks of "
+                          "the --max-seq it was built with") and err.count("\n") == 1, err
+
+
 def test_visual_token_cap_on_the_command_line(image, capsys):
     from hybrid_mllm.core._cli import run_cli
     from hybrid_mllm.export.cli_run import main

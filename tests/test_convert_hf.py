@@ -255,6 +255,16 @@ def test_cli_converts_both_ways(llama_dir, tmp_path, capsys):
     assert json.loads((tmp_path / "back" / "config.json").read_text())["dtype"] == "bfloat16"
 
 
+def test_cli_refuses_vision_flags_for_language_models(llama_dir, tmp_path):
+    with pytest.raises(ConversionError, match="^--feature-layer and --keep-cls: for vision towers only, not a "
+                                              "language model$"):
+        cli.main([str(llama_dir), str(tmp_path / "ours"), "--feature-layer", "-1", "--keep-cls"])
+    assert cli.main([str(llama_dir), str(tmp_path / "ours")]) == 0
+    with pytest.raises(ConversionError, match="^--keep-cls: for vision towers only, not a hybrid-mllm checkpoint$"):
+        cli.main([str(tmp_path / "ours"), str(tmp_path / "back"), "--keep-cls"])
+    assert not (tmp_path / "back").exists()
+
+
 def test_cli_error_is_one_message_without_traceback(llama_dir, tmp_path):
     src = _edited(llama_dir, tmp_path, config=lambda hf: hf.update(architectures=["BertModel"]))
     r = subprocess.run([sys.executable, "-m", "hybrid_mllm.core.convert.cli", str(src), str(tmp_path / "out")],

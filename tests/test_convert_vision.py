@@ -275,6 +275,14 @@ def test_tower_missing_and_unexpected_tensors_are_named(towers, tmp_path):
            "unexpected tensor: encoder.layers.0.self_attn.kk_proj.weight")
 
 
+def test_tower_tensor_with_a_non_numeric_layer_is_named(towers, tmp_path):
+    def edit(weights):
+        weights["encoder.layers.x.mlp.fc1.bias"] = weights["encoder.layers.0.mlp.fc1.bias"].clone()
+
+    _fails(convert_hf_vision, _edited(towers["clip"][1], tmp_path, tensors=edit), tmp_path,
+           "tensor encoder.layers.x.mlp.fc1.bias: layer index 'x' is not a number")
+
+
 def test_tower_missing_shard(tmp_path):
     _tower("siglip", tmp_path / "hf", max_shard_size="50KB")
     shards = sorted((tmp_path / "hf").glob("model-*.safetensors"))
@@ -287,6 +295,9 @@ def test_tower_missing_shard(tmp_path):
      ["hidden_act: 'relu' is not supported", "num_channels: 1 is not supported"]),
     (lambda hf: hf.update(model_type="dinov2", architectures=["CLIPVisionModel"]),
      ["vision model_type 'dinov2' cannot be converted"]),
+    (lambda hf: hf.update(hidden_act=["gelu"]), ["hidden_act: ['gelu'] is not supported"]),
+    (lambda hf: hf.update(model_type=["clip_vision_model"]), ["vision model_type ['clip_vision_model'] cannot"]),
+    (lambda hf: hf.update(model_type=["clip_vision_model"], architectures=[]), ["architectures none is not a vision"]),
 ])
 def test_tower_unsupported_settings_are_named(towers, tmp_path, edit, messages):
     _fails(convert_hf_vision, _edited(towers["clip"][1], tmp_path, config=edit), tmp_path, *messages)
@@ -332,6 +343,8 @@ def test_cli_detects_towers_and_llava(towers, llava_dir, tmp_path, capsys):
     spec = yaml.safe_load((tmp_path / "enc" / "encoder.yaml").read_text())["encoder"]
     assert spec["feature_layer"] == -1
     assert spec["pretrained_path"] == str((tmp_path / "enc").resolve() / "model.safetensors")
+    with pytest.raises(ConversionError, match=r"^--feature-layer: for vision towers only, not a LLaVA model \(config"):
+        cli.main([str(llava_dir), str(tmp_path / "mm"), "--feature-layer", "-1"])
     assert cli.main([str(llava_dir), str(tmp_path / "mm")]) == 0
     assert "hybrid-mllm checkpoint" in capsys.readouterr().out
     assert load_checkpoint(tmp_path / "mm").model.has_vision
@@ -344,6 +357,8 @@ def test_unknown_architecture_lists_every_supported_one(tmp_path):
     for name in ("LlamaForCausalLM", "LlavaNextForConditionalGeneration", "SiglipVisionModel", "CLIPModel"):
         assert name in str(info.value)
     assert hf_kind({"model_type": "siglip_vision_model"}, tmp_path) == "vision"
+    with pytest.raises(ConversionError, match=r"model_type \['llava'\]\)"):
+        hf_kind({"model_type": ["llava"]}, tmp_path)
 
 
 def test_library_does_not_import_transformers():

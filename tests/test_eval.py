@@ -37,3 +37,11 @@ def test_hybrid_eval_writes_per_sample_results_and_summary(tmp_path, capsys):
     rows = [json.loads(x) for x in (tmp_path / "ev" / "samples.jsonl").read_text().splitlines()]
     assert {"prediction", "answer", "exact_match", "anls", "visual_tokens"} <= set(rows[0])
     assert "4 questions: exact match" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flag", ["--prefill-chunk", "--max-visual-tokens", "--max-tiles", "--batch-size"])
+def test_hybrid_eval_refuses_a_zero_size_in_one_line(tmp_path, capsys, flag):
+    from hybrid_mllm.core._cli import run_cli
+
+    assert run_cli(eval_main, [str(tmp_path / "ckpt"), str(tmp_path / "d.jsonl"), flag, "0"]) == 2
+    assert capsys.readouterr().err == f"error: HybridError: {flag} must be >= 1, got 0\n"

@@ -6,11 +6,15 @@ import subprocess
 import sys
 
 import pytest
+import torch
+from torch import nn
 
 from hybrid_mllm.core.build import build_mllm
 from hybrid_mllm.core.config import load_config
 from hybrid_mllm.core.errors import ResourceError
+from hybrid_mllm.core import memory
 from hybrid_mllm.core.memory import GiB, check_prefill_memory, estimate_prefill
+from hybrid_mllm.core.mixer import StateSpec
 from hybrid_mllm.core.presets import resolve_config_path
 
 CASES = ["1,4096,4096", "1,8192,1024", "2,2048,512"]  # batch, length, chunk
@@ -53,3 +57,35 @@ def test_refusal_names_the_sizes_and_a_chunk_that_fits(lm):
     assert message.endswith(f"but {fits / GiB:.2f} GiB is free: use --prefill-chunk 2048")
     with pytest.raises(ResourceError, match="even 1-token chunks would not fit: use fewer tiles"):
         check_prefill_memory(lm, 1, 16384, 8192, available=1000)
+
+
+class _Stateless(nn.Module):
+    """A parameterless mixer (a third party's fixed mixing) with one fixed-size state."""
+
+    state_specs = (StateSpec("last"),)
+
+    def init_state(self, batch_size, *, device=None, dtype=None):
+        return (torch.zeros(batch_size, 8, device=device, dtype=dtype),)
+
+
+def test_parameterless_mixer_uses_the_model_dtype():
+    lm = build_mllm(load_config(resolve_config_path("hybrid-tiny")), seed=0)[0].lm
+    before = estimate_prefill(lm, 1, 64, 64)
+    fixed = memory._state_bytes(lm.blocks[0].mixer, 1, torch.float32)[1]
+    lm.blocks[0].mixer = _Stateless()
+    assert estimate_prefill(lm, 1, 64, 64).state == before.state - fixed + 8 * 4  # float32: 4 bytes
+
+
+def test_cuda_free_memory_counts_the_allocator_cache(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (3 * GiB, 80 * GiB))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: 5 * GiB)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: 2 * GiB)
+    assert memory.available_bytes("cuda") == 6 * GiB  # 3 free on the GPU + 3 cached unused
+
+
+def test_cgroup_over_its_limit_has_nothing_free(tmp_path):
+    (tmp_path / "memory.max").write_text("1000\n")
+    (tmp_path / "memory.current").write_text("1500\n")  # the limit was lowered under the usage
+    assert memory._cgroup_free(tmp_path) == 0
+    (tmp_path / "memory.current").write_text("400\n")
+    assert memory._cgroup_free(tmp_path) == 600

@@ -157,10 +157,30 @@ def _edit_manifest(edit):
     (lambda d: (d / "embed_tokens.npy").write_bytes(b"x"), r"embed_tokens.npy: 1 bytes but manifest.json says"),
     (_edit_manifest(lambda m: m["graphs"]["decoder"]["inputs"][0].update(name="input_ids")),
      r"decoder.onnx: graph inputs .* do not match manifest.json's \['input_ids'"),
+    (_edit_manifest(lambda m: m["embeddings"].update(file="../embed_tokens.npy")),
+     r"path '\.\./embed_tokens.npy' leaves the export directory"),
+    (_edit_manifest(lambda m: m["embeddings"].update(file="/etc/passwd")), r"absolute path '/etc/passwd'"),
+    (_edit_manifest(lambda m: m["files"].update({"../secret": 1})), r"path '\.\./secret' leaves the export directory"),
 ])
 def test_runtime_names_the_bad_file(export, tmp_path, damage, message):
     with pytest.raises(ManifestError, match=message):
         load_onnx(_damaged(tmp_path, export[2], damage))
+
+
+def test_hybrid_run_onnx_passes_the_prefill_chunk_on(export, monkeypatch, capsys):
+    import hybrid_mllm.export.onnx as onnx_package
+
+    chunks = []
+
+    def recording_load(out_dir, **options):
+        loaded = load_onnx(out_dir, **options)
+        chunks.append(loaded.decoder.prefill_chunk)
+        return loaded
+
+    monkeypatch.setattr(onnx_package, "load_onnx", recording_load)
+    argv = ["--onnx", str(export[2]), "--prompt", "x", "--max-new-tokens", "2"]
+    assert cli_run.main([*argv, "--prefill-chunk", "5"]) == 0 and cli_run.main(argv) == 0
+    assert chunks == [5, 1024]  # given, then ONNX Runtime's default
 
 
 def test_hybrid_run_onnx_error_is_one_line(export, tmp_path):

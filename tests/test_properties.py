@@ -151,7 +151,8 @@ def test_token_count_matches_the_model(size, max_tiles, connector, newline):
     from hybrid_mllm.core.visual_inputs import Overrides
 
     model, loader = _model(connector, newline)
-    tiles, predicted = loader.image(Image.new("RGB", size, (10, 200, 30)), Overrides(max_tiles=max_tiles))
+    image = Image.new("RGB", size, (10, 200, 30))
+    [tiles], predicted = loader.load([model.image_token_id], [image], [], Overrides(max_tiles=max_tiles))
     with torch.no_grad():
         assert model.encode_image(tiles).shape[0] == predicted
     grid = model.connector.out_grid(model.encoder.grid)

@@ -38,3 +38,13 @@ def test_overrides_set_nested_keys_and_list_items():
     assert raw["train"]["stages"][0]["steps"] == 50 and raw["train"]["seed"] == 3 and raw["model"]["d_model"] == 64
     with pytest.raises(ConfigError, match="expected key=value"):
         apply_overrides(raw, ["oops"], source="c")
+    apply_overrides(raw, ["train.stages.-1.steps=7"], source="c")
+    assert raw["train"]["stages"][0]["steps"] == 7
+    for key in ("--1", "²", "1_0", "-"):
+        with pytest.raises(ConfigError, match=f"train.stages is a list: give an item number, not '{key}'"):
+            apply_overrides(raw, [f"train.stages.{key}.steps=5"], source="c")
+
+
+def test_num_workers_is_not_an_option():  # it was parsed and never used
+    with pytest.raises(ConfigError, match="train.num_workers: unknown option"):
+        parse_train({"stages": [STAGE], "num_workers": 2}, source="c", base_dir=".")

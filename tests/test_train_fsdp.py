@@ -102,3 +102,30 @@ def test_each_lm_block_and_each_encoder_block_is_a_unit(tmp_path):
     model = build_mllm(config, seed=0)[0]
     assert units(model) == [*model.encoder.vit.blocks, *model.lm.blocks]
     assert len(model.encoder.vit.blocks) == 2  # cut at the penultimate block
+
+
+def test_sharded_model_is_freed_with_its_root(tmp_path):
+    """The model -> root link must not keep the model alive (a global table did, forever)."""
+    import gc
+    import weakref
+
+    import torch.distributed as dist
+
+    from hybrid_mllm.core.build import build_mllm
+    from hybrid_mllm.core.config import load_config
+    from hybrid_mllm.core.presets import resolve_config_path
+    from hybrid_mllm.train import fsdp
+    from hybrid_mllm.train.loop import LossStep
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        model = build_mllm(load_config(resolve_config_path("hybrid-tiny")), seed=0)[0]
+        root = fsdp.shard(model, LossStep, bf16=False)
+        assert fsdp.is_sharded(model) and fsdp.shard(model, LossStep, bf16=False) is root  # sharded once
+        assert not any(name.startswith("_fsdp_root") for name in model.state_dict())
+        alive = weakref.ref(model)
+        del model, root
+        gc.collect()
+        assert alive() is None
+    finally:
+        dist.destroy_process_group()

@@ -10,6 +10,8 @@ import re
 import subprocess
 import sys
 import textwrap
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import torch
 
@@ -284,10 +286,35 @@ def test_profile_choice_chunks_and_limits():
         profiles.decoder_profiles([{"name": "x", "shape": ["frames"]}], profiles.ProfileLimits())
 
 
-def test_parity_chains_keep_what_the_profiles_take():
+def test_parity_chains_are_clamped_to_the_profiles():
     assert parity_chains(parity.DECODER_CHAINS, profiles.ProfileLimits()) == parity.DECODER_CHAINS
     small = parity_chains(parity.DECODER_CHAINS, profiles.ProfileLimits(max_batch=2, max_seq=64, max_past=64))
-    assert [c[0] for c in small] == ["decode-from-empty"]
+    assert small == (("prefill-decode-prefill", 2, 11, (37, 1, 26)), ("decode-from-empty", 1, 0, (1, 1)),
+                     ("chunk-boundary", 2, 0, (16, 17)))
+    one = parity_chains(parity.DECODER_CHAINS, profiles.ProfileLimits(max_batch=1, max_seq=2, max_past=2))
+    assert [c[1] for c in one] == [1, 1, 1] and all(sum(c[3]) <= 2 and c[2] < c[3][0] for c in one)
+    assert any(c[3][0] > 1 for c in parity_chains(parity.DECODER_CHAINS, profiles.ProfileLimits(max_batch=1)))
+
+
+def test_parity_chains_refuse_limits_that_leave_none():
+    from hybrid_mllm.export.trt.errors import EngineBuildError
+
+    with pytest.raises(EngineBuildError, match="the engine limits leave no parity check: raise --max-past"):
+        parity_chains(parity.DECODER_CHAINS, profiles.ProfileLimits(max_seq=1, max_past=1))
+
+
+def test_export_trt_checks_the_triton_repo_before_writing(tiny, tmp_path, monkeypatch):
+    from hybrid_mllm.export.trt import exporter
+
+    monkeypatch.setattr(exporter, "import_tensorrt", lambda: None)  # the checks run without TensorRT
+    monkeypatch.setattr(exporter, "require_cuda", lambda: None)
+    (tmp_path / "repo" / "hybrid_decoder").mkdir(parents=True)
+    with pytest.raises(HybridError, match="already exists: choose another --triton-repo"):
+        exporter.export_trt(tiny[0], tmp_path / "engine", options=BuildOptions(), triton_repo=tmp_path / "repo")
+    with pytest.raises(HybridError, match="Python \\(jit\\) plugins"):
+        exporter.export_trt(tiny[0], tmp_path / "engine", options=BuildOptions(plugin_impl="jit"),
+                            triton_repo=tmp_path / "new-repo")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["repo"]
 
 
 PLATFORM = cache.Platform("10.13.0.35", "NVIDIA H100 80GB HBM3", (9, 0))
@@ -323,6 +350,47 @@ def test_an_engine_from_another_gpu_or_tensorrt_is_refused():
     with pytest.raises(EngineMismatchError, match="with TensorRT 10.9.0"):
         cache.check_compatible(PLATFORM, cache.Platform("10.9.0", PLATFORM.gpu, (9, 0)), engine="e.plan")
     assert version_tuple("10.13.0.35") == (10, 13, 0, 35) and version_tuple("11.0.0b1") == (11, 0)
+
+
+def test_cache_store_uses_a_private_temporary_file(tmp_path):
+    other = tmp_path / "KEY.plan.tmp"  # what a concurrent build wrote under the old fixed name
+    other.write_bytes(b"another build, half written")
+    assert cache.store(tmp_path, "KEY", b"plan") == tmp_path / "KEY.plan"
+    assert (tmp_path / "KEY.plan").read_bytes() == b"plan" and other.read_bytes() == b"another build, half written"
+    with ThreadPoolExecutor(4) as pool:  # concurrent stores of one key: one complete plan, no leftovers
+        list(pool.map(lambda n: cache.store(tmp_path / "c", "KEY", bytes([n]) * 1_000_000), range(8)))
+    [plan] = (tmp_path / "c").iterdir()
+    assert plan.name == "KEY.plan" and len(set(plan.read_bytes())) == 1
+
+
+def _engine_dir(tmp_path, edit) -> Path:
+    """A directory whose engine.json is a valid one changed by `edit` (info -> document), or a string."""
+    info = {"platform": {"tensorrt": "10.13.0", "gpu": "NVIDIA H100", "compute_capability": [9, 0]},
+            "options": {"limits": profiles.ProfileLimits().to_dict()}, "plan": "decoder.plan"}
+    (tmp_path / "engine.json").write_text(edit if isinstance(edit, str) else json.dumps(edit(info)))
+    return tmp_path
+
+
+def _without_platform(info):
+    del info["platform"]
+    return info
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    ("{not json", r"engine.json: malformed \(JSONDecodeError: "),
+    (_without_platform, r"engine.json: malformed \(missing key 'platform'\); rebuild the engine"),
+    (lambda info: {**info, "options": {"limits": {"max_bach": 2}}}, r"engine.json: malformed \(TypeError: .*max_bach"),
+    (lambda info: [], r"engine.json: malformed \(TypeError: "),
+    (lambda info: {**info, "plan": "../elsewhere.plan"}, r"path '\.\./elsewhere.plan' leaves the engine directory"),
+    (lambda info: {**info, "plan": "/tmp/x.plan"}, r"absolute path '/tmp/x.plan'"),
+])
+def test_malformed_engine_info_is_one_line(tmp_path, edit, message):
+    from hybrid_mllm.export.trt.runtime import read_engine_info
+
+    assert read_engine_info(_engine_dir(tmp_path, lambda info: info))["plan"] == "decoder.plan"
+    with pytest.raises(EngineMismatchError, match=message) as error:
+        read_engine_info(_engine_dir(tmp_path, edit))
+    assert "\n" not in str(error.value)
 
 
 def test_prepare_graph_marks_plugin_nodes_only(tiny):
@@ -491,7 +559,7 @@ def test_engine_passes_the_gate_and_generates_like_pytorch(tiny, tmp_path, plugi
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])
 def test_reduced_precision_engines_within_tolerance(tiny, tmp_path, precision):
     from hybrid_mllm.export.trt.errors import EngineBuildError
-    from hybrid_mllm.export.trt.exporter import export_trt
+    from hybrid_mllm.export.trt.exporter import TOLERANCE, export_trt
 
     options = BuildOptions(precision=precision, limits=profiles.ProfileLimits(max_batch=4, max_seq=128, max_past=512))
     try:
@@ -500,6 +568,9 @@ def test_reduced_precision_engines_within_tolerance(tiny, tmp_path, precision):
         assert "strongly typed networks only" in str(e)
         return
     assert info["options"]["precision"] == precision
+    measured, bound = info["tolerances"]["measured"], TOLERANCE[precision]
+    assert info["tolerances"]["stated"] == bound and len(measured) == 3
+    assert max(measured.values()) <= bound, f"{precision}: largest relative difference {measured} > {bound}"
 
 
 @pytest.mark.gpu

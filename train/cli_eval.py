@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from hybrid_mllm.core._cli import check_device, run_cli
+from hybrid_mllm.core._cli import check_at_least_one, check_device, run_cli
 from hybrid_mllm.core.checkpoint import load_checkpoint
 from hybrid_mllm.core.pipeline import PREFILL_CHUNK, Pipeline
 from hybrid_mllm.core.visual_inputs import Overrides
@@ -39,6 +39,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    check_at_least_one(("--max-tiles", args.max_tiles), ("--max-frames", args.max_frames),
+                       ("--max-visual-tokens", args.max_visual_tokens), ("--prefill-chunk", args.prefill_chunk),
+                       ("--batch-size", args.batch_size))
     model, tokenizer, config = load_checkpoint(args.checkpoint, device=check_device(args.device))
     records = read_records(args.data, args.data_root)[: args.limit]
     raw = [item for _, item in json_items(Path(args.data), Path(args.data).read_text())][: len(records)]

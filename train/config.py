@@ -22,6 +22,7 @@ Relative paths are resolved against the config file's folder. Under torchrun, ``
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -62,7 +63,6 @@ class TrainConfig:
     save_every: int = 0
     keep_last: int = 2
     log_every: int = 10
-    num_workers: int = 0
     max_len: int | None = None
     on_too_long: Literal["skip", "fail"] = "skip"
     on_nonfinite: Literal["skip", "stop"] = "stop"
@@ -155,7 +155,7 @@ def _set(node: Any, keys: list[str], value: Any) -> None:
     for i, key in enumerate(keys):
         last = i == len(keys) - 1
         if isinstance(node, list):
-            if not key.lstrip("-").isdigit():
+            if not re.fullmatch(r"-?[0-9]+", key):  # not str.isdigit: '²' and '--1' pass it, then int() fails
                 raise TypeError(f"{'.'.join(keys[:i])} is a list: give an item number, not '{key}'")
             index = int(key)
             if last:

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from hybrid_mllm.core._paths import confined
 from hybrid_mllm.core.errors import HybridError
 from hybrid_mllm.core.mllm import Visual
 from hybrid_mllm.core.text import Template, Tokenizer
@@ -106,21 +107,11 @@ def _paths(item: dict, one: str, many: str, root: Path) -> list[str]:
     values = [value] if isinstance(value, str) else value
     if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
         raise DataError(f"'{one}' must be a path or a list of paths")
-    paths = [confined(root, v) for v in values]
+    paths = [confined(root, v, where="the data root", error=DataError) for v in values]
     for value, full in zip(values, paths):
         if not full.exists():
             raise DataError(f"{one} '{value}' does not exist under the data root {root}; fix the path or the data root")
     return [str(p) for p in paths]
-
-
-def confined(root: Path, relative: str) -> Path:
-    """root / relative, refusing absolute paths and paths that climb out of the root."""
-    if Path(relative).is_absolute():
-        raise DataError(f"absolute path '{relative}': data paths must be relative to the data root")
-    full = (root / relative).resolve()
-    if not full.is_relative_to(root.resolve()):
-        raise DataError(f"path '{relative}' leaves the data root {root}")
-    return full
 
 
 class LlavaDataset(torch.utils.data.Dataset):

@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Callable, Iterator
-from weakref import WeakKeyDictionary
 
 import torch
 import torch.distributed as dist
@@ -38,17 +37,18 @@ from hybrid_mllm.core.mllm import HybridMLLM
 SINGLE_PROCESS_NOTE = ("note: train.parallel: fsdp with a single process trains unsharded "
                        "(launch with torchrun --nproc-per-node N to shard over N processes)")
 
-# model -> its sharded loss step: `fully_shard` cannot be undone or applied twice, so the
-# stages of one run share one sharded root
-_ROOTS: WeakKeyDictionary[HybridMLLM, nn.Module] = WeakKeyDictionary()
+# the model's attribute holding its sharded loss step: `fully_shard` cannot be undone or applied
+# twice, so the stages of one run share one sharded root. A plain attribute (not a registered
+# submodule, not a global table whose value would keep the model alive): freed with the model.
+_ROOT_ATTR = "_fsdp_root"
 
 
 def shard(model: HybridMLLM, make_step: Callable[[HybridMLLM], nn.Module], *, bf16: bool) -> nn.Module:
     """Shard `model` in place (once) and return the FSDP root: ``make_step(model)``, sharded.
     `bf16`: the loop's autocast rule; then parameters are gathered and computed in bf16 and
     gradients reduced in fp32."""
-    if model in _ROOTS:
-        return _ROOTS[model]
+    if is_sharded(model):
+        return model.__dict__[_ROOT_ATTR]
     if not (dist.is_available() and dist.is_initialized()):
         raise HybridError("train.parallel: fsdp needs torch.distributed initialised: launch with "
                           "torchrun --nproc-per-node N -m hybrid_mllm.train.cli_train CONFIG")
@@ -66,7 +66,7 @@ def shard(model: HybridMLLM, make_step: Callable[[HybridMLLM], nn.Module], *, bf
     # a Block returns its mixer state, a slice of the conv input: a view, which FSDP warns
     # about in case it is modified in place; training never touches it
     warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
-    _ROOTS[model] = root
+    model.__dict__[_ROOT_ATTR] = root  # bypasses nn.Module.__setattr__: not in the model's state_dict
     return root
 
 
@@ -81,7 +81,7 @@ def units(model: HybridMLLM) -> list[nn.Module]:
 
 
 def is_sharded(model: nn.Module) -> bool:
-    return model in _ROOTS
+    return _ROOT_ATTR in model.__dict__
 
 
 @contextlib.contextmanager

@@ -26,7 +26,8 @@ def hf_kind(hf: dict[str, Any], src: Path) -> str:
     for entry in entries:
         if isinstance(entry, str) and entry in KINDS:
             return KINDS[entry]
-    if not entries and hf.get("model_type") in MODEL_TYPES:
+    model_type = hf.get("model_type")
+    if not entries and isinstance(model_type, str) and model_type in MODEL_TYPES:  # a list is unhashable
         return MODEL_TYPES[hf["model_type"]]
     got = ", ".join(map(str, entries)) or f"none (no 'architectures' entry; model_type {hf.get('model_type')!r})"
     raise ConversionError(f"{src / HF_CONFIG_FILE}: architectures {got} cannot be converted: supported are "

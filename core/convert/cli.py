@@ -36,7 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
                    help="parameter dtype of the output (default: as stored in SRC)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
-    p.add_argument("--feature-layer", type=int, default=-2,
+    p.add_argument("--feature-layer", type=int,
                    help="vision towers only: the block whose output is the feature (default -2, as LLaVA)")
     p.add_argument("--keep-cls", action="store_true", help="vision towers only: keep the CLS token")
     return p
@@ -75,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     if kinds == [HF_CONFIG_FILE]:
         what = _from_hf(src, out, args)
     else:
+        _refuse_vision_flags(args, "a hybrid-mllm checkpoint")
         if load_config(src / CONFIG_FILE).vision is not None:
             raise ConversionError(f"{src} has a vision section: only text-only language models convert "
                                   "to a Hugging Face directory")
@@ -91,13 +92,23 @@ def _from_hf(src: Path, out: Path, args: argparse.Namespace) -> str:
     kind = hf_kind(read_hf_config(src), src)
     options = {"dtype": args.dtype, "overwrite": args.overwrite}
     if kind == "vision":
-        out, encoder = convert_hf_vision(src, out, feature_layer=args.feature_layer, keep_cls=args.keep_cls, **options)
+        layer = -2 if args.feature_layer is None else args.feature_layer
+        out, encoder = convert_hf_vision(src, out, feature_layer=layer, keep_cls=args.keep_cls, **options)
         a = encoder["model_args"]
         return (f"{src} -> timm encoder weights {out} ({a['depth']} blocks, width {a['embed_dim']}, patch "
                 f"{a['patch_size']}, image {encoder['image_size']}; load them with {out / ENCODER_FILE})")
+    _refuse_vision_flags(args, "a LLaVA model (config.json's vision_feature_layer and vision_feature_select_strategy "
+                         "decide)" if kind == "llava" else "a language model")
     convert = convert_llava if kind == "llava" else convert_hf
     out, config = convert(src, out, **options)
     return f"{src} -> hybrid-mllm checkpoint {out}: {_summary(config)}"
+
+
+def _refuse_vision_flags(args: argparse.Namespace, what: str) -> None:
+    given = [flag for flag, value in (("--feature-layer", args.feature_layer is not None), ("--keep-cls", args.keep_cls))
+             if value]
+    if given:
+        raise ConversionError(f"{' and '.join(given)}: for vision towers only, not {what}")
 
 
 def entry() -> None:

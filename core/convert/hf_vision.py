@@ -76,7 +76,7 @@ VISION_MODEL_TYPES = {"clip_vision_model": "CLIPVisionModel", "siglip_vision_mod
 
 def family_of(vision: dict[str, Any], source: str) -> VisionFamily:
     model_type = vision.get("model_type")
-    if model_type not in FAMILIES:
+    if not isinstance(model_type, str) or model_type not in FAMILIES:  # a list is unhashable
         raise ConversionError(f"{source}: vision model_type {model_type!r} cannot be converted: supported are "
                               f"{', '.join(FAMILIES)} (CLIP and SigLIP towers)")
     return FAMILIES[model_type]
@@ -91,8 +91,9 @@ def encoder_options(vision: dict[str, Any], *, feature_layer: int, keep_cls: boo
     d, hidden = r.get("hidden_size", int, minimum=1), r.get("intermediate_size", int, minimum=1)
     size, patch = r.get("image_size", int, minimum=1), r.get("patch_size", int, minimum=1)
     act = vision.get("hidden_act", family.defaults["hidden_act"])
-    if act not in ACTIVATIONS:
+    if not isinstance(act, str) or act not in ACTIVATIONS:  # a list is unhashable
         problems.append(f"hidden_act: {act!r} is not supported (supported: {', '.join(ACTIVATIONS)})")
+        act = "gelu"  # a stand-in: the problems are raised below
     if r.get("num_channels", int) != 3:
         problems.append(f"num_channels: {vision['num_channels']} is not supported: our images are RGB (3)")
     if size % patch:
@@ -102,7 +103,7 @@ def encoder_options(vision: dict[str, Any], *, feature_layer: int, keep_cls: boo
     model_args = {
         "embed_dim": d, "depth": r.get("num_hidden_layers", int, minimum=1),
         "num_heads": r.get("num_attention_heads", int, minimum=1), "patch_size": patch, "mlp_ratio": hidden / d,
-        "class_token": family.class_token, "pre_norm": family.pre_norm, "act_layer": ACTIVATIONS.get(act, "gelu"),
+        "class_token": family.class_token, "pre_norm": family.pre_norm, "act_layer": ACTIVATIONS[act],
         "norm_eps": r.get("layer_norm_eps", float),
     }
     if problems:
@@ -160,7 +161,11 @@ def vision_ignorable(vit: nn.Module, prefix: str) -> Callable[[str], bool]:
             return False
         rest = name[len(prefix):]
         if rest.startswith("encoder.layers."):
-            return int(rest.split(".")[2]) >= depth
+            index = rest.split(".")[2]
+            if not (index.isascii() and index.isdigit()):
+                raise ConversionError(f"tensor {name}: layer index {index!r} is not a number "
+                                      "(expected encoder.layers.<N>.<...>): not a CLIP / SigLIP tower's tensor")
+            return int(index) >= depth
         return rest.startswith(("post_layernorm.", "head.", "embeddings.position_ids"))
 
     return ignorable
@@ -217,11 +222,13 @@ def convert_hf_vision(src: str | os.PathLike, out: str | os.PathLike, *, feature
 def _vision_architecture(hf: dict[str, Any], src: Path) -> str:
     """The architectures entry we convert, or the one its model_type implies."""
     for entry in hf.get("architectures") or []:
-        if entry in VISION_ARCHITECTURES:
+        if isinstance(entry, str) and entry in VISION_ARCHITECTURES:
             return entry
-    if hf.get("model_type") in VISION_MODEL_TYPES and not hf.get("architectures"):
-        return VISION_MODEL_TYPES[hf["model_type"]]
-    raise ConversionError(f"{src / HF_CONFIG_FILE}: architectures {', '.join(hf.get('architectures') or ['none'])} "
+    model_type = hf.get("model_type")
+    if isinstance(model_type, str) and model_type in VISION_MODEL_TYPES and not hf.get("architectures"):
+        return VISION_MODEL_TYPES[model_type]
+    got = ", ".join(map(str, hf.get("architectures") or ["none"]))
+    raise ConversionError(f"{src / HF_CONFIG_FILE}: architectures {got} "
                           f"is not a vision tower we convert: supported are {', '.join(VISION_ARCHITECTURES)}")
 
 

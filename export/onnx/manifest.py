@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from hybrid_mllm.core._paths import confined
+
 from .errors import ManifestError
 
 MANIFEST = "manifest.json"
@@ -51,7 +53,7 @@ def read_manifest(out_dir: str | Path) -> dict:
     if missing:
         raise ManifestError(f"{path}: missing key(s) {', '.join(missing)}; re-export the model")
     for name, size in manifest["files"].items():
-        file = out_dir / name
+        file = manifest_file(out_dir, name)
         if not file.is_file():
             raise ManifestError(f"{file}: missing (listed in {MANIFEST}); the export directory is incomplete: "
                                 "copy it again or re-export")
@@ -59,6 +61,11 @@ def read_manifest(out_dir: str | Path) -> dict:
             raise ManifestError(f"{file}: {file.stat().st_size:,} bytes but {MANIFEST} says {size:,}: the file was "
                                 "changed or truncated; copy it again or re-export")
     return manifest
+
+
+def manifest_file(out_dir: Path, name: str) -> Path:
+    """A file the manifest names, refused when it points outside the export directory."""
+    return confined(out_dir, name, where=f"the export directory (named in {MANIFEST})", error=ManifestError)
 
 
 def check_graph(out_dir: Path, graph: dict, session) -> None:

@@ -29,7 +29,7 @@ from hybrid_mllm.core.pipeline import Pipeline
 from hybrid_mllm.core.text import Tokenizer, load_tokenizer
 
 from .errors import ManifestError
-from .manifest import check_graph, read_manifest
+from .manifest import check_graph, manifest_file, read_manifest
 from .sessions import make_session
 
 DEFAULT_PREFILL_CHUNK = 1024  # tokens per decoder call in prefill: bounds the attention scores' memory
@@ -180,13 +180,14 @@ def load_onnx(out_dir: str | Path, *, provider: str = "cpu", prefill_chunk: int 
     (`threads`: ONNX Runtime's intra-op threads; None: one per core)."""
     out_dir = Path(out_dir)
     manifest = read_manifest(out_dir)
-    embeddings = np.load(out_dir / manifest["embeddings"]["file"])
+    embeddings_file = manifest_file(out_dir, manifest["embeddings"]["file"])
+    embeddings = np.load(embeddings_file)
     if list(embeddings.shape) != manifest["embeddings"]["shape"]:
-        raise ManifestError(f"{out_dir / manifest['embeddings']['file']}: shape {list(embeddings.shape)}, "
+        raise ManifestError(f"{embeddings_file}: shape {list(embeddings.shape)}, "
                             f"the manifest says {manifest['embeddings']['shape']}; re-export")
     decoder = OrtDecoder(_session(out_dir, manifest, "decoder", provider, threads), manifest, embeddings,
                          prefill_chunk=prefill_chunk)
-    config = load_config(out_dir / manifest["config_file"])
+    config = load_config(manifest_file(out_dir, manifest["config_file"]))
     tokenizer = load_tokenizer(manifest["tokenizer"], base_dir=out_dir)
     model = OrtMLLM(out_dir, manifest, embeddings, provider=provider, threads=threads)
     return LoadedOnnx(model, decoder, tokenizer, config, manifest)
@@ -195,10 +196,10 @@ def load_onnx(out_dir: str | Path, *, provider: str = "cpu", prefill_chunk: int 
 def _session(out_dir: Path, manifest: dict, graph: str, provider: str, threads: int | None):
     description = manifest["graphs"][graph]
     custom = graph == "decoder" and manifest["custom_ops"] is not None
-    session = make_session(out_dir / description["file"], provider=provider, custom_ops=custom, threads=threads)
+    session = make_session(manifest_file(out_dir, description["file"]), provider=provider, custom_ops=custom, threads=threads)
     check_graph(out_dir, description, session)
     return session
 
 
 def _load_optional(out_dir: Path, name: str | None) -> Tensor | None:
-    return None if name is None else torch.from_numpy(np.load(out_dir / name))
+    return None if name is None else torch.from_numpy(np.load(manifest_file(out_dir, name)))

@@ -106,10 +106,7 @@ def build_engine(onnx_path: Path, graph_inputs: list[dict], options: BuildOption
         return BuiltEngine(cached.read_bytes(), info, True)
     log(f"building the TensorRT engine ({options.precision}, {options.plugin_impl} plugins) for {platform.describe()}")
     plan = _build(trt, onnx_path, plist, options)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = cached.with_suffix(".plan.tmp")
-    tmp.write_bytes(plan)
-    tmp.replace(cached)
+    cache.store(cache_dir, key, plan)
     return BuiltEngine(plan, info, False)
 
 

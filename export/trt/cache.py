@@ -1,4 +1,4 @@
-"""Engine identity: cache keys, and refusing an engine built for another GPU or TensorRT (plain Python).
+"""Engine identity: cache keys, the cache's files, and refusing an engine built for another GPU or TensorRT (plain Python).
 
 A TensorRT engine is only valid for the GPU model (compute capability) and TensorRT
 version it was built with, so the key hashes those with the graph. It also hashes the
@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -66,3 +67,19 @@ def check_compatible(built: Platform, here: Platform, *, engine: str) -> None:
 def default_cache_dir() -> Path:
     """$HYBRID_MLLM_TRT_CACHE, else ~/.cache/hybrid-mllm/trt."""
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "hybrid-mllm" / "trt")
+
+
+def store(cache_dir: Path, key: str, plan: bytes) -> Path:
+    """Write `plan` to cache_dir/KEY.plan atomically. Each writer has its own temporary file,
+    so concurrent builds of one key never mix their bytes; the last rename wins (same engine)."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    target = cache_dir / f"{key}.plan"
+    fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=f".{key}.", suffix=".plan.tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(plan)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from hybrid_mllm.core._paths import confined
+
 from . import profiles
 from .cache import Platform, check_compatible
 from .errors import EngineMismatchError, import_tensorrt, require_cuda
@@ -157,21 +159,39 @@ class TrtSession:
 
 
 def read_engine_info(engine_dir: Path) -> dict:
+    """``engine.json``, checked: a `EngineMismatchError` (one line) for a missing or malformed file."""
     path = engine_dir / ENGINE_INFO
     if not path.is_file():
         raise EngineMismatchError(f"{path}: missing, so {engine_dir} is not a hybrid-export TensorRT directory "
                                   "(build one with: hybrid-export --trt CHECKPOINT OUT_DIR)")
-    return json.loads(path.read_text())
+    try:
+        info = json.loads(path.read_text())
+        _platform_of(info)  # each raises here on a malformed field, not later mid-load
+        limits_of(info).check()
+        _plan_path(engine_dir, info)
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+        what = f"missing key {e}" if isinstance(e, KeyError) else f"{type(e).__name__}: {e}"
+        raise EngineMismatchError(f"{path}: malformed ({what}); rebuild the engine with hybrid-export --trt") from None
+    return info
 
 
 def open_engine(engine_dir: Path, info: dict) -> TrtEngine:
     """The engine of `engine_dir`, after checking it was built for this GPU and TensorRT."""
     from .build import platform_here
 
+    plan = _plan_path(engine_dir, info)
+    check_compatible(_platform_of(info), platform_here(), engine=str(plan))
+    return TrtEngine(plan.read_bytes())
+
+
+def _platform_of(info: dict) -> Platform:
     built = info["platform"]
-    check_compatible(Platform(built["tensorrt"], built["gpu"], tuple(built["compute_capability"])), platform_here(),
-                     engine=str(engine_dir / info["plan"]))
-    return TrtEngine((engine_dir / info["plan"]).read_bytes())
+    return Platform(built["tensorrt"], built["gpu"], tuple(built["compute_capability"]))
+
+
+def _plan_path(engine_dir: Path, info: dict) -> Path:
+    return confined(engine_dir, info["plan"], where=f"the engine directory (named in {ENGINE_INFO})",
+                    error=EngineMismatchError)
 
 
 def limits_of(info: dict) -> profiles.ProfileLimits:
@@ -190,16 +210,16 @@ def load_trt(engine_dir: str | Path, *, provider: str = "cpu") -> LoadedTrt:
     ONNX Runtime's `provider`)."""
     from hybrid_mllm.core.config import load_config
     from hybrid_mllm.core.text import load_tokenizer
-    from hybrid_mllm.export.onnx.manifest import read_manifest
+    from hybrid_mllm.export.onnx.manifest import manifest_file, read_manifest
     from hybrid_mllm.export.onnx.runtime import OnnxPipeline, OrtMLLM
 
     engine_dir = Path(engine_dir)
     import_tensorrt()  # the missing-TensorRT error before anything else
     manifest = read_manifest(engine_dir)
     info = read_engine_info(engine_dir)
-    embeddings = np.load(engine_dir / manifest["embeddings"]["file"])
+    embeddings = np.load(manifest_file(engine_dir, manifest["embeddings"]["file"]))
     decoder = TrtDecoder(open_engine(engine_dir, info), manifest, embeddings, limits_of(info))
     model = OrtMLLM(engine_dir, manifest, embeddings, provider=provider)
-    config = load_config(engine_dir / manifest["config_file"])
+    config = load_config(manifest_file(engine_dir, manifest["config_file"]))
     tokenizer = load_tokenizer(manifest["tokenizer"], base_dir=engine_dir)
     return LoadedTrt(OnnxPipeline(model, tokenizer, config, decoder), decoder, manifest, info)

@@ -67,15 +67,24 @@ Embed tokens with `embed_tokens.npy` of the export directory (a row lookup).
 """
 
 
-def write_model_repository(repo_dir: str | Path, manifest: dict, plan: str | Path, *, info: dict | None = None,
-                           model_name: str = DEFAULT_MODEL, force: bool = False) -> Path:
-    """Write REPO/<model_name>/ (config.pbtxt, 1/model.plan, README.md) atomically; returns its path."""
-    if info is not None and info.get("options", {}).get("plugin_impl") == "jit":
+def check_model_repository(repo_dir: str | Path, *, plugin_impl: str | None, model_name: str = DEFAULT_MODEL,
+                           force: bool = False) -> Path:
+    """REPO/<model_name>, after refusing an engine Triton cannot serve and a model directory
+    that exists without `force` (called before an export writes anything)."""
+    if plugin_impl == "jit":
         raise HybridError("this engine uses the Python (jit) plugins, which Triton Inference Server cannot run: "
                           "rebuild it with the default AOT plugins")
     model_dir = Path(repo_dir) / model_name
     if model_dir.exists() and not force:
         raise HybridError(f"{model_dir} already exists: choose another --triton-repo or pass --force to replace it")
+    return model_dir
+
+
+def write_model_repository(repo_dir: str | Path, manifest: dict, plan: str | Path, *, info: dict | None = None,
+                           model_name: str = DEFAULT_MODEL, force: bool = False) -> Path:
+    """Write REPO/<model_name>/ (config.pbtxt, 1/model.plan, README.md) atomically; returns its path."""
+    model_dir = check_model_repository(repo_dir, plugin_impl=(info or {}).get("options", {}).get("plugin_impl"),
+                                       model_name=model_name, force=force)
     config = model_config(manifest, model_name=model_name)
 
     def fill(tmp: Path) -> None:
