@@ -7,7 +7,8 @@ vision:
   video_connector: {name: pool, stride: 2} # frame tokens (default: pool, stride 2)
   max_tiles: 4                             # anyres grid limit ... or pinpoints: [[336, 672], ...]
   newline: true                            # a learned embedding at the end of each row of tiles
-  grid_pos: false                          # add fixed 2-D (row, column) cues over the whole tile grid
+  grid_pos: false                          # add fixed 2-D (row, column) cues over the whole tile grid,
+                                           # and a frame-number cue to every token of a video frame
   max_pixels: 100000000                    # refuse larger images (decompression bombs)
   max_frames: 8                            # frames sampled per video ...
   fps: null                                # ... or at this rate (capped by max_frames)

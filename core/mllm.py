@@ -106,7 +106,7 @@ class HybridMLLM(nn.Module):
         big = tiles_to_grid(grid[1:], rows, cols)  # (R*gh, C*gw, d)
         big = unpad_features(big, tiles.content, tiles.canvas_size)  # (H', W', d)
         if self.grid_pos:
-            big = big + grid_position(big.shape[0], big.shape[1], big.shape[2]).to(big)
+            big = with_cue(big)
         if self.image_newline is not None:
             big = torch.cat([big, self.image_newline.expand(big.shape[0], 1, -1)], dim=1)  # a row-end token per row
         return torch.cat([prefix[0], grid[0].flatten(0, 1), big.flatten(0, 1)])
@@ -114,7 +114,10 @@ class HybridMLLM(nn.Module):
     def _video_tokens(self, grid: Tensor, prefix: Tensor) -> Tensor:
         """grid (F, gh', gw', d), prefix (F, P, d) -> (F * (P + gh'*gw' + 1), d)."""
         sep = self.frame_separator.expand(grid.shape[0], 1, -1)
-        return torch.cat([prefix, grid.flatten(1, 2), sep], dim=1).flatten(0, 1)
+        tokens = torch.cat([prefix, grid.flatten(1, 2)], dim=1)  # (F, P + gh'*gw', d)
+        if self.grid_pos:  # the frame number as the row cue, shared by the frame's tokens
+            tokens = with_cue(tokens[:, None])[:, 0]
+        return torch.cat([tokens, sep], dim=1).flatten(0, 1)
 
     def embed(self, input_ids: list[Tensor], visuals: list[list[Visual]] | None = None,
               labels: list[Tensor] | None = None) -> Batch:
@@ -163,6 +166,18 @@ class HybridMLLM(nn.Module):
 
     def forward(self, batch: Batch, *, state=None, num_logits: int | None = None) -> LMOutput:
         return self.lm(inputs_embeds=batch.embeds, mask=batch.mask, state=state, num_logits=num_logits)
+
+
+CUE_STRENGTH = 0.5  # the grid cue's RMS as a fraction of the visual tokens' RMS
+
+
+def with_cue(tokens: Tensor) -> Tensor:
+    """tokens (R, C, ..., d) + the 2-D cue of each (row, column), scaled to `CUE_STRENGTH` of the
+    tokens' own RMS: connector outputs can be far larger than text embeddings, and a cue of
+    fixed size would then be lost after the LM's RMSNorm."""
+    rms = tokens.detach().float().pow(2).mean().sqrt()
+    cue = grid_position(tokens.shape[0], tokens.shape[1], tokens.shape[-1], scale=CUE_STRENGTH * 2 ** 0.5)
+    return tokens + (cue * rms).to(tokens).view(*cue.shape[:2], *[1] * (tokens.dim() - 3), cue.shape[-1])
 
 
 def grid_position(rows: int, cols: int, dim: int, scale: float = 0.1) -> Tensor:

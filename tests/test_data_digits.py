@@ -14,7 +14,7 @@ from hybrid_mllm.core._cli import run_cli
 from hybrid_mllm.core.vision import load_image, select_grid
 from hybrid_mllm.train import cli_data
 from hybrid_mllm.train.data_digits import (MAX_INDEX, TILE_PX, TRAIN_GRIDS, DataError, _ink, _load_digits,
-                                           _render_frame, _render_grid, make_digits_dataset)
+                                           _render_frame, _render_page, make_digits_dataset)
 
 SIZES = {"train_images": 40, "eval_images": 12, "train_videos": 16, "eval_videos": 6}
 IMAGE_SPLITS = ("train", "eval_low", "eval_high")
@@ -70,7 +70,7 @@ def test_pixels_round_trip_through_png(dataset):
     ink = _ink(images)
     record = _lines(dataset, "eval_high")[0]
     decoded = np.asarray(load_image(dataset / record["image"]))
-    expected = _render_grid(ink[np.array(record["source"])])
+    expected = _render_page(ink[np.array(record["source"])])
     np.testing.assert_array_equal(decoded, np.repeat(expected[..., None], 3, axis=-1))
     video = _lines(dataset, "video_train")[0]
     first = np.asarray(load_image(_frame_files(dataset, video)[0]))[..., 0]
@@ -155,7 +155,8 @@ def test_training_images_fit_four_tiles_and_high_ones_need_sixteen(dataset):
             width, height = _size(dataset, record)
             assert math.ceil(width / TILE_PX) * math.ceil(height / TILE_PX) <= 4
             rows, cols = select_grid((width, height), TILE_PX, max_tiles=4)
-            assert rows * TILE_PX >= height and cols * TILE_PX >= width, (record["id"], width, height)
+            # pages are whole tiles, so anyres shows them unscaled: one 16 px cell per encoder patch
+            assert (rows * TILE_PX, cols * TILE_PX) == (height, width), (record["id"], width, height)
     for record in _lines(dataset, "eval_high"):
         assert _tiles_at_full_resolution(_size(dataset, record)) >= 16, record["id"]
 

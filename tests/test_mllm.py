@@ -58,6 +58,37 @@ def test_splice_places_visual_tokens_at_the_placeholder_and_masks_labels(pipelin
     torch.testing.assert_close(batch.embeds[0, 0], model.lm.embed.weight[ids[0]].detach())
 
 
+def test_grid_pos_marks_each_frame_with_a_cue_scaled_to_the_tokens():
+    """grid_pos: identical frames get different tokens (a frame-number cue) whose size is
+    CUE_STRENGTH of the tokens' own RMS, however large the connector's outputs are; the
+    separator carries no cue; without grid_pos identical frames stay identical."""
+    from hybrid_mllm.core.mllm import CUE_STRENGTH
+
+    config = load_config(resolve_config_path("mllm-tiny"))
+    model, _ = build_mllm(config, seed=0)
+    clip = VideoClip(torch.randn(1, 3, 32, 32).expand(8, -1, -1, -1))
+    per_frame = model.encode_video(clip).shape[0] // 8
+    frames = {}
+    for grid_pos in (False, True):
+        model.grid_pos = grid_pos
+        with torch.no_grad():
+            frames[grid_pos] = model.encode_video(clip).view(8, per_frame, -1)
+    plain, cued = frames[False], frames[True]
+    assert torch.allclose(plain[0], plain[5]) and not torch.allclose(cued[0], cued[5])
+    torch.testing.assert_close(cued[:, -1], plain[:, -1])  # separators
+    cue, tokens = cued[:, :-1] - plain[:, :-1], plain[:, :-1]
+    ratio = float(cue.pow(2).mean().sqrt() / tokens.pow(2).mean().sqrt())
+    assert abs(ratio - CUE_STRENGTH) < 0.15 * CUE_STRENGTH, ratio
+    with torch.no_grad():
+        model.video_connector.apply(lambda m: m.weight.mul_(100) if isinstance(m, torch.nn.Linear) else None)
+        big = model.encode_video(clip).view(8, per_frame, -1)
+    model.grid_pos = False
+    with torch.no_grad():
+        big_plain = model.encode_video(clip).view(8, per_frame, -1)
+    big_ratio = float((big - big_plain)[:, :-1].pow(2).mean().sqrt() / big_plain[:, :-1].pow(2).mean().sqrt())
+    assert abs(big_ratio - ratio) < 1e-3 * ratio  # the cue grows with the tokens
+
+
 def test_placeholder_count_must_match_items(pipeline):
     ids = torch.tensor(pipeline.tokenizer.encode("<image><image>"))
     with pytest.raises(InputError, match="sample 0: 2 <image>/<video> placeholder"):

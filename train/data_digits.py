@@ -233,8 +233,18 @@ def _ink(images: np.ndarray) -> np.ndarray:
     return (_PAPER - np.rint(up * (255 / 16))).clip(0, 255).astype(np.uint8)
 
 
+def _render_page(ink: np.ndarray) -> np.ndarray:
+    """(rows, cols, 12, 12) digit ink -> a page of whole 32 px tiles: the grid at the top left,
+    blank paper to the right and below. Its size is then exactly an anyres canvas, so the image
+    is never rescaled at its training size and every 16 px cell is one encoder patch (anyres
+    resizes an image to fill its canvas, which would move the digits off the patch grid)."""
+    grid = _render_grid(ink)
+    pad = [(0, -n % TILE_PX) for n in grid.shape]
+    return np.pad(grid, pad, constant_values=_PAPER)
+
+
 def _render_grid(ink: np.ndarray) -> np.ndarray:
-    """(rows, cols, 12, 12) digit ink -> a (rows*16, cols*16) page, each digit centred in its cell."""
+    """(rows, cols, 12, 12) digit ink -> a (rows*16, cols*16) grid, each digit centred in its cell."""
     rows, cols = ink.shape[:2]
     margin = (CELL_PX - DIGIT_PX) // 2
     cells = np.full((rows, cols, CELL_PX, CELL_PX), _PAPER, np.uint8)
@@ -324,7 +334,7 @@ def _image_record(ctx: _Context, sid: str, split: _Split, rng: np.random.Generat
     qtype = _pick(rng, IMAGE_QTYPES)
     question, answer, ask = _image_question(rng, grid, qtype)
     path = f"images/{sid}.png"
-    (ctx.root / path).write_bytes(_png(_render_grid(ctx.ink[source])))
+    (ctx.root / path).write_bytes(_png(_render_page(ctx.ink[source])))
     return {"id": sid, "image": path, "conversations": _conversation("<image>", question, answer),
             "qtype": qtype, "ask": ask, "grid": grid.tolist(), "source": source.tolist()}
 
