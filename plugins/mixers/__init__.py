@@ -30,8 +30,9 @@ def register_scan_kernels(register):
         description="sequential float32 loop over time: the definition (slow)",
     ))
     register("chunked", ScanKernel(
-        fn=selective_scan_chunked, priority=dict.fromkeys(ANY_DEVICE, 10), export_safe=True,
-        description="chunks of 16 tokens, stable segment sums, standard ops (export path, fallback)",
+        fn=selective_scan_chunked, priority=dict.fromkeys(ANY_DEVICE, 10),
+        description="chunks of 16 tokens, stable segment sums, standard ops (fallback; its Python loop over "
+                    "chunks fixes the length when traced, so ONNX export uses chunked_export)",
     ))
     register("cpu_fused", CPU_FUSED)
     register("chunked_export", CHUNKED_EXPORT)
