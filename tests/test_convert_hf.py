@@ -3,15 +3,15 @@ production converter, compared on logits (fp32, max |diff| <= 1e-4), on 20 greed
 (our explicit state vs their cache) and after a round trip back to transformers."""
 
 import json
-import shutil
 import subprocess
 import sys
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
 
 transformers = pytest.importorskip("transformers")
+
+from _hf_dirs import conversion_fails, edited
 
 from hybrid_mllm.core.build import build_model
 from hybrid_mllm.core.checkpoint import load_checkpoint
@@ -163,34 +163,11 @@ def llama_dir(tmp_path_factory):
     return path
 
 
-def _edited(src, tmp_path, *, config=None, tensors=None):
-    """A copy of the HF directory `src` with config.json and/or the weights edited."""
-    dst = tmp_path / "edited"
-    shutil.copytree(src, dst)
-    if config is not None:
-        hf = json.loads((dst / "config.json").read_text())
-        config(hf)
-        (dst / "config.json").write_text(json.dumps(hf))
-    if tensors is not None:
-        weights = load_file(dst / "model.safetensors")
-        tensors(weights)
-        save_file(weights, dst / "model.safetensors")
-    return dst
-
-
-def _convert_fails(src, tmp_path, *messages):
-    out = tmp_path / "out"
-    with pytest.raises(ConversionError) as info:
-        convert_hf(src, out)
-    for message in messages:
-        assert message in str(info.value)
-    assert not out.exists() and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
-    return str(info.value)
 
 
 def test_shape_that_does_not_match_the_config(llama_dir, tmp_path):
-    src = _edited(llama_dir, tmp_path, config=lambda hf: hf.update(intermediate_size=128))
-    _convert_fails(src, tmp_path, "does not match its config.json (LlamaForCausalLM):",
+    src = edited(llama_dir, tmp_path, config=lambda hf: hf.update(intermediate_size=128))
+    conversion_fails(convert_hf, src, tmp_path, "does not match its config.json (LlamaForCausalLM):",
                    "shape mismatch: model.layers.0.mlp.down_proj.weight is (64, 96), config.json implies (64, 128)",
                    "... and 2 more (shape mismatch: 6 in all)")
 
@@ -200,23 +177,23 @@ def test_missing_and_unexpected_tensors_are_listed_by_name(llama_dir, tmp_path):
         del weights["model.layers.1.self_attn.q_proj.weight"]
         weights["model.layers.1.self_attn.qq_proj.weight"] = weights.pop("model.layers.0.self_attn.k_proj.weight")
 
-    message = _convert_fails(_edited(llama_dir, tmp_path, tensors=edit), tmp_path,
+    message = conversion_fails(convert_hf, edited(llama_dir, tmp_path, tensors=edit), tmp_path,
                              "unexpected tensor: model.layers.1.self_attn.qq_proj.weight")
     assert message.splitlines()[1:3] == ["  missing tensor: model.layers.0.self_attn.k_proj.weight",
                                          "  missing tensor: model.layers.1.self_attn.q_proj.weight"]
 
 
 def test_truncated_file(llama_dir, tmp_path):
-    src = _edited(llama_dir, tmp_path)
+    src = edited(llama_dir, tmp_path)
     with open(src / "model.safetensors", "r+b") as f:
         f.truncate(5000)
-    _convert_fails(src, tmp_path, "is not a readable safetensors file", "truncated or corrupt")
+    conversion_fails(convert_hf, src, tmp_path, "is not a readable safetensors file", "truncated or corrupt")
 
 
 def test_pickle_weights_are_refused(llama_dir, tmp_path):
-    src = _edited(llama_dir, tmp_path)
+    src = edited(llama_dir, tmp_path)
     (src / "model.safetensors").rename(src / "pytorch_model.bin")
-    _convert_fails(src, tmp_path, "only PyTorch pickle weights (*.bin), which we never load")
+    conversion_fails(convert_hf, src, tmp_path, "only PyTorch pickle weights (*.bin), which we never load")
 
 
 def test_missing_shard(tmp_path):
@@ -225,7 +202,7 @@ def test_missing_shard(tmp_path):
     shards = sorted((tmp_path / "hf").glob("model-*.safetensors"))
     assert len(shards) > 1
     shards[1].unlink()
-    _convert_fails(tmp_path / "hf", tmp_path, "incomplete: missing shard(s)", shards[1].name)
+    conversion_fails(convert_hf, tmp_path / "hf", tmp_path, "incomplete: missing shard(s)", shards[1].name)
 
 
 @pytest.mark.parametrize(("edit", "messages"), [
@@ -237,7 +214,7 @@ def test_missing_shard(tmp_path):
      ["hidden_act: 'gelu' is not supported", "head_dim (32) is not supported"]),
 ])
 def test_unsupported_settings_are_named(llama_dir, tmp_path, edit, messages):
-    _convert_fails(_edited(llama_dir, tmp_path, config=edit), tmp_path, *messages)
+    conversion_fails(convert_hf, edited(llama_dir, tmp_path, config=edit), tmp_path, *messages)
 
 
 def test_a_model_that_maps_to_no_architecture_is_refused(tmp_path):
@@ -266,7 +243,7 @@ def test_cli_refuses_vision_flags_for_language_models(llama_dir, tmp_path):
 
 
 def test_cli_error_is_one_message_without_traceback(llama_dir, tmp_path):
-    src = _edited(llama_dir, tmp_path, config=lambda hf: hf.update(architectures=["BertModel"]))
+    src = edited(llama_dir, tmp_path, config=lambda hf: hf.update(architectures=["BertModel"]))
     r = subprocess.run([sys.executable, "-m", "hybrid_mllm.core.convert.cli", str(src), str(tmp_path / "out")],
                        capture_output=True, text=True)
     assert r.returncode == 2

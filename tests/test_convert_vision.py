@@ -4,7 +4,6 @@ max |diff| <= 1e-4) on the same pixels and token ids."""
 
 import functools
 import json
-import shutil
 
 import pytest
 import torch
@@ -14,6 +13,8 @@ from safetensors.torch import load_file, save_file
 
 transformers = pytest.importorskip("transformers")
 timm = pytest.importorskip("timm")
+
+from _hf_dirs import conversion_fails, edited
 
 from hybrid_mllm.core.checkpoint import load_checkpoint
 from hybrid_mllm.core.convert import (
@@ -234,33 +235,11 @@ def test_llava_next_parity(tmp_path, size):
 # ---- bad input: one clear error, nothing written ----------------------------------------------
 
 
-def _fails(convert, src, tmp_path, *messages):
-    out = tmp_path / "out"
-    with pytest.raises(ConversionError) as info:
-        convert(src, out)
-    for message in messages:
-        assert message in str(info.value)
-    assert not out.exists() and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
-    return str(info.value)
-
-
-def _edited(src, tmp_path, *, config=None, tensors=None):
-    dst = tmp_path / "edited"
-    shutil.copytree(src, dst)
-    if config is not None:
-        hf = json.loads((dst / "config.json").read_text())
-        config(hf)
-        (dst / "config.json").write_text(json.dumps(hf))
-    if tensors is not None:
-        weights = load_file(dst / "model.safetensors")
-        tensors(weights)
-        save_file(weights, dst / "model.safetensors")
-    return dst
 
 
 def test_tower_shape_mismatch_is_named(towers, tmp_path):
-    src = _edited(towers["clip"][1], tmp_path, config=lambda hf: hf.update(intermediate_size=256))
-    _fails(convert_hf_vision, src, tmp_path, "does not match its config.json (CLIPVisionModel):",
+    src = edited(towers["clip"][1], tmp_path, config=lambda hf: hf.update(intermediate_size=256))
+    conversion_fails(convert_hf_vision, src, tmp_path, "does not match its config.json (CLIPVisionModel):",
            "shape mismatch: encoder.layers.0.mlp.fc1.bias is (128,), config.json implies (256,)",
            "... and 5 more (shape mismatch: 9 in all)")
 
@@ -270,7 +249,7 @@ def test_tower_missing_and_unexpected_tensors_are_named(towers, tmp_path):
         del weights["encoder.layers.1.self_attn.k_proj.weight"]
         weights["encoder.layers.0.self_attn.kk_proj.weight"] = weights.pop("pre_layrnorm.bias")
 
-    _fails(convert_hf_vision, _edited(towers["clip"][1], tmp_path, tensors=edit), tmp_path,
+    conversion_fails(convert_hf_vision, edited(towers["clip"][1], tmp_path, tensors=edit), tmp_path,
            "missing tensor: encoder.layers.1.self_attn.k_proj.weight", "missing tensor: pre_layrnorm.bias",
            "unexpected tensor: encoder.layers.0.self_attn.kk_proj.weight")
 
@@ -279,7 +258,7 @@ def test_tower_tensor_with_a_non_numeric_layer_is_named(towers, tmp_path):
     def edit(weights):
         weights["encoder.layers.x.mlp.fc1.bias"] = weights["encoder.layers.0.mlp.fc1.bias"].clone()
 
-    _fails(convert_hf_vision, _edited(towers["clip"][1], tmp_path, tensors=edit), tmp_path,
+    conversion_fails(convert_hf_vision, edited(towers["clip"][1], tmp_path, tensors=edit), tmp_path,
            "tensor encoder.layers.x.mlp.fc1.bias: layer index 'x' is not a number")
 
 
@@ -287,7 +266,7 @@ def test_tower_missing_shard(tmp_path):
     _tower("siglip", tmp_path / "hf", max_shard_size="50KB")
     shards = sorted((tmp_path / "hf").glob("model-*.safetensors"))
     shards[1].unlink()
-    _fails(convert_hf_vision, tmp_path / "hf", tmp_path, "incomplete: missing shard(s)", shards[1].name)
+    conversion_fails(convert_hf_vision, tmp_path / "hf", tmp_path, "incomplete: missing shard(s)", shards[1].name)
 
 
 @pytest.mark.parametrize(("edit", "messages"), [
@@ -300,7 +279,7 @@ def test_tower_missing_shard(tmp_path):
     (lambda hf: hf.update(model_type=["clip_vision_model"], architectures=[]), ["architectures none is not a vision"]),
 ])
 def test_tower_unsupported_settings_are_named(towers, tmp_path, edit, messages):
-    _fails(convert_hf_vision, _edited(towers["clip"][1], tmp_path, config=edit), tmp_path, *messages)
+    conversion_fails(convert_hf_vision, edited(towers["clip"][1], tmp_path, config=edit), tmp_path, *messages)
 
 
 @pytest.fixture(scope="module")
@@ -318,7 +297,7 @@ def llava_dir(tmp_path_factory):
      ["text_config.model_type: 'mistral' is not supported", "text_config.hidden_act: 'gelu' is not supported"]),
 ])
 def test_llava_unsupported_settings_are_named(llava_dir, tmp_path, edit, messages):
-    _fails(convert_llava, _edited(llava_dir, tmp_path, config=edit), tmp_path, *messages)
+    conversion_fails(convert_llava, edited(llava_dir, tmp_path, config=edit), tmp_path, *messages)
 
 
 def test_llava_missing_unexpected_and_misshaped_tensors(llava_dir, tmp_path):
@@ -327,7 +306,7 @@ def test_llava_missing_unexpected_and_misshaped_tensors(llava_dir, tmp_path):
         weights["multi_modal_projector.linear_3.bias"] = torch.zeros(3)
         weights["vision_tower.encoder.layers.0.mlp.fc1.bias"] = torch.zeros(5)
 
-    _fails(convert_llava, _edited(llava_dir, tmp_path, tensors=edit), tmp_path,
+    conversion_fails(convert_llava, edited(llava_dir, tmp_path, tensors=edit), tmp_path,
            "does not match its config.json (LlavaForConditionalGeneration):",
            "missing tensor: multi_modal_projector.linear_2.bias",
            "unexpected tensor: multi_modal_projector.linear_3.bias",
