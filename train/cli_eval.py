@@ -21,7 +21,7 @@ from .evaluate import evaluate, write_results
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hybrid-eval", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
-    p.add_argument("checkpoint")
+    p.add_argument("checkpoint", help="a checkpoint directory (config.yaml + model.safetensors)")
     p.add_argument("data", help="LLaVA-format JSON/JSONL with questions and reference answers")
     p.add_argument("--data-root", help="folder the data's paths are relative to (default: the data file's folder)")
     p.add_argument("--max-tiles", type=int, help="anyres tile limit (evaluate at another resolution)")
@@ -29,7 +29,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-visual-tokens", type=int, help="refuse a record with more visual tokens")
     p.add_argument("--prefill-chunk", type=int, default=PREFILL_CHUNK, help=f"prompt tokens per prefill step "
                                                                             f"(default {PREFILL_CHUNK})")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=8, help="questions answered together (default 8)")
     p.add_argument("--max-new-tokens", type=int, default=16, help="longest answer in tokens (default 16)")
     p.add_argument("--limit", type=int, help="only the first N records")
     p.add_argument("--out", help="write samples.jsonl and summary.json here")
