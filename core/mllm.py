@@ -180,10 +180,10 @@ def with_cue(tokens: Tensor) -> Tensor:
     return tokens + (cue * rms).to(tokens).view(*cue.shape[:2], *[1] * (tokens.dim() - 3), cue.shape[-1])
 
 
-def grid_position(rows: int, cols: int, dim: int, scale: float = 0.1) -> Tensor:
+def grid_position(rows: int, cols: int, dim: int, scale: float) -> Tensor:
     """Fixed 2-D sinusoidal cues (row in the first half of the channels, column in the second),
-    defined for any grid size, so row/column positions over the whole anyres grid are explicit.
-    -> (rows, cols, dim)"""
+    defined for any grid size, so row/column positions over the whole anyres grid are explicit;
+    each sin/cos channel has amplitude `scale`. -> (rows, cols, dim)"""
     half = dim // 2
     freqs = 1.0 / (100.0 ** (torch.arange(0, half, 2, dtype=torch.float32) / half))  # (half/2,)
 
