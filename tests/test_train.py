@@ -142,3 +142,33 @@ def test_nonfinite_loss_skip_stops_when_the_weights_diverged(tmp_path, monkeypat
     with pytest.raises(TrainError, match="non-finite loss on 3 batches in a row, the last at stage 'finetune', step 2, "
                                          ".*: the weights have diverged"):
         run_training(config, train)
+
+
+def _text_only(path, n: int = 4) -> None:
+    """Append n text-only samples to a data file."""
+    with open(path, "a") as f:
+        f.writelines(json.dumps({"id": f"t{i}", "conversations": [
+            {"from": "human", "value": "Say hi."}, {"from": "gpt", "value": "hi"}]}) + "\n" for i in range(n))
+
+
+def test_vision_only_stage_on_text_only_data_is_refused(tmp_path):
+    path = write_config(tmp_path)
+    (tmp_path / "data.jsonl").write_text("")
+    _text_only(tmp_path / "data.jsonl")
+    config, train = load_train_config(str(path), [])
+    with pytest.raises(TrainError, match=r"stage 'align' trains only \['connector'\], but its data .* has no "
+                                         r"images or videos.*add 'lm'"):
+        run_training(config, train, only=0)
+    assert not (tmp_path / "run" / "stage-align").exists()
+
+
+def test_text_only_batches_in_a_vision_only_stage_train_nothing_and_go_on(tmp_path):
+    path = write_config(tmp_path, steps=(6, 1), batch_size=2)
+    _text_only(tmp_path / "data.jsonl", n=8)  # 8 images + 8 text-only: some batches are text only
+    config, train = load_train_config(str(path), [])
+    run_training(config, train, only=0)
+    assert len(losses(tmp_path / "run", "align")) == 6
+    align = load_checkpoint(tmp_path / "run" / "stage-align" / "final").model
+    start = __import__("hybrid_mllm.core.build", fromlist=["x"]).build_mllm(config, seed=0)[0]
+    assert torch.equal(align.lm.embed.weight, start.lm.embed.weight)
+    assert not torch.equal(align.connector.fc1.weight, start.connector.fc1.weight)

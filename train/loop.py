@@ -90,6 +90,13 @@ class LossStep(nn.Module):
         return ce, out.aux_loss
 
 
+def _zero_on_trainable(model: nn.Module) -> torch.Tensor:
+    """0, attached to every trainable parameter: backward then runs (all-zero gradients),
+    as DDP and FSDP need on every rank, for a batch that touches none of them."""
+    local = [p.to_local() if hasattr(p, "to_local") else p for p in model.parameters() if p.requires_grad]  # FSDP: shards
+    return sum(p.sum() for p in local) * 0.0
+
+
 def count_targets(samples: list[Sample]) -> int:
     return sum(int((s.labels[1:] != IGNORE).sum()) for s in samples)
 
@@ -115,6 +122,7 @@ class StageRun:
     def run(self, resume: Path | None = None) -> Path:
         if self.dist.main:
             remove_partial(self.stage_dir)  # what a killed run left mid-checkpoint (we hold the output lock)
+        self._check_data_feeds_trainable()
         set_trainable(self.model, self.stage.trainable)
         self.model.lm.activation_checkpointing = self.train.activation_checkpointing
         step_module = self._wrap()  # before the optimizer: FSDP replaces the parameters by shards
@@ -128,6 +136,15 @@ class StageRun:
         self._save(final, optimizer, progress_at_end(progress, self.stage), overwrite=True)
         self.dist.barrier()
         return final
+
+    def _check_data_feeds_trainable(self) -> None:
+        """A stage that trains only vision parts needs some images or videos in its data."""
+        if "lm" in self.stage.trainable or not hasattr(self.dataset, "records"):
+            return
+        if not any(r.images or r.videos for r in self.dataset.records):
+            raise TrainError(f"stage '{self.stage.name}' trains only {self.stage.trainable}, but its data "
+                             f"({self.stage.data}) has no images or videos, so nothing would learn; add 'lm' to "
+                             "its trainable parts or give it image/video samples")
 
     def _wrap(self) -> nn.Module:
         """The module the loop calls: the `LossStep`, under DDP or sharded by FSDP with several processes."""
@@ -207,6 +224,8 @@ class StageRun:
             with sync, self._autocast():
                 ce, aux = step_module(samples)
                 loss = ce * self.dist.world_size / max(n_global, 1.0) + self.train.moe_aux_weight * aux / len(micro)
+            if not loss.requires_grad:  # text-only samples in a stage that trains vision parts only
+                loss = loss + _zero_on_trainable(self.model)
             loss.backward()
             total += float(ce.detach()) / max(n_global, 1.0)
             tokens += sum(s.n_tokens for s in samples)
