@@ -5,6 +5,8 @@ vision:
   encoder: {name: timm, model_name: vit_base_patch16_clip_224, feature_layer: -2}
   connector: {name: mlp2x_gelu}            # image tokens
   video_connector: {name: pool, stride: 2} # frame tokens (default: pool, stride 2)
+  layout: anyres                           # anyres (LLaVA-NeXT: thumbnail + tile grid) or single
+                                           # (LLaVA-1.5: the whole image as one tile, nothing else)
   max_tiles: 4                             # anyres grid limit ... or pinpoints: [[336, 672], ...]
   newline: true                            # a learned embedding at the end of each row of tiles
   grid_pos: false                          # add fixed 2-D (row, column) cues over the whole tile grid,
@@ -32,6 +34,7 @@ class VisionConfig:
     encoder: dict[str, Any]
     connector: dict[str, Any] = field(default_factory=lambda: {"name": "mlp2x_gelu"})
     video_connector: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_VIDEO_CONNECTOR))
+    layout: str = "anyres"
     max_tiles: int | None = 4
     pinpoints: list[list[int]] | None = None
     newline: bool = True
@@ -41,7 +44,8 @@ class VisionConfig:
     fps: float | None = None
 
 
-SETTINGS = {"max_tiles": int | None, "pinpoints": list[list[int]] | None, "newline": bool, "grid_pos": bool,
+LAYOUTS = ("anyres", "single")
+SETTINGS = {"layout": str, "max_tiles": int | None, "pinpoints": list[list[int]] | None, "newline": bool, "grid_pos": bool,
             "max_pixels": int,
             "max_frames": int | None, "fps": float | None}
 _POSITIVE = ("max_tiles", "max_pixels", "max_frames", "fps")
@@ -94,6 +98,9 @@ def _settings(raw: dict, problems: list[str]) -> dict[str, Any]:
             problems.append(f"vision.{key}: expected {type_name(typ)}, got {describe(raw[key])}")
         elif value is not None and key in _POSITIVE and not value > 0:
             problems.append(f"vision.{key}: must be > 0, got {value}")
+        elif key == "layout" and value not in LAYOUTS:
+            problems.append(f"vision.layout: {value!r} is not a layout; use anyres (thumbnail + tile grid) or "
+                            "single (the whole image as one tile)")
         else:
             out[key] = value
     if out.get("pinpoints") and "max_tiles" in raw and raw["max_tiles"] is not None:

@@ -2,7 +2,8 @@
 
 An image arrives as LLaVA-NeXT "anyres" tiles (a thumbnail plus a grid of tiles, see
 `hybrid_mllm.core.vision.anyres`) and becomes: the thumbnail's tokens, then the tile grid
-with its padding removed and a learned ``image_newline`` embedding after every row. A
+with its padding removed and a learned ``image_newline`` embedding after every row (or, in
+the ``single`` layout of LLaVA-1.5, the thumbnail's tokens alone). A
 video arrives as frames; each frame becomes its (pooled) tokens followed by a learned
 ``frame_separator``. Each ``<image>`` / ``<video>`` placeholder id in the text is replaced
 by its item's tokens, in order.
@@ -103,6 +104,8 @@ class HybridMLLM(nn.Module):
     def _image_tokens(self, tiles: AnyresTiles, grid: Tensor, prefix: Tensor) -> Tensor:
         """grid (1 + R*C, gh, gw, d) from the connector, prefix (1 + R*C, P, d) -> (T, d)."""
         rows, cols = tiles.grid
+        if rows * cols == 0:  # single layout: the thumbnail's tokens only
+            return torch.cat([prefix[0], grid[0].flatten(0, 1)])
         big = tiles_to_grid(grid[1:], rows, cols)  # (R*gh, C*gw, d)
         big = unpad_features(big, tiles.content, tiles.canvas_size)  # (H', W', d)
         if self.grid_pos:

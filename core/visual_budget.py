@@ -39,6 +39,8 @@ def _fix(loader: VisualLoader, sizes: list[ItemSize], overrides: Overrides, limi
 
 
 def _tiles(loader: VisualLoader, size: ItemSize, overrides: Overrides) -> int:
-    """Tiles of the grid an image gets now."""
+    """Tiles of the grid an image gets now (0 in the single layout: --max-tiles changes nothing)."""
+    if loader.single:
+        return 0
     rows, cols = select_grid(size.image_size, loader.model.encoder.image_size, **loader.tile_limits(overrides))
     return rows * cols

@@ -15,7 +15,7 @@ import torch
 from .config_vision import VisionConfig
 from .errors import InputError
 from .mllm import HybridMLLM, VideoClip, Visual
-from .vision import anyres_tiles, load_image, load_video, normalize, num_visual_tokens, select_grid
+from .vision import anyres_tiles, load_image, load_video, normalize, num_visual_tokens, select_grid, single_view
 
 
 @dataclass
@@ -59,6 +59,9 @@ class VisualLoader:
                              f"{len(videos)} video(s)")
         if (images or videos) and not self.model.has_vision:
             raise InputError("this model has no vision encoder, so it cannot take images or videos")
+        if images and self.single and overrides.max_tiles:
+            raise InputError("--max-tiles applies to anyres models; this one takes each image as a single tile "
+                             "(vision.layout: single), so leave --max-tiles out")
         image_iter, video_iter = iter(images), iter(videos)
         items, sizes = [], []
         for token in ids:
@@ -81,6 +84,8 @@ class VisualLoader:
     def image_tokens(self, image_size: tuple[int, int], overrides: Overrides) -> int:
         encoder = self.model.encoder
         patch_grid = self.model.connector.out_grid(encoder.grid)
+        if self.single:
+            return patch_grid[0] * patch_grid[1] + encoder.num_prefix_tokens
         n = num_visual_tokens(image_size, encoder.image_size, patch_grid, newline=self.vision.newline,
                               **self.tile_limits(overrides))
         return n + encoder.num_prefix_tokens
@@ -88,6 +93,11 @@ class VisualLoader:
     def frame_tokens(self) -> int:
         gh, gw = self.model.video_connector.out_grid(self.model.encoder.grid)
         return gh * gw + 1 + self.model.encoder.num_prefix_tokens
+
+    @property
+    def single(self) -> bool:
+        """Images as one view each (LLaVA-1.5), not anyres tiles: --max-tiles does not apply."""
+        return self.vision is not None and self.vision.layout == "single"
 
     def tile_limits(self, overrides: Overrides) -> dict:
         if overrides.max_tiles or not self.vision.pinpoints:
@@ -97,6 +107,8 @@ class VisualLoader:
     def _image(self, path: str, overrides: Overrides) -> tuple[Visual, ItemSize]:
         v, encoder = self.vision, self.model.encoder
         image = load_image(path, max_pixels=v.max_pixels)
+        if self.single:
+            return single_view(image, encoder.image_size, mean=encoder.mean, std=encoder.std), ItemSize(image_size=tuple(image.size))
         grid = select_grid(image.size, encoder.image_size, **self.tile_limits(overrides))
         tiles = anyres_tiles(image, encoder.image_size, grid, mean=encoder.mean, std=encoder.std)
         return tiles, ItemSize(image_size=tuple(image.size))

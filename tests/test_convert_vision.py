@@ -21,7 +21,8 @@ from hybrid_mllm.core.convert import (
     ConversionError, cli, convert_hf_vision, convert_llava, hf_kind, load_hf_vision, load_llava,
 )
 from hybrid_mllm.core.registry import get_registry
-from hybrid_mllm.core.vision.anyres import AnyresTiles, anyres_tiles, select_grid
+from hybrid_mllm.core.vision.anyres import anyres_tiles, select_grid
+from hybrid_mllm.core.visual_inputs import VisualLoader
 
 ATOL, IMAGE_ID, VOCAB = 1e-4, 259, 300  # IMAGE_ID: our byte tokenizer's <image>, used as LLaVA's too
 VISION = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 3, "num_attention_heads": 4,
@@ -184,7 +185,7 @@ def test_llava_parity(tmp_path, layout):
     hf_model = _llava(tmp_path / "hf", save_original_format=layout == "transformers-4")
     out, config = convert_llava(tmp_path / "hf", tmp_path / "ours")
     ours = load_checkpoint(out).model.eval()  # through our own checkpoint format
-    assert config.vision.newline is False and config.vision.pinpoints == [[32, 32]]
+    assert config.vision.layout == "single" and config.vision.newline is False
     pixels = _pixels()
     with torch.no_grad():  # the visual tokens of an image: features -> projector
         theirs = hf_model.model.get_image_features(pixel_values=pixels)
@@ -192,19 +193,25 @@ def test_llava_parity(tmp_path, layout):
         mine = ours.connector(ours.encoder(pixels).patches).flatten(1, 2)
     diff = _max_diff(mine, theirs)
     assert diff <= ATOL, f"visual tokens differ by {diff:.2e}"
-    # Our image = thumbnail + one tile: LLaVA given those two pixel tensors as two images
-    tiles = AnyresTiles(pixels=pixels, grid=(1, 1), content=(0, 0, 32, 32))
-    their_ids, our_ids = _ids(2 * 16)
-    batch, logits = _logits(ours, tiles, our_ids)
+    # An image file through our loader: LLaVA-1.5's layout, one tile and nothing else
+    path = tmp_path / "image.png"
+    Image.fromarray((torch.rand(40, 56, 3, generator=torch.Generator().manual_seed(1)) * 255).to(torch.uint8)
+                    .numpy()).save(path)
+    their_ids, our_ids = _ids(16)
+    items, n_visual = VisualLoader(ours, config.vision).load(our_ids.tolist(), [str(path)], [])
+    assert n_visual == 16 and items[0].pixels.shape == (1, 3, 32, 32)
+    batch, logits = _logits(ours, items[0], our_ids)
     with torch.no_grad():
-        expected = hf_model(input_ids=their_ids, pixel_values=pixels).logits
+        features = hf_model.model.get_image_features(pixel_values=items[0].pixels)
+        features = torch.stack(list(getattr(features, "pooler_output", features)))  # (1, 16, d_model)
+        expected = hf_model(input_ids=their_ids, pixel_values=items[0].pixels).logits
         spliced = hf_model.get_input_embeddings()(their_ids)  # LLaVA's splice: features at the image tokens
-        spliced[their_ids == IMAGE_ID] = theirs.flatten(0, 1)
+        spliced[their_ids == IMAGE_ID] = features.flatten(0, 1)
     diff = _max_diff(batch.embeds, spliced)
     assert diff <= ATOL, f"spliced input embeddings differ by {diff:.2e}"
     diff = _max_diff(logits, expected)
     assert diff <= ATOL, f"LLaVA logits differ by {diff:.2e}"
-    assert batch.n_visual == [32]
+    assert batch.n_visual == [16]
 
 
 # Unpadding differs: ours keeps every feature row/column that touches the image, transformers'

@@ -3,16 +3,17 @@
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from hybrid_mllm.core.build import build_mllm
-from hybrid_mllm.core.config import load_config
-from hybrid_mllm.core.errors import InputError
+from hybrid_mllm.core.config import load_config, parse_config
+from hybrid_mllm.core.errors import HybridError, InputError
 from hybrid_mllm.core.generate import GenerationConfig
 from hybrid_mllm.core.mllm import IGNORE, VideoClip
 from hybrid_mllm.core.pipeline import Overrides, Pipeline, Request
 from hybrid_mllm.core.presets import resolve_config_path
-from hybrid_mllm.core.vision import anyres_tiles, num_visual_tokens, select_grid
+from hybrid_mllm.core.vision import anyres_tiles, normalize, num_visual_tokens, select_grid
 
 
 @pytest.fixture(scope="module")
@@ -130,3 +131,35 @@ def test_video_request_end_to_end(pipeline, tmp_path):
         Image.new("RGB", (40, 40), (20 * i, 0, 0)).save(folder / f"frame{i}.png")
     batch, _ = pipeline.prepare([Request("What happens?", videos=[str(folder)])], Overrides(max_frames=5))
     assert batch.n_visual == [5 * (2 * 2 + 1)]
+
+
+def _tiny(**vision):
+    raw = yaml.safe_load(resolve_config_path("mllm-tiny").read_text())
+    raw["vision"] = {**raw["vision"], **vision}
+    return parse_config(raw, source="test")
+
+
+def test_single_layout_gives_one_tile_of_tokens_at_any_size(tmp_path):
+    """vision.layout: single (LLaVA-1.5): each image is the thumbnail alone, whatever its size."""
+    config = _tiny(layout="single", newline=False)
+    model, tokenizer = build_mllm(config, seed=0)
+    single = Pipeline(model.eval(), tokenizer, config)
+    gh, gw = model.connector.out_grid(model.encoder.grid)
+    rng = np.random.default_rng(1)
+    for size in ((20, 30), (400, 90)):
+        path = tmp_path / f"{size[0]}x{size[1]}.png"
+        Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(path)
+        batch, _ = single.prepare([Request("What?", images=[str(path)])])
+        assert batch.n_visual == [gh * gw]
+        pixels = normalize(Image.open(path).convert("RGB"), 32, model.encoder.mean, model.encoder.std)[None]
+        with torch.no_grad():
+            thumbnail = model.connector(model.encoder(pixels).patches).flatten(0, 2)  # (gh*gw, d)
+        first = int(torch.cdist(batch.embeds[0], thumbnail[:1]).argmin())
+        assert torch.allclose(batch.embeds[0, first:first + gh * gw], thumbnail, atol=1e-6)
+    with pytest.raises(InputError, match="--max-tiles applies to anyres models"):
+        single.prepare([Request("What?", images=[str(path)])], Overrides(max_tiles=4))
+
+
+def test_unknown_layout_is_named():
+    with pytest.raises(HybridError, match=r"vision.layout: 'tiles' is not a layout; use anyres .* or single"):
+        _tiny(layout="tiles")

@@ -9,10 +9,9 @@ image_newline (NeXT)                                                image_newlin
 image_grid_pinpoints (NeXT, [height, width] as transformers reads)  vision.pinpoints ([width, height])
 ```
 LLaVA-NeXT's image layout is ours: the thumbnail's tokens, then the unpadded tile grid
-with a newline embedding after each row. Plain LLaVA gives an image only the thumbnail's
-tokens; our model always adds at least one tile, so a converted LLaVA-1.5 is set to one
-tile (``pinpoints: [[S, S]]``) and no newline, and an image becomes the thumbnail's
-tokens followed by the tile's (twice LLaVA's count). The weights, features, projector and
+with a newline embedding after each row. Plain LLaVA (1.5) gives an image only the
+thumbnail's tokens: our ``vision.layout: single``, with no newline, so a converted LLaVA-1.5
+sees the same tokens as LLaVA. The weights, features, projector and
 LM are LLaVA's exactly. Our video path has no LLaVA counterpart: the video connector
 (pool, stride 2) starts from the projector's weights, the frame separator is random.
 Both loaders accept the checkpoint layouts of transformers 4.x (``language_model.model.``,
@@ -137,15 +136,13 @@ def _check_feature_select(hf: dict[str, Any], has_cls: bool, problems: list[str]
 
 
 def _vision_section(hf: dict[str, Any], arch: str, encoder: dict[str, Any]) -> dict[str, Any]:
-    """Plain LLaVA: one tile, no newline; NeXT: its pinpoints (as [width, height]) and newline."""
-    size = encoder["image_size"]
+    """Plain LLaVA: the single layout, no newline; NeXT: anyres on its pinpoints (as [width, height]), newline."""
+    common = {"encoder": encoder, "connector": {"name": "mlp2x_gelu"}, "video_connector": dict(VIDEO_CONNECTOR)}
     if LLAVA_ARCHITECTURES[arch] == "llava":
-        pinpoints, newline = [[size, size]], False
-    else:
-        pinpoints = [[w, h] for h, w in hf.get("image_grid_pinpoints") or [[size, size]]]
-        newline = True
-    return {"encoder": encoder, "connector": {"name": "mlp2x_gelu"}, "video_connector": dict(VIDEO_CONNECTOR),
-            "pinpoints": pinpoints, "newline": newline}
+        return {**common, "layout": "single", "newline": False}
+    size = encoder["image_size"]
+    pinpoints = [[w, h] for h, w in hf.get("image_grid_pinpoints") or [[size, size]]]
+    return {**common, "pinpoints": pinpoints, "newline": True}
 
 
 def _plan(meta: HybridMLLM, config: Config, weights: HFWeights):

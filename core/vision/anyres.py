@@ -13,6 +13,8 @@ The flow, for an encoder that sees `tile` x `tile` pixels as a gh x gw patch gri
 4. `num_visual_tokens` gives the resulting token count from the image size alone, with
    the same arithmetic, so a caller can check the context length before encoding.
 
+`single_view` is LLaVA-1.5's layout instead: the thumbnail alone, no tiles (grid (0, 0)).
+
 All the box arithmetic is in exact integers: LLaVA-NeXT's rules, without the float
 round-off that can make its `ceil(h * scale)` one pixel too big.
 """
@@ -38,7 +40,7 @@ class AnyresTiles:
 
     pixels:  (1 + rows*cols, 3, tile, tile) float32, normalised; [0] is the thumbnail,
              then the tiles of the canvas in row-major order.
-    grid:    (rows, cols).
+    grid:    (rows, cols); (0, 0) for `single_view`, whose pixels are the thumbnail only.
     content: (top, left, height, width) of the image on the padded canvas; the rest is padding.
     """
 
@@ -92,6 +94,11 @@ def anyres_tiles(image: Image.Image, tile_size: int, grid: Grid, *, mean: Sequen
              .reshape(rows * cols, 3, tile_size, tile_size))
     thumbnail = normalize(image, tile_size, mean, std)
     return AnyresTiles(pixels=torch.cat([thumbnail[None], tiles]), grid=(rows, cols), content=content)
+
+
+def single_view(image: Image.Image, tile_size: int, *, mean: Sequence[float], std: Sequence[float]) -> AnyresTiles:
+    """LLaVA-1.5's layout: the whole image as one tile (the thumbnail), no grid -> pixels (1, 3, tile, tile)."""
+    return AnyresTiles(pixels=normalize(image, tile_size, mean, std)[None], grid=(0, 0), content=(0, 0, 0, 0))
 
 
 def tiles_to_grid(tile_features: Tensor, rows: int, cols: int) -> Tensor:
