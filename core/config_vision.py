@@ -9,6 +9,8 @@ vision:
                                            # (LLaVA-1.5: the whole image as one tile, nothing else)
   max_tiles: 4                             # anyres grid limit ... or pinpoints: [[336, 672], ...]
   newline: true                            # a learned embedding at the end of each row of tiles
+  unpad: touched                           # padding features dropped: touched (keep any feature that
+                                           # saw the image) or llava (LLaVA-NeXT's unpad_image)
   grid_pos: false                          # add fixed 2-D (row, column) cues over the whole tile grid,
                                            # and a frame-number cue to every token of a video frame
   max_pixels: 100000000                    # refuse larger images (decompression bombs)
@@ -24,6 +26,7 @@ from typing import Any
 
 from .registry import Registry
 from ._suggest import did_you_mean, unknown
+from .vision.anyres import UNPAD_RULES
 from .schema import coerce, component_options, describe, type_name
 
 DEFAULT_VIDEO_CONNECTOR = {"name": "pool", "stride": 2}
@@ -38,6 +41,7 @@ class VisionConfig:
     max_tiles: int | None = 4
     pinpoints: list[list[int]] | None = None
     newline: bool = True
+    unpad: str = "touched"
     grid_pos: bool = False
     max_pixels: int = 100_000_000
     max_frames: int | None = 8
@@ -45,7 +49,7 @@ class VisionConfig:
 
 
 LAYOUTS = ("anyres", "single")
-SETTINGS = {"layout": str, "max_tiles": int | None, "pinpoints": list[list[int]] | None, "newline": bool, "grid_pos": bool,
+SETTINGS = {"layout": str, "max_tiles": int | None, "pinpoints": list[list[int]] | None, "newline": bool, "unpad": str, "grid_pos": bool,
             "max_pixels": int,
             "max_frames": int | None, "fps": float | None}
 _POSITIVE = ("max_tiles", "max_pixels", "max_frames", "fps")
@@ -98,6 +102,9 @@ def _settings(raw: dict, problems: list[str]) -> dict[str, Any]:
             problems.append(f"vision.{key}: expected {type_name(typ)}, got {describe(raw[key])}")
         elif value is not None and key in _POSITIVE and not value > 0:
             problems.append(f"vision.{key}: must be > 0, got {value}")
+        elif key == "unpad" and value not in UNPAD_RULES:
+            problems.append(f"vision.unpad: {value!r} is not a rule; use touched (keep every feature that saw the "
+                            "image) or llava (LLaVA-NeXT's unpad_image)")
         elif key == "layout" and value not in LAYOUTS:
             problems.append(f"vision.layout: {value!r} is not a layout; use anyres (thumbnail + tile grid) or "
                             "single (the whole image as one tile)")

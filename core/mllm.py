@@ -107,7 +107,8 @@ class HybridMLLM(nn.Module):
         if rows * cols == 0:  # single layout: the thumbnail's tokens only
             return torch.cat([prefix[0], grid[0].flatten(0, 1)])
         big = tiles_to_grid(grid[1:], rows, cols)  # (R*gh, C*gw, d)
-        big = unpad_features(big, tiles.content, tiles.canvas_size)  # (H', W', d)
+        big = unpad_features(big, tiles.content, tiles.canvas_size, rule=tiles.unpad,
+                             image_size=tiles.image_size)  # (H', W', d)
         if self.grid_pos:
             big = with_cue(big)
         if self.image_newline is not None:

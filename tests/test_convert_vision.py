@@ -21,7 +21,7 @@ from hybrid_mllm.core.convert import (
     ConversionError, cli, convert_hf_vision, convert_llava, hf_kind, load_hf_vision, load_llava,
 )
 from hybrid_mllm.core.registry import get_registry
-from hybrid_mllm.core.vision.anyres import anyres_tiles, select_grid
+from hybrid_mllm.core.vision.anyres import anyres_tiles, num_visual_tokens, select_grid
 from hybrid_mllm.core.visual_inputs import VisualLoader
 
 ATOL, IMAGE_ID, VOCAB = 1e-4, 259, 300  # IMAGE_ID: our byte tokenizer's <image>, used as LLaVA's too
@@ -214,22 +214,20 @@ def test_llava_parity(tmp_path, layout):
     assert batch.n_visual == [16]
 
 
-# Unpadding differs: ours keeps every feature row/column that touches the image, transformers'
-# unpad_image (as LLaVA-NeXT's) cuts int(round(h * scale)) rows symmetrically; they agree when the
-# content edges fall on feature boundaries (30 x 62 here), not in general (70 x 40: 6 rows vs 4).
-UNPAD_DIFFERS = pytest.mark.xfail(strict=True, reason="our unpad_features keeps partly covered feature rows")
-
-
-@pytest.mark.parametrize("size", [(64, 64), (30, 62), pytest.param((70, 40), marks=UNPAD_DIFFERS)])  # (w, h)
+# (30, 62), (70, 40), ...: content edges inside a feature, where LLaVA-NeXT's unpad cuts partly covered rows
+@pytest.mark.parametrize("size", [(64, 64), (30, 62), (70, 40), (41, 97), (97, 41)])  # (w, h)
 def test_llava_next_parity(tmp_path, size):
     hf_model = _llava(tmp_path / "hf", next_=True)
     ours, _, config = load_llava(tmp_path / "hf")
     assert config.vision.newline and config.vision.pinpoints == [[w, h] for h, w in NEXT_PINPOINTS]
+    assert config.vision.unpad == "llava"
     image = Image.fromarray((torch.rand(size[1], size[0], 3, generator=torch.Generator().manual_seed(0)) * 255)
                             .to(torch.uint8).numpy())
     grid = select_grid(image.size, 32, pinpoints=config.vision.pinpoints)
-    tiles = anyres_tiles(image, 32, grid, mean=ours.encoder.mean, std=ours.encoder.std)
+    tiles = anyres_tiles(image, 32, grid, mean=ours.encoder.mean, std=ours.encoder.std, unpad="llava")
     n_tokens = ours.encode_image(tiles).shape[0]
+    assert n_tokens == num_visual_tokens(size, 32, ours.encoder.grid, pinpoints=config.vision.pinpoints,
+                                         newline=True, unpad="llava")
     their_ids, our_ids = _ids(n_tokens)
     _, logits = _logits(ours, tiles, our_ids)
     with torch.no_grad():

@@ -160,6 +160,23 @@ def test_single_layout_gives_one_tile_of_tokens_at_any_size(tmp_path):
         single.prepare([Request("What?", images=[str(path)])], Overrides(max_tiles=4))
 
 
-def test_unknown_layout_is_named():
+def test_unknown_layout_and_unpad_rule_are_named():
     with pytest.raises(HybridError, match=r"vision.layout: 'tiles' is not a layout; use anyres .* or single"):
         _tiny(layout="tiles")
+    with pytest.raises(HybridError, match=r"vision.unpad: 'crop' is not a rule; use touched .* or llava"):
+        _tiny(unpad="crop")
+
+
+def test_unpad_rule_reaches_the_tokens_and_their_count(tmp_path):
+    """A 70x40 image on a 2x2 grid: its content edges fall inside features, where the rules differ."""
+    path = tmp_path / "wide.png"
+    Image.fromarray(np.random.default_rng(2).integers(0, 255, (40, 70, 3), dtype=np.uint8)).save(path)
+    counts = {}
+    for rule in ("touched", "llava"):
+        config = _tiny(unpad=rule)
+        model, tokenizer = build_mllm(config, seed=0)
+        pipe = Pipeline(model.eval(), tokenizer, config)
+        batch, _ = pipe.prepare([Request("What?", images=[str(path)])])
+        counts[rule] = batch.n_visual[0]
+        assert counts[rule] == pipe.visuals.image_tokens((70, 40), Overrides())
+    assert counts["llava"] < counts["touched"]

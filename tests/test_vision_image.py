@@ -275,3 +275,41 @@ def test_token_count_llava_next_336():
         unpadded = unpad_features(tiles_to_grid(features, *grid), tiles.content, tiles.canvas_size)
         assert num_visual_tokens(size, 336, 24, pinpoints=LLAVA_PINPOINTS, newline=False) == \
             576 + unpadded.shape[0] * unpadded.shape[1]
+
+
+def _hf_unpad_rows_cols(image_size, grid_shape):
+    """transformers' LLaVA-NeXT `unpad_image` arithmetic, floats and all, as a reference."""
+    width, height = image_size
+    rows, cols = grid_shape
+    if width / height > cols / rows:
+        new = int(round(height * (cols / width), 7))
+        pad = (rows - new) // 2
+        return (pad, rows - pad), (0, cols)
+    new = int(round(width * (rows / height), 7))
+    pad = (cols - new) // 2
+    return (0, rows), (pad, cols - pad)
+
+
+@pytest.mark.parametrize("settings", SETTINGS, ids=lambda s: str(s)[:20])
+def test_llava_unpad_rule_matches_transformers_arithmetic_and_the_token_count(settings):
+    tile = 32
+    for width in SIZES:
+        for height in SIZES:
+            grid = select_grid((width, height), tile, **settings)
+            tiles = anyres_tiles(Image.new("RGB", (width, height)), tile, grid, mean=CLIP_MEAN, std=CLIP_STD,
+                                 unpad="llava")
+            rows, cols = grid
+            index = torch.stack(torch.meshgrid(torch.arange(rows * 4), torch.arange(cols * 4), indexing="ij"), -1)
+            kept = unpad_features(index, tiles.content, tiles.canvas_size, rule="llava", image_size=(width, height))
+            (r0, r1), (c0, c1) = _hf_unpad_rows_cols((width, height), (rows * 4, cols * 4))
+            if r1 > r0 and c1 > c0:  # where transformers keeps something, we keep exactly that
+                assert kept[0, 0].tolist() == [r0, c0] and kept.shape[:2] == (r1 - r0, c1 - c0), (width, height)
+            else:  # a hair-thin image: transformers keeps nothing, we keep the middle feature line
+                assert min(kept.shape[:2]) == 1, (width, height)
+            expected = 16 + kept.shape[0] * kept.shape[1] + kept.shape[0]
+            assert num_visual_tokens((width, height), tile, 4, **settings, newline=True, unpad="llava") == expected
+
+
+def test_unknown_unpad_rule_is_refused():
+    with pytest.raises(ImageError, match="unpad rule 'crop': use one of touched, llava"):
+        unpad_features(torch.zeros(4, 4, 1), (0, 0, 32, 32), (32, 32), rule="crop")

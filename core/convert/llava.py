@@ -9,11 +9,11 @@ image_newline (NeXT)                                                image_newlin
 image_grid_pinpoints (NeXT, [height, width] as transformers reads)  vision.pinpoints ([width, height])
 ```
 LLaVA-NeXT's image layout is ours: the thumbnail's tokens, then the unpadded tile grid
-with a newline embedding after each row. Plain LLaVA (1.5) gives an image only the
-thumbnail's tokens: our ``vision.layout: single``, with no newline, so a converted LLaVA-1.5
-sees the same tokens as LLaVA. The weights, features, projector and
-LM are LLaVA's exactly. Our video path has no LLaVA counterpart: the video connector
-(pool, stride 2) starts from the projector's weights, the frame separator is random.
+with a newline embedding after each row, cut by LLaVA-NeXT's own rule (``vision.unpad:
+llava``). Plain LLaVA (1.5) gives an image only the thumbnail's tokens: our ``vision.layout:
+single``, no newline. So a converted model sees LLaVA's tokens; the weights, features,
+projector and LM are LLaVA's exactly. Our video path has no LLaVA counterpart: the video
+connector (pool, stride 2) starts from the projector's weights, the frame separator is random.
 Both loaders accept the checkpoint layouts of transformers 4.x (``language_model.model.``,
 ``vision_tower.vision_model.``) and 5.x (``model.language_model.``, ``model.vision_tower.``).
 """
@@ -142,7 +142,7 @@ def _vision_section(hf: dict[str, Any], arch: str, encoder: dict[str, Any]) -> d
         return {**common, "layout": "single", "newline": False}
     size = encoder["image_size"]
     pinpoints = [[w, h] for h, w in hf.get("image_grid_pinpoints") or [[size, size]]]
-    return {**common, "pinpoints": pinpoints, "newline": True}
+    return {**common, "pinpoints": pinpoints, "newline": True, "unpad": "llava"}
 
 
 def _plan(meta: HybridMLLM, config: Config, weights: HFWeights):

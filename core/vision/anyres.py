@@ -9,7 +9,10 @@ The flow, for an encoder that sees `tile` x `tile` pixels as a gh x gw patch gri
    tiles; tile 0 is the whole image squashed to one tile (the thumbnail).
 3. The encoder turns the rows*cols tiles into features (rows*cols, gh, gw, d);
    `tiles_to_grid` stitches them into one (rows*gh, cols*gw, d) map and `unpad_features`
-   drops the feature rows/columns that saw only padding.
+   drops the padding's feature rows/columns, by one of two rules: ``touched`` keeps every
+   feature that saw any image pixel; ``llava`` is LLaVA-NeXT's ``unpad_image`` (the image's
+   height or width scaled to the grid, rounded down, the rest cut symmetrically), which can
+   drop a partly covered row at each edge: use it for checkpoints trained that way.
 4. `num_visual_tokens` gives the resulting token count from the image size alone, with
    the same arithmetic, so a caller can check the context length before encoding.
 
@@ -30,6 +33,7 @@ from torch import Tensor
 
 from .image import ImageError, normalize, normalize_tensor, to_tensor
 
+UNPAD_RULES = ("touched", "llava")
 Grid = tuple[int, int]  # (rows, cols) of tiles
 Box = tuple[int, int, int, int]  # (top, left, height, width) in canvas pixels
 
@@ -42,11 +46,15 @@ class AnyresTiles:
              then the tiles of the canvas in row-major order.
     grid:    (rows, cols); (0, 0) for `single_view`, whose pixels are the thumbnail only.
     content: (top, left, height, width) of the image on the padded canvas; the rest is padding.
+    image_size: (width, height) of the image before resizing.
+    unpad:   the rule that drops padding features (`UNPAD_RULES`, see `unpad_features`).
     """
 
     pixels: Tensor
     grid: Grid
     content: Box
+    image_size: tuple[int, int] = (0, 0)
+    unpad: str = "touched"
 
     @property
     def canvas_size(self) -> tuple[int, int]:
@@ -82,7 +90,7 @@ def select_grid(image_size: Sequence[int], tile_size: int, *, max_tiles: int | N
 
 
 def anyres_tiles(image: Image.Image, tile_size: int, grid: Grid, *, mean: Sequence[float],
-                 std: Sequence[float]) -> AnyresTiles:
+                 std: Sequence[float], unpad: str = "touched") -> AnyresTiles:
     """Thumbnail + tiles of an RGB image on a `grid` (from `select_grid`); see `AnyresTiles`."""
     rows, cols = grid
     top, left, height, width = content = _fit(image.size, (cols * tile_size, rows * tile_size))
@@ -93,7 +101,8 @@ def anyres_tiles(image: Image.Image, tile_size: int, grid: Grid, *, mean: Sequen
              .permute(1, 3, 0, 2, 4)
              .reshape(rows * cols, 3, tile_size, tile_size))
     thumbnail = normalize(image, tile_size, mean, std)
-    return AnyresTiles(pixels=torch.cat([thumbnail[None], tiles]), grid=(rows, cols), content=content)
+    return AnyresTiles(pixels=torch.cat([thumbnail[None], tiles]), grid=(rows, cols), content=content,
+                       image_size=image.size, unpad=unpad)
 
 
 def single_view(image: Image.Image, tile_size: int, *, mean: Sequence[float], std: Sequence[float]) -> AnyresTiles:
@@ -110,20 +119,22 @@ def tiles_to_grid(tile_features: Tensor, rows: int, cols: int) -> Tensor:
     return tile_features.view(rows, cols, gh, gw, d).permute(0, 2, 1, 3, 4).reshape(rows * gh, cols * gw, d)
 
 
-def unpad_features(grid_features: Tensor, content: Box, canvas_size: tuple[int, int]) -> Tensor:
-    """Drop the feature rows/columns that cover only padding.
+def unpad_features(grid_features: Tensor, content: Box, canvas_size: tuple[int, int], *, rule: str = "touched",
+                   image_size: Sequence[int] | None = None) -> Tensor:
+    """Drop the feature rows/columns of the padding.
 
     grid_features: (H, W, d) over a canvas of `canvas_size` = (height, width) pixels;
     content: (top, left, height, width) of the image on that canvas (`AnyresTiles.content`).
-    A feature row/column is kept if it covers any image pixel. Returns (H', W', d).
+    rule ``touched``: a feature row/column is kept if it covers any image pixel. Rule
+    ``llava``: LLaVA-NeXT's cut from the original `image_size` (width, height). Returns (H', W', d).
     """
-    rows, cols = _content_span(content, canvas_size, grid_features.shape[:2])
+    rows, cols = _span(content, canvas_size, grid_features.shape[:2], rule, image_size)
     return grid_features[rows[0]:rows[1], cols[0]:cols[1]]
 
 
 def num_visual_tokens(image_size: Sequence[int], tile_size: int, patch_grid: int | Sequence[int], *,
                       max_tiles: int | None = None, pinpoints: Sequence[Sequence[int]] | None = None,
-                      newline: bool) -> int:
+                      newline: bool, unpad: str = "touched") -> int:
     """Tokens an image of `image_size` (width, height) becomes.
 
     patch_grid: features per tile side, an int or (gh, gw) (after the connector, if it
@@ -133,7 +144,7 @@ def num_visual_tokens(image_size: Sequence[int], tile_size: int, patch_grid: int
     rows, cols = select_grid(image_size, tile_size, max_tiles=max_tiles, pinpoints=pinpoints)
     canvas = (rows * tile_size, cols * tile_size)
     content = _fit(_size(image_size), (canvas[1], canvas[0]))
-    (r0, r1), (c0, c1) = _content_span(content, canvas, (rows * gh, cols * gw))
+    (r0, r1), (c0, c1) = _span(content, canvas, (rows * gh, cols * gw), unpad, _size(image_size))
     height, width = r1 - r0, c1 - c0
     return gh * gw + height * width + (height if newline else 0)
 
@@ -148,6 +159,36 @@ def _fit(image_size: tuple[int, int], canvas_size: tuple[int, int]) -> Box:
     else:
         new_w, new_h = min(-(-width * canvas_h // height), canvas_w), canvas_h
     return (canvas_h - new_h) // 2, (canvas_w - new_w) // 2, new_h, new_w
+
+
+def _span(content: Box, canvas_size: tuple[int, int], grid_shape: Sequence[int], rule: str,
+          image_size: Sequence[int] | None):
+    """The feature rows [r0, r1) and columns [c0, c1) that `rule` keeps."""
+    if rule == "touched":
+        return _content_span(content, canvas_size, grid_shape)
+    if rule != "llava":
+        raise ImageError(f"unpad rule {rule!r}: use one of {', '.join(UNPAD_RULES)}")
+    if image_size is None:
+        raise ImageError("the llava unpad rule needs the original image size")
+    return _llava_span(image_size, grid_shape)
+
+
+def _llava_span(image_size: Sequence[int], grid_shape: Sequence[int]):
+    """LLaVA-NeXT's ``unpad_image`` in exact integers: the image's other side scaled to the
+    grid and rounded down, the remaining features cut symmetrically (an odd remainder keeps
+    one more). Its float ``int(round(x, 7))`` is this floor for any sizes below 10^6. Where
+    its cut would leave nothing (a hair-thin image), the middle feature is kept.
+    """
+    width, height = image_size
+    rows, cols = grid_shape
+    spans = [(0, rows), (0, cols)]
+    if width * rows > cols * height:  # relatively wider than the grid: rows are cut
+        axis, n, kept = 0, rows, cols * height // width
+    else:
+        axis, n, kept = 1, cols, rows * width // height
+    pad = (n - kept) // 2
+    spans[axis] = (pad, n - pad) if n - 2 * pad > 0 else (n // 2, n // 2 + 1)
+    return spans
 
 
 def _content_span(content: Box, canvas_size: tuple[int, int], grid_shape: Sequence[int]):
