@@ -49,9 +49,8 @@ class VisionConfig:
 
 
 LAYOUTS = ("anyres", "single")
-SETTINGS = {"layout": str, "max_tiles": int | None, "pinpoints": list[list[int]] | None, "newline": bool, "unpad": str, "grid_pos": bool,
-            "max_pixels": int,
-            "max_frames": int | None, "fps": float | None}
+SETTINGS = {"layout": str, "max_tiles": int | None, "pinpoints": list[list[int]] | None, "newline": bool,
+            "unpad": str, "grid_pos": bool, "max_pixels": int, "max_frames": int | None, "fps": float | None}
 _POSITIVE = ("max_tiles", "max_pixels", "max_frames", "fps")
 
 

@@ -87,8 +87,7 @@ class VisualLoader:
         if self.single:
             return patch_grid[0] * patch_grid[1] + encoder.num_prefix_tokens
         n = num_visual_tokens(image_size, encoder.image_size, patch_grid, newline=self.vision.newline,
-                              unpad=self.vision.unpad,
-                              **self.tile_limits(overrides))
+                              unpad=self.vision.unpad, **self.tile_limits(overrides))
         return n + encoder.num_prefix_tokens
 
     def frame_tokens(self) -> int:
@@ -108,11 +107,12 @@ class VisualLoader:
     def _image(self, path: str, overrides: Overrides) -> tuple[Visual, ItemSize]:
         v, encoder = self.vision, self.model.encoder
         image = load_image(path, max_pixels=v.max_pixels)
+        size = ItemSize(image_size=tuple(image.size))
         if self.single:
-            return single_view(image, encoder.image_size, mean=encoder.mean, std=encoder.std), ItemSize(image_size=tuple(image.size))
+            return single_view(image, encoder.image_size, mean=encoder.mean, std=encoder.std), size
         grid = select_grid(image.size, encoder.image_size, **self.tile_limits(overrides))
         tiles = anyres_tiles(image, encoder.image_size, grid, mean=encoder.mean, std=encoder.std, unpad=v.unpad)
-        return tiles, ItemSize(image_size=tuple(image.size))
+        return tiles, size
 
     def _video(self, path: str, overrides: Overrides) -> tuple[Visual, ItemSize]:
         v, encoder = self.vision, self.model.encoder

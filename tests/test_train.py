@@ -11,6 +11,7 @@ import sys
 import pytest
 import torch
 
+from hybrid_mllm.core.build import build_mllm
 from hybrid_mllm.core.checkpoint import load_checkpoint
 from hybrid_mllm.core.errors import HybridError
 from hybrid_mllm.train.cli_train import load_train_config, run_training
@@ -26,7 +27,7 @@ def test_two_stages_train_the_chosen_parts(tmp_path):
     final = run_training(config, train)
     assert final == tmp_path / "run" / "stage-finetune" / "final"
     align = load_checkpoint(tmp_path / "run" / "stage-align" / "final").model
-    start = __import__("hybrid_mllm.core.build", fromlist=["x"]).build_mllm(config, seed=0)[0]
+    start = build_mllm(config, seed=0)[0]
     # stage 1 trains the connector only: the LM and the encoder keep their initial weights
     assert torch.equal(align.lm.embed.weight, start.lm.embed.weight)
     assert torch.equal(align.encoder.patchify.weight, start.encoder.patchify.weight)
@@ -169,6 +170,6 @@ def test_text_only_batches_in_a_vision_only_stage_train_nothing_and_go_on(tmp_pa
     run_training(config, train, only=0)
     assert len(losses(tmp_path / "run", "align")) == 6
     align = load_checkpoint(tmp_path / "run" / "stage-align" / "final").model
-    start = __import__("hybrid_mllm.core.build", fromlist=["x"]).build_mllm(config, seed=0)[0]
+    start = build_mllm(config, seed=0)[0]
     assert torch.equal(align.lm.embed.weight, start.lm.embed.weight)
     assert not torch.equal(align.connector.fc1.weight, start.connector.fc1.weight)

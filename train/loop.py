@@ -93,7 +93,8 @@ class LossStep(nn.Module):
 def _zero_on_trainable(model: nn.Module) -> torch.Tensor:
     """0, attached to every trainable parameter: backward then runs (all-zero gradients),
     as DDP and FSDP need on every rank, for a batch that touches none of them."""
-    local = [p.to_local() if hasattr(p, "to_local") else p for p in model.parameters() if p.requires_grad]  # FSDP: shards
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    local = [p.to_local() if hasattr(p, "to_local") else p for p in trainable]  # FSDP: this rank's shards
     return sum(p.sum() for p in local) * 0.0
 
 

@@ -13,5 +13,5 @@ from .video import VideoError, VideoFrames, load_video
 
 __all__ = ["AnyresTiles", "CLIP_MEAN", "CLIP_STD", "DEFAULT_MAX_PIXELS", "IMAGENET_MEAN", "IMAGENET_STD",
            "ImageError", "SIGLIP_MEAN", "SIGLIP_STD", "VideoError", "VideoFrames", "anyres_tiles", "load_image",
-           "load_video", "normalize", "num_visual_tokens", "select_grid", "single_view", "tiles_to_grid", "to_tensor",
-           "unpad_features"]
+           "load_video", "normalize", "num_visual_tokens", "select_grid", "single_view", "tiles_to_grid",
+           "to_tensor", "unpad_features"]

@@ -107,7 +107,8 @@ def anyres_tiles(image: Image.Image, tile_size: int, grid: Grid, *, mean: Sequen
 
 def single_view(image: Image.Image, tile_size: int, *, mean: Sequence[float], std: Sequence[float]) -> AnyresTiles:
     """LLaVA-1.5's layout: the whole image as one tile (the thumbnail), no grid -> pixels (1, 3, tile, tile)."""
-    return AnyresTiles(pixels=normalize(image, tile_size, mean, std)[None], grid=(0, 0), content=(0, 0, 0, 0))
+    return AnyresTiles(pixels=normalize(image, tile_size, mean, std)[None], grid=(0, 0), content=(0, 0, 0, 0),
+                       image_size=image.size)
 
 
 def tiles_to_grid(tile_features: Tensor, rows: int, cols: int) -> Tensor:
