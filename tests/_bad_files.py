@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from hybrid_mllm.core.presets import PRESET_DIR
 from PIL import Image
 
@@ -56,6 +57,17 @@ def tiny_config_with(name: str, old: str, new: str):
     source = TINY.read_text()
     assert old in source, old
     return text(name, source.replace(old, new))
+
+
+def vision_train_config(name: str, lines: list[str], trainable: list[str]):
+    """A maker for a training config of the mllm-tiny model, one stage on root/d.jsonl = `lines`."""
+    def make(root: Path) -> None:
+        (root / "d.jsonl").write_text("".join(lines))
+        config = yaml.safe_load(TINY.read_text())
+        config["train"] = {"output_dir": str(root / "run"), "stages": [
+            {"name": "align", "data": "d.jsonl", "trainable": trainable, "lr": 0.01, "steps": 1}]}
+        (root / name).write_text(json.dumps(config))  # JSON is YAML
+    return make
 
 
 def train_config(name: str, **stage):

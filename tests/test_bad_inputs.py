@@ -105,6 +105,8 @@ YAML_CASES = [
          "train.stages[0].batch_size", "a negative batch size"),
     Case("yaml-train-syntax-error", bf.text("c.yaml", bf.MODEL + "train: [\n"), TRAIN, "YAML syntax error at line 3",
          "c.yaml", "a training config with a syntax error"),
+    Case("train-vision-stage-text-only-data", bf.vision_train_config("c.yaml", [bf.RECORD({"id": "t"})], ["connector"]), TRAIN,
+         "trains only ['connector'], but its data", "stage 'align'", "a connector-only stage on text-only data"),
     Case("yaml-train-bad-override", bf.train_config("c.yaml"), (*TRAIN, "train.stages.first.steps=5"),
          "is a list: give an item number, not 'first'", "train.stages.first.steps=5", "key=value on a list by name"),
 ]
