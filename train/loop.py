@@ -25,7 +25,7 @@ from hybrid_mllm.core.text import Tokenizer
 
 from . import fsdp
 from .config import StageConfig, TrainConfig
-from .data import DataError, Sample
+from .data import DataError, LlavaDataset, Sample
 from .distributed import DistInfo
 from .state import Progress, load_state, save_state
 
@@ -111,7 +111,7 @@ class StageRun:
     config: Config
     train: TrainConfig
     stage: StageConfig
-    dataset: torch.utils.data.Dataset
+    dataset: LlavaDataset
     batches: object  # LengthGroupedBatches
     dist: DistInfo
     max_len: int
@@ -140,7 +140,7 @@ class StageRun:
 
     def _check_data_feeds_trainable(self) -> None:
         """A stage that trains only vision parts needs some images or videos in its data."""
-        if "lm" in self.stage.trainable or not hasattr(self.dataset, "records"):
+        if "lm" in self.stage.trainable:
             return
         if not any(r.images or r.videos for r in self.dataset.records):
             raise TrainError(f"stage '{self.stage.name}' trains only {self.stage.trainable}, but its data "
