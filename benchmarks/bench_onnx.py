@@ -4,16 +4,18 @@
     python benchmarks/bench_onnx.py --lengths 1024 --decode-tokens 32 --export-dir /tmp/js-onnx
 
 The model (a preset, random weights) is saved as a checkpoint and exported with
-``hybrid-export --onnx`` (standard scan, parity gate included) unless --export-dir already
-holds an export of it. Both runtimes get the same random prompt embeddings (batch 1) through
+``hybrid-export --onnx`` (the --scan flavour, standard by default; parity gate included)
+unless --export-dir already holds an export of it. Both runtimes get the same random prompt embeddings (batch 1) through
 the same `Decoder` API: prefill at each length, then greedy decode steps after the first
-length's prefill. One timed run per row after a short warm-up; ratio = PyTorch time / ORT
-time (> 1: ONNX Runtime is faster).
+length's prefill. After a short warm-up, each prefill row is the median of --repeats runs
+per runtime (alternating), decode the mean over its steps; ratio = PyTorch time / ORT time
+(> 1: ONNX Runtime is faster).
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 import time
 import warnings
@@ -39,11 +41,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--lengths", type=int, nargs="+", default=[1024, 8192], help="prefill lengths")
     p.add_argument("--decode-tokens", type=int, default=64, help="decode steps after the first prefill")
     p.add_argument("--torch-scan", default="auto", help="PyTorch's scan kernel (default: auto, the fastest here)")
+    p.add_argument("--scan", choices=["standard", "custom"], default="standard",
+                   help="export flavour: the scan in standard ONNX ops, or hybrid:: nodes run by the project's ops")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset of the export (default: the exporter's)")
     p.add_argument("--prefill-chunk", type=int, default=DEFAULT_PREFILL_CHUNK, help="ORT tokens per prefill call")
     p.add_argument("--threads", type=int, default=None,
                    help="threads for both runtimes (default: each runtime's own default, one per core)")
     p.add_argument("--export-dir", help="reuse (or create) the export here instead of a temporary directory")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="timed prefills per length and runtime, alternating; the table gives medians")
     p.add_argument("--seed", type=int, default=0)
     return p
 
@@ -74,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
         out = Path(args.export_dir) if args.export_dir else Path(tmp) / "onnx"
         if not (out / "manifest.json").exists():
             save_checkpoint(model, config, Path(tmp) / "ckpt", tokenizer=tokenizer)
-            seconds, _ = _timed(lambda: export_onnx(Path(tmp) / "ckpt", out, opset=args.opset,
+            seconds, _ = _timed(lambda: export_onnx(Path(tmp) / "ckpt", out, flavour=args.scan, opset=args.opset,
                                                        log=lambda m: print(f"  {m}")))
             print(f"export + parity gate: {seconds:.0f} s")
         loaded = load_onnx(out, prefill_chunk=args.prefill_chunk, threads=args.threads)
@@ -86,8 +92,8 @@ def main(argv: list[str] | None = None) -> None:
         scan = auto_kernel_name("cpu") if args.torch_scan == "auto" else args.torch_scan
         print(f"model {args.config} ({sum(p.numel() for p in model.lm.parameters()) / 1e6:.1f}M params), "
               f"torch {torch.__version__} eager (scan kernel '{scan}', {torch.get_num_threads()} threads), "
-              f"ONNX Runtime CPU provider (standard scan, opset {ort_opset}, prefill chunk {args.prefill_chunk}, "
-              f"{args.threads or 'default'} threads)")
+              f"ONNX Runtime CPU provider ({loaded.manifest['flavour']} scan, opset {ort_opset}, "
+              f"prefill chunk {args.prefill_chunk}, {args.threads or 'default'} threads)")
         g = torch.Generator().manual_seed(args.seed)
         d_model = config.model.d_model
         warm = torch.randn(1, 32, d_model, generator=g)
@@ -97,9 +103,14 @@ def main(argv: list[str] | None = None) -> None:
         rows = []
         for i, length in enumerate(args.lengths):
             embeds, mask = torch.randn(1, length, d_model, generator=g), torch.ones(1, length, dtype=torch.bool)
-            t_torch, (torch_logits, torch_state) = _timed(lambda: torch_decoder.prefill(embeds, mask))
-            t_ort, (ort_logits, ort_state) = _timed(lambda: ort_decoder.prefill(embeds, mask))
-            rows.append((f"prefill {length:,} tokens", t_torch, t_ort, "s"))
+            times_torch, times_ort = [], []
+            for _ in range(args.repeats):  # alternating, so both see the same machine load
+                t, (torch_logits, torch_state) = _timed(lambda: torch_decoder.prefill(embeds, mask))
+                times_torch.append(t)
+                t, (ort_logits, ort_state) = _timed(lambda: ort_decoder.prefill(embeds, mask))
+                times_ort.append(t)
+            rows.append((f"prefill {length:,} tokens", statistics.median(times_torch), statistics.median(times_ort),
+                         "s"))
             if i == 0 and args.decode_tokens:
                 per_torch = _decode(torch_decoder, torch_logits, torch_state, args.decode_tokens)
                 per_ort = _decode(ort_decoder, ort_logits, ort_state, args.decode_tokens)

@@ -5,7 +5,9 @@
   `standard_ops`);
 - for the ``custom`` flavour, Mamba's causal conv1d becomes the ``hybrid::CausalConv1d`` op
   (the standard flavour keeps it as the slices and adds it already is);
-- every MoE layer is wrapped by `ExportMoE` (see `moe`).
+- every MoE layer is wrapped by `ExportMoE` (see `moe`);
+- for the ``standard`` flavour (ONNX Runtime), softplus becomes ops its CPU kernels run
+  fast (see `softplus`).
 
 Nothing is guessed from the model's configured kernels: the flavour names the path.
 """
@@ -22,6 +24,7 @@ from hybrid_mllm.plugins.mixers.mamba import Mamba
 from . import custom_ops
 from .moe import TRANSLATIONS as MOE_TRANSLATIONS
 from .moe import ExportMoE
+from .softplus import TRANSLATIONS as SOFTPLUS_TRANSLATIONS
 
 FLAVOURS = ("standard", "custom")
 
@@ -39,7 +42,7 @@ def export_paths(lm: HybridLM, flavour: str) -> Iterator[dict]:
                 mamba.impl = custom_ops.KERNEL_NAME
             for block, moe in saved_ffns.items():
                 block.ffn = ExportMoE(moe)
-            yield {**MOE_TRANSLATIONS, **translations}
+            yield {**MOE_TRANSLATIONS, **translations, **(SOFTPLUS_TRANSLATIONS if flavour == "standard" else {})}
         finally:
             for mamba, impl in saved_impls.items():
                 mamba.impl = impl

@@ -1,21 +1,20 @@
-"""ONNX Runtime sessions: execution provider choice, and the custom flavour's reference ops.
+"""ONNX Runtime sessions: execution provider choice, and the custom flavour's CPU ops.
 
 `--provider cpu|cuda|tensorrt` maps to ORT's execution providers; CUDA and TensorRT need the
 ``onnxruntime-gpu`` package (which replaces ``onnxruntime``: never install both). The CPU
 provider stays listed after a GPU one so nodes it lacks still run.
 
 A custom-flavour graph has ``hybrid::SelectiveScan`` / ``hybrid::CausalConv1d`` nodes. On the
-CPU they run as onnxruntime-extensions Python ops (numpy, sequential: for checking the
-graph, not for speed); TensorRT will run them as plugins (``hybrid-export --trt``, a later
-issue).
+CPU they run as onnxruntime-extensions Python ops (`cpu_ops`: the fused C scan kernel that
+PyTorch eager uses, or a numpy reference where it cannot be built); TensorRT runs them as
+plugins (``hybrid-export --trt``).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
+from . import cpu_ops
 from .errors import RuntimeUnavailableError
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
@@ -51,15 +50,15 @@ def make_session(path: Path, *, provider: str = "cpu", custom_ops: bool = False,
         return ort.InferenceSession(str(path), options, providers=providers)
     if provider != "cpu":
         raise RuntimeUnavailableError("a custom-flavour export runs its hybrid:: ops on the cpu provider only "
-                                      "(as reference Python ops) until the TensorRT plugins exist; use --provider cpu "
+                                      "(as Python ops) until the TensorRT plugins exist; use --provider cpu "
                                       "or export with --scan standard")
-    options.register_custom_ops_library(_reference_ops_library())
+    options.register_custom_ops_library(_cpu_ops_library())
     return ort.InferenceSession(_in_contrib_domain(path), options, providers=providers)
 
 
 def _in_contrib_domain(path: Path) -> bytes:
-    """The model with its hybrid:: nodes moved to onnxruntime-extensions' domain (weights loaded:
-    meant for the small models this reference path is for)."""
+    """The model with its hybrid:: nodes moved to onnxruntime-extensions' domain (weights loaded
+    into the bytes, so the model must stay under protobuf's 2 GB limit)."""
     import onnx
 
     from .custom_ops import DOMAIN
@@ -77,41 +76,19 @@ def _in_contrib_domain(path: Path) -> bytes:
 _registered = False
 
 
-def _reference_ops_library() -> str:
-    """Register the numpy reference ops (once) and return onnxruntime-extensions' library path."""
+def _cpu_ops_library() -> str:
+    """Register the `cpu_ops` (once) and return onnxruntime-extensions' library path."""
     global _registered
     try:
         from onnxruntime_extensions import PyCustomOpDef, get_library_path, onnx_op
     except ImportError:
         raise RuntimeUnavailableError(
             "running a custom-flavour export on the CPU needs onnxruntime-extensions (its hybrid:: ops run as "
-            "Python reference ops): pip install onnxruntime-extensions, or export with --scan standard") from None
+            "Python ops): pip install onnxruntime-extensions, or export with --scan standard") from None
     if not _registered:
         f32, i64 = PyCustomOpDef.dt_float, PyCustomOpDef.dt_int64
         onnx_op(op_type="SelectiveScan", inputs=[f32] * 9, outputs=[f32, f32], attrs={"softplus": i64})(
-            reference_selective_scan)
-        onnx_op(op_type="CausalConv1d", inputs=[f32] * 4, outputs=[f32, f32])(reference_causal_conv1d)
+            cpu_ops.selective_scan)
+        onnx_op(op_type="CausalConv1d", inputs=[f32] * 4, outputs=[f32, f32])(cpu_ops.causal_conv1d)
         _registered = True
     return get_library_path()
-
-
-def reference_selective_scan(u, delta, A, B, C, D, z, delta_bias, state, **attrs):
-    """numpy, sequential over time: the definition in `custom_ops`' docstring."""
-    delta = delta.astype(np.float32) + delta_bias[:, None]
-    if attrs.get("softplus"):
-        delta = np.logaddexp(0.0, delta)  # softplus without overflow
-    h = state.astype(np.float32).copy()
-    ys = np.empty(u.shape, dtype=np.float32)
-    for t in range(u.shape[2]):
-        h = np.exp(delta[:, :, t, None] * A) * h + (delta[:, :, t] * u[:, :, t])[:, :, None] * B[:, None, :, t]
-        ys[:, :, t] = np.einsum("bdn,bn->bd", h, C[:, :, t])
-    y = (ys + u * D[:, None]) * (z / (1.0 + np.exp(-z)))
-    return y.astype(u.dtype), h
-
-
-def reference_causal_conv1d(x, weight, bias, conv_state):
-    """numpy: y_t = bias + sum_k weight[:, k] * cat(conv_state, x)[:, t + k]."""
-    kernel, length = weight.shape[1], x.shape[2]
-    full = np.concatenate([conv_state.astype(x.dtype), x], axis=2)
-    y = sum(full[:, :, k:k + length] * weight[None, :, k, None] for k in range(kernel)) + bias[None, :, None]
-    return y.astype(x.dtype), np.ascontiguousarray(full[:, :, full.shape[2] - (kernel - 1):])

@@ -30,6 +30,7 @@ from hybrid_mllm.plugins.mixers._scan_export import selective_scan_chunked_expor
 
 from .custom_ops import DOMAIN
 from .graph import export_graph
+from .softplus import TRANSLATIONS as SOFTPLUS_TRANSLATIONS
 
 SCAN_OP = "SelectiveScan"
 SOFTPLUS_INPUT = "softplus"
@@ -75,7 +76,7 @@ def scan_function(opset: int, dtype: torch.dtype) -> bytes:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "scan.onnx"
         export_graph(_ScanGraph(), args, path, dynamic_shapes=dims, input_names=names,
-                     output_names=["y", "new_state"], opset=opset, translations={})
+                     output_names=["y", "new_state"], opset=opset, translations=SOFTPLUS_TRANSLATIONS)
         model = onnx.load(str(path))
     return _as_function(model).SerializeToString()
 

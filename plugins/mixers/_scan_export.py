@@ -117,7 +117,7 @@ def _chunk(A_t: Tensor, h: Tensor, delta: Tensor, x: Tensor, B: Tensor, C: Tenso
     for t in range(CHUNK):  # a fixed count, not the sequence length
         h = decay[t] * h + inputs[t]
         states.append(h)
-    y = (torch.cat(states) * C[..., None]).sum(2)  # (Q, b, d)
+    y = (C[:, :, None, :] @ torch.cat(states)).squeeze(2)  # (Q, b, 1, n) @ (Q, b, n, d) -> (Q, b, d)
     return _fresh(h[0]), y
 
 

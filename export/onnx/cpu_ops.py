@@ -1,0 +1,67 @@
+"""The custom flavour's ``hybrid::`` ops on ONNX Runtime's CPU provider.
+
+onnxruntime-extensions calls these Python functions for the graph's ``SelectiveScan`` and
+``CausalConv1d`` nodes (numpy arrays in and out). The scan runs the project's fused C
+kernel (``cpu_fused``, the one PyTorch eager uses on a CPU) on the arrays' memory, without
+copies; where that kernel cannot be built (no C compiler) it runs the numpy reference, a
+sequential loop that is only fast enough for checking a graph. The conv runs as torch's
+``conv1d``. Both numpy references stay here: they are the definitions the fast paths are
+tested against.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from hybrid_mllm.plugins.mixers import _scan_cpu
+
+
+def selective_scan(u, delta, A, B, C, D, z, delta_bias, state, **attrs):
+    """``hybrid::SelectiveScan`` (shapes in `custom_ops`): the fused kernel, else the numpy reference.
+
+    u, delta, z: (b, d, L)  A: (d, n)  B, C: (b, n, L)  D, delta_bias: (d,)  state: (b, d, n)
+    -> y: (b, d, L) in u's dtype, new_state: (b, d, n) float32
+    """
+    if _scan_cpu.available(torch.device("cpu")) is not None:
+        return reference_selective_scan(u, delta, A, B, C, D, z, delta_bias, state, **attrs)
+    t = _tensors(u, delta, A, B, C, D, z, delta_bias, state)
+    y, h = _scan_cpu.selective_scan_cpu_fused(*t[:8], softplus=bool(attrs.get("softplus")), state=t[8])
+    return y.numpy(), h.numpy()
+
+
+def causal_conv1d(x, weight, bias, conv_state):
+    """``hybrid::CausalConv1d``: x (b, d, L), weight (d, K), bias (d,), conv_state (b, d, K-1)
+    -> y (b, d, L), new_conv_state (b, d, K-1), as torch's depthwise conv1d."""
+    x, weight, bias, conv_state = _tensors(x, weight, bias, conv_state)
+    full = torch.cat([conv_state.to(x.dtype), x], dim=2)  # (b, d, K-1 + L)
+    y = F.conv1d(full, weight[:, None, :].to(x.dtype), bias.to(x.dtype), groups=x.shape[1])
+    return y.numpy(), full[:, :, full.shape[2] - (weight.shape[1] - 1):].contiguous().numpy()
+
+
+def _tensors(*arrays: np.ndarray) -> list[torch.Tensor]:
+    """Tensors sharing the arrays' memory (read-only arrays are copied: torch needs writable memory)."""
+    return [torch.from_numpy(a if a.flags.writeable else a.copy()) for a in arrays]
+
+
+def reference_selective_scan(u, delta, A, B, C, D, z, delta_bias, state, **attrs):
+    """numpy, sequential over time: the definition in `custom_ops`' docstring."""
+    delta = delta.astype(np.float32) + delta_bias[:, None]
+    if attrs.get("softplus"):
+        delta = np.logaddexp(0.0, delta)  # softplus without overflow
+    h = state.astype(np.float32).copy()
+    ys = np.empty(u.shape, dtype=np.float32)
+    for t in range(u.shape[2]):
+        h = np.exp(delta[:, :, t, None] * A) * h + (delta[:, :, t] * u[:, :, t])[:, :, None] * B[:, None, :, t]
+        ys[:, :, t] = np.einsum("bdn,bn->bd", h, C[:, :, t])
+    y = (ys + u * D[:, None]) * (z / (1.0 + np.exp(-z)))
+    return y.astype(u.dtype), h
+
+
+def reference_causal_conv1d(x, weight, bias, conv_state):
+    """numpy: y_t = bias + sum_k weight[:, k] * cat(conv_state, x)[:, t + k]."""
+    kernel, length = weight.shape[1], x.shape[2]
+    full = np.concatenate([conv_state.astype(x.dtype), x], axis=2)
+    y = sum(full[:, :, k:k + length] * weight[None, :, k, None] for k in range(kernel)) + bias[None, :, None]
+    return y.astype(x.dtype), np.ascontiguousarray(full[:, :, full.shape[2] - (kernel - 1):])
