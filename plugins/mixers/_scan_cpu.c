@@ -30,6 +30,7 @@
 
 #define BLOCK 64           /* time steps per block, a multiple of LANES; buffers stay in L1 */
 #define LANES 16           /* state entries per vector */
+#define ROWS 16            /* channels the forward walks together (see forward_rows) */
 #define LOG2E 1.44269504088896341f
 
 enum { DTYPE_F32 = 0, DTYPE_BF16 = 1 };
@@ -299,34 +300,60 @@ void recur(float *restrict state, const float *restrict A, const float *restrict
 
 /* ---- forward ----------------------------------------------------------------------------- */
 
-static void forward_row(const scan_args *a, int64_t b, int64_t d)
+/* Block t0 .. t0 + n of row (b, d), from and into the row's state h (N floats). */
+static void forward_block(const scan_args *a, int64_t b, int64_t d, int64_t t0, int n, float *restrict h)
 {
-    const int64_t L = a->len, N = a->nstate, row = b * a->dim + d;
+    const int64_t L = a->len, N = a->nstate;
     const float skip = a->D ? a->D[d] : 0.0f;
-    float h[N], u[BLOCK], dt[BLOCK], x[BLOCK], y[BLOCK], z[BLOCK];
-    for (int64_t k = 0; k < N; k++) h[k] = a->state ? a->state[row * N + k] : 0.0f;
-    for (int64_t t0 = 0; t0 < L; t0 += BLOCK) {
-        const int n = L - t0 < BLOCK ? (int)(L - t0) : BLOCK;
-        const float *B = a->B + (b * L + t0) * N, *C = a->C + (b * L + t0) * N;
-        load_inputs(a, b, d, t0, n, u, dt, x, NULL);
-        for (int i = 0; i < BLOCK; i++) y[i] = skip * u[i];
-        for (int64_t g = 0; g < N; g += LANES)
-            recur(h + g, a->A + d * N + g, B + g, C + g, N, dt, x, y, NULL, NULL, n, 1);
-        if (a->z.data) {
-            load_row(z, &a->z, b, d, t0, n);
-            for (int i = 0; i < BLOCK; i += LANES)
-                vstore(y + i, vload(y + i) * vload(z + i) * sigmoid_v(vload(z + i)));
-        }
-        store_row(&a->y, b, d, t0, n, y);
+    float u[BLOCK], dt[BLOCK], x[BLOCK], y[BLOCK], z[BLOCK];
+    const float *B = a->B + (b * L + t0) * N, *C = a->C + (b * L + t0) * N;
+    load_inputs(a, b, d, t0, n, u, dt, x, NULL);
+    for (int i = 0; i < BLOCK; i++) y[i] = skip * u[i];
+    for (int64_t g = 0; g < N; g += LANES)
+        recur(h + g, a->A + d * N + g, B + g, C + g, N, dt, x, y, NULL, NULL, n, 1);
+    if (a->z.data) {
+        load_row(z, &a->z, b, d, t0, n);
+        for (int i = 0; i < BLOCK; i += LANES)
+            vstore(y + i, vload(y + i) * vload(z + i) * sigmoid_v(vload(z + i)));
     }
-    memcpy(a->last_state + row * N, h, sizeof(float) * N);
+    store_row(&a->y, b, d, t0, n, y);
 }
 
-/* Rows row0 .. row1 (row = batch index * D + channel). */
+/* Channels d0 .. d1 (at most ROWS) of batch element b, walked together block by block: when
+ * time is not the innermost axis of u, delta, z or y (Mamba's projections give (batch, L, D)
+ * memory), one cache line holds neighbouring channels at one time step, and this uses it
+ * whole instead of reloading it once per channel. Each row's arithmetic is unchanged. */
+static void forward_rows(const scan_args *a, int64_t b, int64_t d0, int64_t d1)
+{
+    const int64_t L = a->len, N = a->nstate;
+    float h[ROWS * N];
+    for (int64_t d = d0; d < d1; d++)
+        for (int64_t k = 0; k < N; k++)
+            h[(d - d0) * N + k] = a->state ? a->state[(b * a->dim + d) * N + k] : 0.0f;
+    for (int64_t t0 = 0; t0 < L; t0 += BLOCK) {
+        const int n = L - t0 < BLOCK ? (int)(L - t0) : BLOCK;
+        for (int64_t d = d0; d < d1; d++)
+            forward_block(a, b, d, t0, n, h + (d - d0) * N);
+    }
+    memcpy(a->last_state + (b * a->dim + d0) * N, h, sizeof(float) * N * (d1 - d0));
+}
+
+/* Rows row0 .. row1 (row = batch index * D + channel), ROWS at a time when some sequence
+ * input or output is strided in time, else one at a time (contiguous rows stream best
+ * alone: measured 99 against 130-157 ms at L = 32768, D = 512 on two cores). */
 void scan_forward(const scan_args *a, int64_t row0, int64_t row1)
 {
-    for (int64_t row = row0; row < row1; row++)
-        forward_row(a, row / a->dim, row % a->dim);
+    const int strided = a->u.stride[2] != 1 || a->delta.stride[2] != 1 || a->y.stride[2] != 1
+                        || (a->z.data && a->z.stride[2] != 1);
+    const int64_t group = strided ? ROWS : 1;
+    for (int64_t row = row0; row < row1;) {
+        const int64_t b = row / a->dim, d0 = row % a->dim;
+        int64_t d1 = d0 + group < a->dim ? d0 + group : a->dim;
+        if (d1 - d0 > row1 - row)
+            d1 = d0 + (row1 - row);
+        forward_rows(a, b, d0, d1);
+        row += d1 - d0;
+    }
 }
 
 /* State entries per group: nstate must be a multiple of it. */
