@@ -1,7 +1,7 @@
 """The parity gate catches broken exports, and the custom flavour's graph (hybrid:: nodes).
 
 A tiny text-only hybrid (Mamba, attention with MoE) keeps each export to seconds. The custom
-flavour's nodes run in ONNX Runtime as onnxruntime-extensions Python reference ops.
+flavour's nodes run in ONNX Runtime as onnxruntime-extensions Python ops (`cpu_ops`).
 """
 
 import numpy as np
@@ -48,7 +48,7 @@ def checkpoint(tmp_path_factory):
 @pytest.fixture(scope="module")
 def custom_export(checkpoint, tmp_path_factory):
     out = tmp_path_factory.mktemp("custom") / "out"
-    export_onnx(checkpoint, out, flavour="custom")  # the gate ran the hybrid:: nodes as reference ops
+    export_onnx(checkpoint, out, flavour="custom")  # the gate ran the hybrid:: nodes as cpu_ops
     return out
 
 

@@ -1,12 +1,12 @@
 """``aten.softplus`` for the standard flavour, in ops ONNX Runtime's CPU provider runs fast.
 
-ONNX Runtime 1.32's ``Softplus`` kernel is scalar: 5.8 ms for 1,024 x 512 floats on one core
+ONNX Runtime 1.32's ``Softplus`` kernel is slow: 5.8 ms for 1,024 x 512 floats on one core
 of the development machine, against 1.3 ms for the same values as
-``Relu(x) + Log(1 + Exp(-|x|))`` (each op vectorised), and Mamba takes a softplus of dt in
-every layer. That form is exact where torch's is (it never overflows: the exponent is
-<= 0), and torch's threshold (x itself above it) is kept with a ``Where``. The values are
-computed in float32 whatever the input's type: ``1 + exp(-|x|)`` rounds away small
-results in float16.
+``Relu(x) + Log(1 + Exp(-|x|))`` (measured without the ``Where`` below), and Mamba takes a
+softplus of dt in every layer. That form never overflows (the exponent is <= 0); where
+softplus(x) is below float32's resolution next to 1 (x < -16.6, softplus < 6e-8) it returns
+0. torch's threshold (x itself above it) is kept with a ``Where``. The values are computed
+in float32 whatever the input's type: ``1 + exp(-|x|)`` rounds away small results in float16.
 """
 
 from __future__ import annotations
