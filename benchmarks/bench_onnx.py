@@ -5,11 +5,11 @@
 
 The model (a preset, random weights) is saved as a checkpoint and exported with
 ``hybrid-export --onnx`` (the --scan flavour, standard by default; parity gate included)
-unless --export-dir already holds an export of it. Both runtimes get the same random prompt embeddings (batch 1) through
-the same `Decoder` API: prefill at each length, then greedy decode steps after the first
-length's prefill. After a short warm-up, each prefill row is the median of --repeats runs
-per runtime (alternating), decode the mean over its steps; ratio = PyTorch time / ORT time
-(> 1: ONNX Runtime is faster).
+unless --export-dir already holds an export of it. Both runtimes get the same random prompt
+embeddings (batch 1) through the same `Decoder` API: prefill at each length, then greedy
+decode steps after the first length's prefill. After a short warm-up, each prefill row is
+the median of --repeats runs per runtime (alternating), decode the mean over its steps;
+ratio = PyTorch time / ORT time (> 1: ONNX Runtime is faster).
 """
 
 from __future__ import annotations
