@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 2)[2],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("presets", nargs="+", help="presets or YAML configs (random weights); the last is the baseline")
-    p.add_argument("--tokens", type=int, default=32768)
+    p.add_argument("--tokens", type=int, default=32768, help="prefill length (default 32768)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = p.parse_args(argv)
     if args.threads:

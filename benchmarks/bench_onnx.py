@@ -48,10 +48,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None,
                    help="threads for both runtimes (default: each runtime's own default, one per core)")
     p.add_argument("--export-dir", help="reuse (or create) the export here instead of a temporary directory")
-    p.add_argument("--repeats", type=int, default=3,
+    p.add_argument("--repeats", type=_positive, default=3,
                    help="timed prefills per length and runtime, alternating; the table gives medians")
     p.add_argument("--seed", type=int, default=0)
     return p
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _timed(fn):

@@ -4,18 +4,17 @@ onnxruntime-extensions calls these Python functions for the graph's ``SelectiveS
 ``CausalConv1d`` nodes (numpy arrays in and out). The scan runs the project's fused C
 kernel (``cpu_fused``, the one PyTorch eager uses on a CPU) on the arrays' memory, without
 copies; where that kernel cannot be built (no C compiler) it runs the numpy reference, a
-sequential loop that is only fast enough for checking a graph. The conv runs as torch's
-``conv1d``. Both numpy references stay here: they are the definitions the fast paths are
-tested against.
+sequential loop that is only fast enough for checking a graph. The conv runs the eager
+mixer's own conv (`_conv.causal_conv1d`). Both numpy references stay here: they are the
+definitions the fast paths are tested against.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from hybrid_mllm.plugins.mixers import _scan_cpu
+from hybrid_mllm.plugins.mixers import _conv, _scan_cpu
 
 
 def selective_scan(u, delta, A, B, C, D, z, delta_bias, state, **attrs):
@@ -33,11 +32,9 @@ def selective_scan(u, delta, A, B, C, D, z, delta_bias, state, **attrs):
 
 def causal_conv1d(x, weight, bias, conv_state):
     """``hybrid::CausalConv1d``: x (b, d, L), weight (d, K), bias (d,), conv_state (b, d, K-1)
-    -> y (b, d, L), new_conv_state (b, d, K-1), as torch's depthwise conv1d."""
-    x, weight, bias, conv_state = _tensors(x, weight, bias, conv_state)
-    full = torch.cat([conv_state.to(x.dtype), x], dim=2)  # (b, d, K-1 + L)
-    y = F.conv1d(full, weight[:, None, :].to(x.dtype), bias.to(x.dtype), groups=x.shape[1])
-    return y.numpy(), full[:, :, full.shape[2] - (weight.shape[1] - 1):].contiguous().numpy()
+    -> y (b, d, L), new_conv_state (b, d, K-1)."""
+    y, new_state = _conv.causal_conv1d(*_tensors(x, weight, bias, conv_state))
+    return y.contiguous().numpy(), new_state.contiguous().numpy()
 
 
 def _tensors(*arrays: np.ndarray) -> list[torch.Tensor]:

@@ -19,10 +19,11 @@ from onnxscript import opset18 as op
 def softplus_onnx(x, beta: float = 1.0, threshold: float = 20.0):
     """softplus(x) = log(1 + exp(beta x)) / beta, or x where beta x > threshold (torch's definition)."""
     x32 = op.Cast(x, to=TensorProto.FLOAT)
-    bx = op.Mul(x32, op.Constant(value_float=float(beta)))
+    bx = x32 if beta == 1 else op.Mul(x32, op.Constant(value_float=float(beta)))  # beta 1: no pass over x
     # log(1 + e^bx) = max(bx, 0) + log(1 + e^-|bx|)
     soft = op.Add(op.Relu(bx), op.Log(op.Add(op.Exp(op.Neg(op.Abs(bx))), op.Constant(value_float=1.0))))
-    soft = op.Div(soft, op.Constant(value_float=float(beta)))
+    if beta != 1:
+        soft = op.Div(soft, op.Constant(value_float=float(beta)))
     y = op.Where(op.Greater(bx, op.Constant(value_float=float(threshold))), x32, soft)
     return op.CastLike(y, x)
 
