@@ -14,7 +14,7 @@ from hybrid_mllm.core._cli import run_cli
 from hybrid_mllm.core.vision import load_image, select_grid
 from hybrid_mllm.train import cli_data
 from hybrid_mllm.train.data_digits import (MAX_INDEX, TILE_PX, TRAIN_GRIDS, DataError, _ink, _load_digits,
-                                           _render_frame, _render_page, make_digits_dataset)
+                                           _render_frame, _render_page, blind_share, make_digits_dataset)
 
 SIZES = {"train_images": 40, "eval_images": 12, "train_videos": 16, "eval_videos": 6}
 IMAGE_SPLITS = ("train", "eval_low", "eval_high")
@@ -244,3 +244,15 @@ def test_cli_writes_then_refuses_without_force(tmp_path, capsys):
     assert run_cli(cli_data.main, argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: DataError:") and "already exists" in err and len(err.splitlines()) == 1
+
+
+def test_blind_share_is_the_share_of_cells_holding_the_answer(dataset):
+    grid = {"qtype": "digit_at", "grid": [[7, 1], [7, 3]], "conversations": [{}, {"value": "7"}]}
+    clip = {"qtype": "frame_digit", "frames": [2, 5, 5, 5, 0], "conversations": [{}, {"value": "5"}]}
+    assert blind_share(grid) == 0.5 and blind_share(clip) == 0.6
+    assert blind_share({"qtype": "count", "grid": [[1]], "conversations": [{}, {"value": "1"}]}) is None
+    for split in ("eval_low", "video_eval_high"):
+        for record in _lines(dataset, split):
+            share = blind_share(record)
+            assert (share is None) == (record["qtype"] not in ("digit_at", "frame_digit"))
+            assert share is None or 0 < share <= 1  # the answer is always one of the cells / frames

@@ -314,6 +314,18 @@ def _conversation(placeholder: str, question: str, answer: str) -> list[dict]:
     return [{"from": "human", "value": f"{placeholder}\n{question}"}, {"from": "gpt", "value": answer}]
 
 
+def blind_share(record: dict) -> float | None:
+    """What a reader that knows every digit of a record but no position would score on its
+    digit_at / frame_digit question, naming a random cell (frame): the share of the grid's
+    cells (the clip's frames) that hold the answer. None for the other question types.
+    Position accuracy means something only above this, not above 10 %."""
+    cells = {"digit_at": "grid", "frame_digit": "frames"}.get(record.get("qtype"))
+    if cells is None:
+        return None
+    digits = np.asarray(record[cells]).ravel()
+    return float((digits == int(record["conversations"][1]["value"])).mean())
+
+
 # --- samples and files -----------------------------------------------------------------------------
 
 @dataclass

@@ -36,7 +36,7 @@ from hybrid_mllm.core.visual_inputs import Overrides
 from .cli_train import run_training
 from .config import parse_train
 from .data import read_records
-from .data_digits import make_digits_dataset
+from .data_digits import blind_share, make_digits_dataset
 from .evaluate import evaluate, write_results
 from .pretrain_encoder import pretrain_cells
 
@@ -120,13 +120,24 @@ def evaluate_all(checkpoint: Path, data: Path, out: Path, quick: bool) -> dict:
         raw = [json.loads(x) for x in (data / file).read_text().splitlines() if x.strip()]
         rows, summary = evaluate(pipeline, records, raw, overrides=overrides, batch_size=16, max_new_tokens=10)
         write_results(out / file.replace(".jsonl", ""), rows, summary)
-        results[split] = summary
+        results[split] = {**summary, "position_blind": position_blind(raw)}
     return {"eval": results, "eval_s": time.perf_counter() - t0}
 
 
+def position_blind(raw: list[dict]) -> dict[str, float]:
+    """{qtype: what a reader of every digit that ignores the asked position would score} for the
+    position questions (see `blind_share`): the line a model must beat to show it looks things up."""
+    shares: dict[str, list[float]] = {}
+    for record in raw:
+        share = blind_share(record)
+        if share is not None:
+            shares.setdefault(record["qtype"], []).append(share)
+    return {qtype: sum(s) / len(s) for qtype, s in sorted(shares.items())}
+
+
 def report(results: list[dict], out: Path) -> str:
-    lines = ["| split | question type | " + " | ".join(r["model"] for r in results) + " |",
-             "|---|---|" + "---|" * len(results)]
+    lines = ["| split | question type | " + " | ".join(r["model"] for r in results) + " | position-blind reader |",
+             "|---|---|" + "---|" * (len(results) + 1)]
     for split in SPLITS:
         qtypes = results[0]["eval"][split]["by_type"]
         for qtype in ["all", *qtypes]:
@@ -135,6 +146,8 @@ def report(results: list[dict], out: Path) -> str:
                 s = r["eval"][split]["overall" if qtype == "all" else "by_type"]
                 s = s if qtype == "all" else s[qtype]
                 cells.append(f"{s['exact_match']:.1%} (n={s['n']})")
+            blind = results[0]["eval"][split]["position_blind"].get(qtype)
+            cells.append("" if blind is None else f"{blind:.1%}")
             lines.append(f"| {split} | {qtype} | " + " | ".join(cells) + " |")
     lines.append("")
     for r in results:
