@@ -173,6 +173,7 @@ class HybridMLLM(nn.Module):
 
 
 CUE_STRENGTH = 0.5  # the grid cue's RMS as a fraction of the visual tokens' RMS
+CUE_FREQ_MIN, CUE_FREQ_MAX = 0.5, 3.0  # radians per row / column (see grid_position)
 
 
 def with_cue(tokens: Tensor) -> Tensor:
@@ -187,9 +188,18 @@ def with_cue(tokens: Tensor) -> Tensor:
 def grid_position(rows: int, cols: int, dim: int, scale: float) -> Tensor:
     """Fixed 2-D sinusoidal cues (row in the first half of the channels, column in the second),
     defined for any grid size, so row/column positions over the whole anyres grid are explicit;
-    each sin/cos channel has amplitude `scale`. -> (rows, cols, dim)"""
+    each sin/cos channel has amplitude `scale`. -> (rows, cols, dim)
+
+    Every frequency is fast (0.5 to 3 radians per row, spaced geometrically, so the channels
+    never line up again as an evenly spaced set would): neighbouring rows get cues with
+    cosine 0.16, any two of the first 64 at most 0.25 and of the first 256 at most 0.33, so
+    one dot product picks out a row. With a transformer's frequencies (falling geometrically
+    from 1 to 0.01) most channels turn slowly and neighbours have cosine 0.94. Handed the
+    asked cell's address (`benchmarks/probe_lookup.py --control address`), the digits
+    attention-only model found the cell in 33 % of held-out pages after 500 steps with
+    those, and in 86 % after 600 steps with these."""
     half = dim // 2
-    freqs = 1.0 / (100.0 ** (torch.arange(0, half, 2, dtype=torch.float32) / half))  # (half/2,)
+    freqs = CUE_FREQ_MIN * (CUE_FREQ_MAX / CUE_FREQ_MIN) ** torch.linspace(0, 1, half // 2)  # (half/2,)
 
     def embed(n: int) -> Tensor:
         angle = torch.arange(n, dtype=torch.float32)[:, None] * freqs  # (n, half/2)

@@ -180,3 +180,17 @@ def test_unpad_rule_reaches_the_tokens_and_their_count(tmp_path):
         counts[rule] = batch.n_visual[0]
         assert counts[rule] == pipe.visuals.image_tokens((70, 40), Overrides())
     assert counts["llava"] < counts["touched"]
+
+
+def test_grid_cue_tells_every_row_from_every_other():
+    """Attention finds a cell by a dot product with its cue: the cues of any two rows (or
+    columns) must be far from parallel, neighbours included, over big anyres grids too."""
+    from hybrid_mllm.core.mllm import grid_position
+
+    rows, cols = grid_position(256, 2, 128, scale=1.0).double(), grid_position(2, 256, 128, scale=1.0).double()
+    torch.testing.assert_close(rows[:, 1, :64], rows[:, 0, :64])  # a row's cue does not depend on the column
+    torch.testing.assert_close(cols[1, :, 64:], cols[0, :, 64:])
+    for channels in (rows[:, 0, :64], cols[0, :, 64:]):  # (256, 64) each
+        unit = channels / channels.norm(dim=-1, keepdim=True)
+        cosine = unit @ unit.T - torch.eye(len(unit), dtype=unit.dtype)
+        assert cosine.abs().max() < 0.35, float(cosine.abs().max())
