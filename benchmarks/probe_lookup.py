@@ -123,11 +123,14 @@ def main() -> None:
     p.add_argument("--eval-every", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
+    if args.steps < 1 or args.eval_every < 1:
+        p.error("--steps and --eval-every must be at least 1")
     torch.manual_seed(args.seed)
     probe = Probe(args.preset, args.control, args.seed)
     stage = dataclasses.replace(probe.train_config.stages[-1], steps=args.steps)  # stage 2's lr, batch, warmup
     lr = stage.lr["lm"] if isinstance(stage.lr, dict) else stage.lr
-    optimizer = torch.optim.AdamW(probe.parameters(), lr=lr, betas=(0.9, 0.98))
+    optimizer = torch.optim.AdamW(probe.parameters(), lr=lr, betas=(0.9, 0.98),
+                                  weight_decay=probe.train_config.weight_decay)
     rng, losses, t0 = random.Random(args.seed), [], time.perf_counter()
     print(f"{args.preset}, control {args.control}: lr {lr}, batch {stage.batch_size}, {args.steps} steps")
     for step in range(args.steps):
