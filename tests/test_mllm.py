@@ -10,7 +10,7 @@ from hybrid_mllm.core.build import build_mllm
 from hybrid_mllm.core.config import load_config, parse_config
 from hybrid_mllm.core.errors import HybridError, InputError
 from hybrid_mllm.core.generate import GenerationConfig
-from hybrid_mllm.core.mllm import IGNORE, VideoClip
+from hybrid_mllm.core.mllm import IGNORE, VideoClip, grid_position
 from hybrid_mllm.core.pipeline import Overrides, Pipeline, Request
 from hybrid_mllm.core.presets import resolve_config_path
 from hybrid_mllm.core.vision import anyres_tiles, normalize, num_visual_tokens, select_grid
@@ -185,8 +185,6 @@ def test_unpad_rule_reaches_the_tokens_and_their_count(tmp_path):
 def test_grid_cue_tells_every_row_from_every_other():
     """Attention finds a cell by a dot product with its cue: the cues of any two rows (or
     columns) must be far from parallel, neighbours included, over big anyres grids too."""
-    from hybrid_mllm.core.mllm import grid_position
-
     rows, cols = grid_position(256, 2, 128, scale=1.0).double(), grid_position(2, 256, 128, scale=1.0).double()
     torch.testing.assert_close(rows[:, 1, :64], rows[:, 0, :64])  # a row's cue does not depend on the column
     torch.testing.assert_close(cols[1, :, 64:], cols[0, :, 64:])
