@@ -25,14 +25,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import random
+import sys
 import time
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hybrid_mllm.core._cli import check_at_least_one, run_cli
 from hybrid_mllm.core.build import build_mllm
 from hybrid_mllm.core.config import load_config
+from hybrid_mllm.core.errors import HybridError
 from hybrid_mllm.core.mllm import IGNORE, grid_position, with_cue
 from hybrid_mllm.core.presets import resolve_config_path
 from hybrid_mllm.core.text import get_template
@@ -49,6 +52,9 @@ class Probe(nn.Module):
     def __init__(self, preset: str, control: str, seed: int):
         super().__init__()
         config = load_config(resolve_config_path(preset))
+        if config.vision is None:
+            raise HybridError(f"--preset {preset}: has no 'vision:' section, so no grid cue to probe; use "
+                              "digits-hybrid, digits-attention or a copy of them")
         model, self.tokenizer = build_mllm(config, seed=seed)
         self.lm, self.newline = model.lm, model.image_newline
         self.template = get_template(config.text.template)
@@ -114,17 +120,17 @@ class Probe(nn.Module):
         return correct / n, blind / n
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="digits-hybrid", help="a digits preset (its LM and stage-2 lr / batch)")
-    p.add_argument("--control", choices=["none", "mark", "address"], default="none")
-    p.add_argument("--steps", type=int, default=300)
-    p.add_argument("--eval-every", type=int, default=100)
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args()
-    if args.steps < 1 or args.eval_every < 1:
-        p.error("--steps and --eval-every must be at least 1")
+    p.add_argument("--control", choices=["none", "mark", "address"], default="none",
+                   help="none: the question alone; mark / address: see above (default none)")
+    p.add_argument("--steps", type=int, default=300, help="training steps; the lr schedule spans them (default 300)")
+    p.add_argument("--eval-every", type=int, default=100, help="steps between held-out evaluations (default 100)")
+    p.add_argument("--seed", type=int, default=0, help="initialisation and training pages (default 0)")
+    args = p.parse_args(argv)
+    check_at_least_one(("--steps", args.steps), ("--eval-every", args.eval_every))
     torch.manual_seed(args.seed)
     probe = Probe(args.preset, args.control, args.seed)
     stage = dataclasses.replace(probe.train_config.stages[-1], steps=args.steps)  # stage 2's lr, batch, warmup
@@ -150,4 +156,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))
