@@ -28,7 +28,7 @@ def build_model(config: Config, *, registry: Registry | None = None, device=None
         ffn = None if ffn_kind == "none" else FFN_KINDS[ffn_kind](m.d_model, **getattr(m, ffn_kind), **factory)
         blocks.append(Block(m.d_model, mixer, ffn, norm_eps=m.norm_eps, **factory))
     return HybridLM(m.vocab_size, m.d_model, blocks, norm_eps=m.norm_eps,
-                    tie_embeddings=m.tie_embeddings, **factory)
+                    tie_embeddings=m.tie_embeddings, embedding_multiplier=m.embedding_multiplier, **factory)
 
 
 def build_mllm(config: Config, *, registry: Registry | None = None, device=None, dtype: torch.dtype | None = None,

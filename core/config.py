@@ -14,6 +14,7 @@ model:
     attention: {n_head: 4, n_kv_head: 2}
   mlp: {d_hidden: 512}
   moe: {n_experts: 4, top_k: 2}
+  embedding_multiplier: 1.0   # token embeddings times this (Gemma: sqrt(d_model); Granite's option)
 ```
 The resolved config (explicit per-layer lists, every default filled in) saves back to
 YAML with `save_config` and rebuilds the same model.
@@ -60,6 +61,7 @@ class ModelConfig:
     moe: dict[str, Any] = field(default_factory=dict)
     norm_eps: float = 1e-6
     tie_embeddings: bool = True
+    embedding_multiplier: float = 1.0  # token embeddings are multiplied by this (e.g. sqrt(d_model))
 
 
 @dataclass
@@ -80,7 +82,8 @@ class Config:
 
 
 MAX_LAYERS = 10_000
-SCALARS = {"vocab_size": int, "d_model": int, "n_layer": int, "norm_eps": float, "tie_embeddings": bool}
+SCALARS = {"vocab_size": int, "d_model": int, "n_layer": int, "norm_eps": float, "tie_embeddings": bool,
+           "embedding_multiplier": float}
 
 
 def load_config(path: str | os.PathLike, registry: Registry | None = None) -> Config:

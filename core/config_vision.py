@@ -8,6 +8,8 @@ vision:
   layout: anyres                           # anyres (LLaVA-NeXT: thumbnail + tile grid) or single
                                            # (LLaVA-1.5: the whole image as one tile, nothing else)
   max_tiles: 4                             # anyres grid limit ... or pinpoints: [[336, 672], ...]
+  thumbnail: true                          # anyres: the whole image as one tile before the grid
+                                           # (LLaVA-NeXT); false: the tile grid alone
   newline: true                            # a learned embedding at the end of each row of tiles
   unpad: touched                           # padding features dropped: touched (keep any feature that
                                            # saw the image) or llava (LLaVA-NeXT's unpad_image)
@@ -40,6 +42,7 @@ class VisionConfig:
     layout: str = "anyres"
     max_tiles: int | None = 4
     pinpoints: list[list[int]] | None = None
+    thumbnail: bool = True
     newline: bool = True
     unpad: str = "touched"
     grid_pos: bool = False
@@ -49,8 +52,8 @@ class VisionConfig:
 
 
 LAYOUTS = ("anyres", "single")
-SETTINGS = {"layout": str, "max_tiles": int | None, "pinpoints": list[list[int]] | None, "newline": bool,
-            "unpad": str, "grid_pos": bool, "max_pixels": int, "max_frames": int | None, "fps": float | None}
+SETTINGS = {"layout": str, "max_tiles": int | None, "pinpoints": list[list[int]] | None, "thumbnail": bool,
+            "newline": bool, "unpad": str, "grid_pos": bool, "max_pixels": int, "max_frames": int | None, "fps": float | None}
 _POSITIVE = ("max_tiles", "max_pixels", "max_frames", "fps")
 
 
@@ -113,6 +116,9 @@ def _settings(raw: dict, problems: list[str]) -> dict[str, Any]:
         problems.append("vision.pinpoints: give either pinpoints or max_tiles, not both")
     if out.get("pinpoints"):
         out["max_tiles"] = None
+    if out.get("layout") == "single" and out.get("thumbnail") is False:
+        problems.append("vision.thumbnail: false leaves a single-layout image no tokens (its one view is the "
+                        "thumbnail); remove it, or use layout: anyres")
     if "max_tiles" in raw and raw["max_tiles"] is None and not out.get("pinpoints"):
         problems.append("vision.max_tiles: null needs pinpoints")
     return out

@@ -76,7 +76,8 @@ class HybridMLLM(nn.Module):
         return torch.cat(grids), torch.cat(prefixes)
 
     def encode_image(self, tiles: AnyresTiles) -> Tensor:
-        """Anyres tiles -> visual tokens (T, d_model): [CLS], thumbnail, unpadded grid with row ends."""
+        """Anyres tiles -> visual tokens (T, d_model): [CLS], thumbnail (unless left out), unpadded
+        grid with row ends."""
         return self._image_tokens(tiles, *self._encode(tiles.pixels, self.connector))
 
     def encode_video(self, clip: VideoClip) -> Tensor:
@@ -102,18 +103,20 @@ class HybridMLLM(nn.Module):
         return out
 
     def _image_tokens(self, tiles: AnyresTiles, grid: Tensor, prefix: Tensor) -> Tensor:
-        """grid (1 + R*C, gh, gw, d) from the connector, prefix (1 + R*C, P, d) -> (T, d)."""
+        """grid (1 + R*C, gh, gw, d) from the connector, prefix (1 + R*C, P, d) -> (T, d);
+        (R*C, ...) each when the tiles come without a thumbnail."""
         rows, cols = tiles.grid
+        thumb = torch.cat([prefix[0], grid[0].flatten(0, 1)]) if tiles.thumbnail else grid.new_zeros(0, grid.shape[-1])
         if rows * cols == 0:  # single layout: the thumbnail's tokens only
-            return torch.cat([prefix[0], grid[0].flatten(0, 1)])
-        big = tiles_to_grid(grid[1:], rows, cols)  # (R*gh, C*gw, d)
+            return thumb
+        big = tiles_to_grid(grid[1:] if tiles.thumbnail else grid, rows, cols)  # (R*gh, C*gw, d)
         big = unpad_features(big, tiles.content, tiles.canvas_size, rule=tiles.unpad,
                              image_size=tiles.image_size)  # (H', W', d)
         if self.grid_pos:
             big = with_cue(big)
         if self.image_newline is not None:
             big = torch.cat([big, self.image_newline.expand(big.shape[0], 1, -1)], dim=1)  # a row-end token per row
-        return torch.cat([prefix[0], grid[0].flatten(0, 1), big.flatten(0, 1)])
+        return torch.cat([thumb, big.flatten(0, 1)])
 
     def _video_tokens(self, grid: Tensor, prefix: Tensor) -> Tensor:
         """grid (F, gh', gw', d), prefix (F, P, d) -> (F * (P + gh'*gw' + 1), d)."""

@@ -47,13 +47,31 @@ class Block(nn.Module):
         return x + y, state, aux
 
 
+class ScaledEmbedding(nn.Embedding):
+    """A token embedding whose lookup is multiplied by `multiplier` (Gemma's sqrt(d_model),
+    Granite's ``embedding_multiplier``); a tied LM head uses the unscaled table."""
+
+    def __init__(self, vocab_size: int, d_model: int, *, multiplier: float = 1.0, device=None, dtype=None):
+        super().__init__(vocab_size, d_model, device=device, dtype=dtype)
+        self.multiplier = multiplier
+
+    def forward(self, ids: Tensor) -> Tensor:
+        """ids (...) -> (..., d_model)."""
+        out = super().forward(ids)
+        return out if self.multiplier == 1.0 else out * self.multiplier
+
+    def table(self) -> Tensor:
+        """What a lookup returns for every id, (vocab_size, d_model): the export's embedding table."""
+        return self.weight * self.multiplier
+
+
 class HybridLM(nn.Module):
     """Token embedding, blocks, final RMSNorm and LM head (optionally tied to the embedding)."""
 
     def __init__(self, vocab_size: int, d_model: int, blocks: list[Block], *, norm_eps: float = 1e-6,
-                 tie_embeddings: bool = True, device=None, dtype=None):
+                 tie_embeddings: bool = True, embedding_multiplier: float = 1.0, device=None, dtype=None):
         super().__init__()
-        self.embed = nn.Embedding(vocab_size, d_model, device=device, dtype=dtype)
+        self.embed = ScaledEmbedding(vocab_size, d_model, multiplier=embedding_multiplier, device=device, dtype=dtype)
         self.blocks = nn.ModuleList(blocks)
         self.norm = RMSNorm(d_model, eps=norm_eps, device=device, dtype=dtype)
         self.lm_head = nn.Linear(d_model, vocab_size, bias=False, device=device, dtype=dtype)

@@ -86,9 +86,10 @@ class VisualLoader:
         patch_grid = self.model.connector.out_grid(encoder.grid)
         if self.single:
             return patch_grid[0] * patch_grid[1] + encoder.num_prefix_tokens
+        thumbnail = self.vision.thumbnail
         n = num_visual_tokens(image_size, encoder.image_size, patch_grid, newline=self.vision.newline,
-                              unpad=self.vision.unpad, **self.tile_limits(overrides))
-        return n + encoder.num_prefix_tokens
+                              unpad=self.vision.unpad, thumbnail=thumbnail, **self.tile_limits(overrides))
+        return n + (encoder.num_prefix_tokens if thumbnail else 0)
 
     def frame_tokens(self) -> int:
         gh, gw = self.model.video_connector.out_grid(self.model.encoder.grid)
@@ -111,7 +112,8 @@ class VisualLoader:
         if self.single:
             return single_view(image, encoder.image_size, mean=encoder.mean, std=encoder.std), size
         grid = select_grid(image.size, encoder.image_size, **self.tile_limits(overrides))
-        tiles = anyres_tiles(image, encoder.image_size, grid, mean=encoder.mean, std=encoder.std, unpad=v.unpad)
+        tiles = anyres_tiles(image, encoder.image_size, grid, mean=encoder.mean, std=encoder.std, unpad=v.unpad,
+                             thumbnail=v.thumbnail)
         return tiles, size
 
     def _video(self, path: str, overrides: Overrides) -> tuple[Visual, ItemSize]:

@@ -192,3 +192,27 @@ def test_grid_cue_tells_every_row_from_every_other():
         unit = channels / channels.norm(dim=-1, keepdim=True)
         cosine = unit @ unit.T - torch.eye(len(unit), dtype=unit.dtype)
         assert cosine.abs().max() < 0.35, float(cosine.abs().max())
+
+
+
+def test_without_a_thumbnail_an_image_is_its_tile_grid_alone(pipeline, image):
+    """vision.thumbnail: false: the same grid tokens, without the thumbnail's in front, and the
+    count predicted from the image size alone."""
+    config = _tiny(thumbnail=False)
+    model, tokenizer = build_mllm(config, seed=0)
+    model.load_state_dict(pipeline.model.state_dict())
+    bare = Pipeline(model.eval(), tokenizer, config)
+    enc, img = model.encoder, Image.open(image).convert("RGB")
+    gh, gw = model.connector.out_grid(enc.grid)
+    for max_tiles in (1, 4, 16):
+        grid = select_grid(img.size, 32, max_tiles=max_tiles)
+        with torch.no_grad():
+            full = model.encode_image(anyres_tiles(img, 32, grid, mean=enc.mean, std=enc.std))
+            tiles = anyres_tiles(img, 32, grid, mean=enc.mean, std=enc.std, thumbnail=False)
+            alone = model.encode_image(tiles)
+        assert tiles.pixels.shape[0] == grid[0] * grid[1]
+        torch.testing.assert_close(alone, full[gh * gw:])
+        batch, _ = bare.prepare([Request("What?", images=[image])], Overrides(max_tiles=max_tiles))
+        assert batch.n_visual[0] == alone.shape[0] == bare.visuals.image_tokens(img.size, Overrides(max_tiles=max_tiles))
+    with pytest.raises(HybridError, match="vision.thumbnail: false leaves a single-layout image no tokens"):
+        _tiny(layout="single", thumbnail=False)

@@ -104,3 +104,21 @@ def test_training_step_reduces_loss(model):
 
 def test_tied_embeddings_share_storage(model):
     assert model.lm_head.weight.data_ptr() == model.embed.weight.data_ptr()
+
+
+@torch.no_grad()
+def test_embedding_multiplier_scales_the_lookup_not_the_tied_head():
+    """model.embedding_multiplier (Gemma's sqrt(d_model), Granite's embedding_multiplier)."""
+    import yaml
+
+    from hybrid_mllm.core.config import parse_config
+
+    raw = yaml.safe_load(resolve_config_path("hybrid-tiny").read_text())
+    plain = build_model(parse_config(raw), seed=0).eval()
+    raw["model"]["embedding_multiplier"] = 4.0
+    scaled = build_model(parse_config(raw), seed=0).eval()
+    ids = _ids(1, 6)
+    torch.testing.assert_close(scaled.embed(ids), 4.0 * plain.embed(ids))
+    torch.testing.assert_close(scaled.embed.table(), 4.0 * plain.embed.weight)
+    assert scaled.lm_head.weight is scaled.embed.weight
+    torch.testing.assert_close(scaled(ids).logits, plain(inputs_embeds=4.0 * plain.embed(ids)).logits)

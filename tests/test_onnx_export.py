@@ -32,11 +32,12 @@ TOL = 1e-4
 @pytest.fixture(scope="module")
 def export(tmp_path_factory):
     """(root, checkpoint dir, export dir): mllm-tiny cut to 3 layers (Mamba, attention, Mamba)
-    with MoE in the middle, exported by the CLI."""
+    with MoE in the middle and scaled token embeddings, exported by the CLI."""
     root = tmp_path_factory.mktemp("onnx")
     text = (PRESET_DIR / "mllm-tiny.yaml").read_text()
     text = text.replace("  n_layer: 4\n  layers: [mamba, mamba, attention, mamba]",
                         "  n_layer: 3\n  layers: [mamba, attention, mamba]\n  ffn_layers: [mlp, moe, mlp]\n"
+                        "  embedding_multiplier: 3.0\n"
                         "  moe: {n_experts: 4, top_k: 2, d_hidden: 128}")
     (root / "config.yaml").write_text(text)
     config = load_config(root / "config.yaml")

@@ -43,7 +43,8 @@ class AnyresTiles:
     """An image ready for the encoder.
 
     pixels:  (1 + rows*cols, 3, tile, tile) float32, normalised; [0] is the thumbnail,
-             then the tiles of the canvas in row-major order.
+             then the tiles of the canvas in row-major order ((rows*cols, ...) without
+             the thumbnail: `thumbnail` False).
     grid:    (rows, cols); (0, 0) for `single_view`, whose pixels are the thumbnail only.
     content: (top, left, height, width) of the image on the padded canvas; the rest is padding.
     image_size: (width, height) of the image before resizing.
@@ -55,6 +56,7 @@ class AnyresTiles:
     content: Box
     image_size: tuple[int, int] = (0, 0)
     unpad: str = "touched"
+    thumbnail: bool = True
 
     @property
     def canvas_size(self) -> tuple[int, int]:
@@ -90,8 +92,9 @@ def select_grid(image_size: Sequence[int], tile_size: int, *, max_tiles: int | N
 
 
 def anyres_tiles(image: Image.Image, tile_size: int, grid: Grid, *, mean: Sequence[float],
-                 std: Sequence[float], unpad: str = "touched") -> AnyresTiles:
-    """Thumbnail + tiles of an RGB image on a `grid` (from `select_grid`); see `AnyresTiles`."""
+                 std: Sequence[float], unpad: str = "touched", thumbnail: bool = True) -> AnyresTiles:
+    """Thumbnail (unless `thumbnail` is False) + tiles of an RGB image on a `grid` (from
+    `select_grid`); see `AnyresTiles`."""
     rows, cols = grid
     top, left, height, width = content = _fit(image.size, (cols * tile_size, rows * tile_size))
     canvas = torch.zeros(3, rows * tile_size, cols * tile_size)  # the mean colour, normalised
@@ -100,9 +103,10 @@ def anyres_tiles(image: Image.Image, tile_size: int, grid: Grid, *, mean: Sequen
     tiles = (canvas.view(3, rows, tile_size, cols, tile_size)
              .permute(1, 3, 0, 2, 4)
              .reshape(rows * cols, 3, tile_size, tile_size))
-    thumbnail = normalize(image, tile_size, mean, std)
-    return AnyresTiles(pixels=torch.cat([thumbnail[None], tiles]), grid=(rows, cols), content=content,
-                       image_size=image.size, unpad=unpad)
+    if thumbnail:
+        tiles = torch.cat([normalize(image, tile_size, mean, std)[None], tiles])
+    return AnyresTiles(pixels=tiles, grid=(rows, cols), content=content, image_size=image.size, unpad=unpad,
+                       thumbnail=thumbnail)
 
 
 def single_view(image: Image.Image, tile_size: int, *, mean: Sequence[float], std: Sequence[float]) -> AnyresTiles:
@@ -116,7 +120,7 @@ def tiles_to_grid(tile_features: Tensor, rows: int, cols: int) -> Tensor:
     n, gh, gw, d = tile_features.shape
     if n != rows * cols:
         raise ValueError(f"tiles_to_grid: got {n} tiles for a {rows}x{cols} grid; pass the tiles "
-                         "without the thumbnail (pixels[1:] of AnyresTiles)")
+                         "without the thumbnail")
     return tile_features.view(rows, cols, gh, gw, d).permute(0, 2, 1, 3, 4).reshape(rows * gh, cols * gw, d)
 
 
@@ -135,11 +139,12 @@ def unpad_features(grid_features: Tensor, content: Box, canvas_size: tuple[int, 
 
 def num_visual_tokens(image_size: Sequence[int], tile_size: int, patch_grid: int | Sequence[int], *,
                       max_tiles: int | None = None, pinpoints: Sequence[Sequence[int]] | None = None,
-                      newline: bool, unpad: str = "touched") -> int:
+                      newline: bool, unpad: str = "touched", thumbnail: bool = True) -> int:
     """Tokens an image of `image_size` (width, height) becomes.
 
     patch_grid: features per tile side, an int or (gh, gw) (after the connector, if it
-    pools). Thumbnail gh*gw + unpadded grid H'*W' + H' row-end newlines if `newline`.
+    pools). Thumbnail gh*gw (if `thumbnail`) + unpadded grid H'*W' + H' row-end newlines
+    if `newline`.
     """
     gh, gw = (patch_grid, patch_grid) if isinstance(patch_grid, int) else patch_grid
     rows, cols = select_grid(image_size, tile_size, max_tiles=max_tiles, pinpoints=pinpoints)
@@ -147,7 +152,7 @@ def num_visual_tokens(image_size: Sequence[int], tile_size: int, patch_grid: int
     content = _fit(_size(image_size), (canvas[1], canvas[0]))
     (r0, r1), (c0, c1) = _span(content, canvas, (rows * gh, cols * gw), unpad, _size(image_size))
     height, width = r1 - r0, c1 - c0
-    return gh * gw + height * width + (height if newline else 0)
+    return (gh * gw if thumbnail else 0) + height * width + (height if newline else 0)
 
 
 def _fit(image_size: tuple[int, int], canvas_size: tuple[int, int]) -> Box:

@@ -88,7 +88,7 @@ def _write_all(model: HybridMLLM, exported: HybridMLLM, tokenizer, config, tmp: 
         log("adding the standard-op definition of hybrid::SelectiveScan")
         standard_ops.attach_definitions(tmp / "decoder.onnx", opset, DTYPES[dtype])
     graphs = {"decoder": {"file": "decoder.onnx", **decoder}}
-    np.save(tmp / "embed_tokens.npy", lm.embed.weight.detach().numpy())
+    np.save(tmp / "embed_tokens.npy", lm.embed.table().detach().numpy())
     vision = None
     if exported.has_vision:
         log("exporting the vision encoder and connectors")
