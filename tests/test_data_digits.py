@@ -17,16 +17,16 @@ from hybrid_mllm.train.data_digits import (MAX_INDEX, TILE_PX, TRAIN_GRIDS, Data
                                            _render_frame, _render_page, blind_share, make_digits_dataset)
 
 SIZES = {"train_images": 40, "eval_images": 12, "train_videos": 16, "eval_videos": 6}
-IMAGE_SPLITS = ("train", "eval_low", "eval_high")
-VIDEO_SPLITS = ("video_train", "video_eval_low", "video_eval_high")
+IMAGE_SPLITS = ("train", "eval_low", "eval_high", "eval_huge")
+VIDEO_SPLITS = ("video_train", "video_eval_low", "video_eval_high", "video_eval_huge")
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("digits") / "out"
     counts = make_digits_dataset(out, seed=3, progress=False, **SIZES)
-    assert counts == {"train": 40, "eval_low": 12, "eval_high": 12, "video_train": 16, "video_eval_low": 6,
-                      "video_eval_high": 6}
+    assert counts == {"train": 40, "eval_low": 12, "eval_high": 12, "eval_huge": 12, "video_train": 16,
+                      "video_eval_low": 6, "video_eval_high": 6, "video_eval_huge": 6}
     return out
 
 
@@ -54,11 +54,11 @@ def test_lines_parse_and_reference_existing_files(dataset):
             human, gpt = record["conversations"]
             assert human["from"] == "human" and gpt["from"] == "gpt"
             if split in IMAGE_SPLITS:
-                assert human["value"].startswith("<image>\n")
+                assert human["value"].endswith("?\n<image>") or human["value"].endswith(".\n<image>")
                 assert (dataset / record["image"]).is_file()
                 assert not Path(record["image"]).is_absolute()
             else:
-                assert human["value"].startswith("<video>\n")
+                assert human["value"].endswith("?\n<video>")
                 names = [p.name for p in _frame_files(dataset, record)]
                 assert names == [f"frame_{k:03d}.png" for k in range(len(record["frames"]))]
             assert record["id"] in (record.get("image") or record["video"])
@@ -86,7 +86,7 @@ def _a(digit: str) -> str:
 
 def _recompute(record: dict) -> str:
     """The answer from the question text and the recorded labels alone."""
-    question = record["conversations"][0]["value"].split("\n", 1)[1]
+    question = record["conversations"][0]["value"].rsplit("\n", 1)[0]  # the question, then the placeholder
     qtype = record["qtype"]
     if qtype in ("digit_at", "read_row", "count"):
         grid = np.array(record["grid"])
@@ -139,7 +139,7 @@ def test_train_and_eval_use_disjoint_digit_images(dataset):
                 for i in np.ravel(record["source"])}
 
     train = used(("train", "video_train"))
-    evaluation = used(("eval_low", "eval_high", "video_eval_low", "video_eval_high"))
+    evaluation = used(IMAGE_SPLITS[1:] + VIDEO_SPLITS[1:])
     assert train and evaluation and not train & evaluation
 
 
@@ -149,7 +149,7 @@ def _tiles_at_full_resolution(size: tuple[int, int]) -> int:
     return rows * cols
 
 
-def test_training_images_fit_four_tiles_and_high_ones_need_sixteen(dataset):
+def test_training_images_fit_four_tiles_high_ones_need_sixteen_and_huge_ones_64(dataset):
     for split in ("train", "eval_low"):
         for record in _lines(dataset, split):
             width, height = _size(dataset, record)
@@ -158,11 +158,15 @@ def test_training_images_fit_four_tiles_and_high_ones_need_sixteen(dataset):
             # pages are whole tiles, so anyres shows them unscaled: one 16 px cell per encoder patch
             assert (rows * TILE_PX, cols * TILE_PX) == (height, width), (record["id"], width, height)
     for record in _lines(dataset, "eval_high"):
-        assert _tiles_at_full_resolution(_size(dataset, record)) >= 16, record["id"]
+        assert _tiles_at_full_resolution(_size(dataset, record)) == 16, record["id"]
+    for record in _lines(dataset, "eval_huge"):
+        assert _tiles_at_full_resolution(_size(dataset, record)) == 64, record["id"]
 
 
 def test_video_frames_are_one_tile_and_clip_lengths_follow_the_split(dataset):
-    for split, (low, high) in {"video_train": (2, 8), "video_eval_low": (2, 8), "video_eval_high": (32, 32)}.items():
+    lengths = {"video_train": (2, 8), "video_eval_low": (2, 8), "video_eval_high": (32, 32),
+               "video_eval_huge": (128, 128)}
+    for split, (low, high) in lengths.items():
         for record in _lines(dataset, split):
             assert low <= len(record["frames"]) <= high
             assert load_image(_frame_files(dataset, record)[-1]).size == (TILE_PX, TILE_PX)
@@ -197,7 +201,7 @@ def test_same_seed_gives_identical_files(dataset, tmp_path):
 
 def test_eval_sets_do_not_depend_on_the_train_sizes(dataset, tmp_path):
     make_digits_dataset(tmp_path / "more", seed=3, progress=False, **{**SIZES, "train_images": 5})
-    for split in ("eval_low", "eval_high", "video_eval_high"):
+    for split in ("eval_low", "eval_high", "eval_huge", "video_eval_high", "video_eval_huge"):
         assert (tmp_path / "more" / f"{split}.jsonl").read_bytes() == (dataset / f"{split}.jsonl").read_bytes()
 
 
@@ -218,8 +222,9 @@ def test_refuses_an_existing_folder_unless_forced(tmp_path):
 
 def test_bad_settings_are_reported_together(tmp_path):
     with pytest.raises(DataError) as e:
-        make_digits_dataset(tmp_path / "out", seed=0, train_images=-1, high_frames=4, eval_fraction=1.5)
-    assert "train_images=-1" in str(e.value) and "high_frames=4" in str(e.value)
+        make_digits_dataset(tmp_path / "out", seed=0, train_images=-1, high_frames=4, huge_frames=8,
+                            eval_fraction=1.5)
+    assert "train_images=-1" in str(e.value) and "high_frames=4" in str(e.value) and "huge_frames=8" in str(e.value)
     assert "eval_fraction=1.5" in str(e.value)
     assert not (tmp_path / "out").exists()
 
@@ -237,10 +242,11 @@ def test_cli_help_exits_zero(argv, capsys):
 def test_cli_writes_then_refuses_without_force(tmp_path, capsys):
     out = tmp_path / "d"
     argv = ["digits", str(out), "--train-images", "2", "--eval-images", "1", "--train-videos", "1",
-            "--eval-videos", "1", "--high-frames", "9"]
+            "--eval-videos", "1", "--high-frames", "9", "--huge-frames", "12"]
     assert run_cli(cli_data.main, argv) == 0
     assert "wrote" in capsys.readouterr().out
     assert len(_lines(out, "video_eval_high")[0]["frames"]) == 9
+    assert len(_lines(out, "video_eval_huge")[0]["frames"]) == 12
     assert run_cli(cli_data.main, argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: DataError:") and "already exists" in err and len(err.splitlines()) == 1

@@ -14,26 +14,30 @@ Documents. A rows x cols grid of cells. The encoder tile is 32 px, i.e. 2x2 digi
   to 4x4 digits (64x64 px), and also the tall / wide 8x2 and 2x8 ones (32x128 px), so that every
   row and column index 1..8 occurs in training.
 - eval_high: 7x7, 7x8, 8x7 and 8x8 grids (112..128 px a side: 16 tiles, 4x the training size).
-  Questions ask only about row / column indices 1..8, which training covers: a prototype found
-  that indices never seen in training do not transfer (20-30 % accuracy). A (row, column) pair
-  such as (6, 6) occurs only in big grids, although both of its indices occur in training.
+- eval_huge: 15x15 .. 16x16 grids (240..256 px a side: 64 tiles, 16x the training size).
+  Questions in every split ask only about row / column indices 1..8, which training covers:
+  indices never seen in training do not transfer. A (row, column) pair such as (6, 6) occurs
+  only in big grids, although both of its indices occur in training.
 
 Videos. A folder of 32x32 px frames (one encoder tile each), ``frame_000.png``, ``frame_001.png``,
 ...; each frame shows one digit in a centred 16 px cell. Questions count frames from 1: frame k
 is ``frame_{k-1:03d}.png``.
 - video_train, video_eval_low: clips of 2..8 frames.
-- video_eval_high: clips of `high_frames` (default 32) frames. `frame_digit` and `first_frame`
-  ask only about frames 1..8, the indices training covers; `count_frames` needs every frame.
-  Load these clips with all their frames (``load_video(path, max_frames=None)``).
+- video_eval_high, video_eval_huge: clips of `high_frames` (default 32) and `huge_frames`
+  (default 128) frames. `frame_digit` and `first_frame` ask only about frames 1..8, the indices
+  training covers; `count_frames` needs every frame. Load these clips with all their frames
+  (``load_video(path, max_frames=None)``).
 
-Questions, one per sample, with short answers:
+Questions, one per sample, with short answers; the question comes before the image or video
+(``"What digit is in row 2, column 3?\n<image>"``), so a model reads the page knowing what it
+looks for (a recurrent layer cannot look back at the page once it has passed it):
   digit_at      "What digit is in row 2, column 3?"        -> "7"
   read_row      "Read row 2."                               -> "3914" (left to right)
   count         "How many 7s are there?"                    -> "2" (digit drawn from 0..9: 0 occurs)
   frame_digit   "Which digit appears in frame 3?"           -> "4"
   count_frames  "How many frames show a 3?"                 -> "2" (digit drawn from 0..9: 0 occurs)
   first_frame   "In which frame does a 5 first appear?"     -> "6" (the digit always appears)
-Counts in the high splits go beyond any training answer (more cells, more frames): they measure
+Counts in the high and huge splits go beyond any training answer (more cells, more frames): they measure
 extrapolation, and are reported as such.
 
 Splits are disjoint in the digit images: a seeded permutation of the 1797 digits gives a train
@@ -69,6 +73,7 @@ MAX_INDEX = 8  # the largest row, column or frame number any question asks about
 TRAIN_MAX_TILES = 4
 TRAIN_FRAMES = (2, MAX_INDEX)  # clip lengths of video_train and video_eval_low, inclusive
 HIGH_GRIDS = ((7, 7), (7, 8), (8, 7), (8, 8))
+HUGE_GRIDS = ((15, 15), (15, 16), (16, 15), (16, 16))
 IMAGE_QTYPES = {"digit_at": 2, "read_row": 1, "count": 1}  # relative weights; position questions
 VIDEO_QTYPES = {"frame_digit": 2, "count_frames": 1, "first_frame": 1}  # are what resolution tests
 
@@ -78,6 +83,8 @@ DEFAULT_EVAL_IMAGES = 300
 DEFAULT_TRAIN_VIDEOS = 2000
 DEFAULT_EVAL_VIDEOS = 200
 DEFAULT_HIGH_FRAMES = 32
+DEFAULT_HUGE_FRAMES = 128
+FORMAT_VERSION = 2  # 2: question before the placeholder; eval_huge / video_eval_huge
 DEFAULT_EVAL_FRACTION = 0.2
 
 _PAPER = 255
@@ -105,38 +112,39 @@ class _Split:
     kind: str  # "image" or "video"
     count: int
     pool: str  # "train" or "eval"
-    high: bool
+    size: str  # "low" (training sizes), "high" or "huge"
     stream: int  # which random stream of the seed it draws from
 
 
 def make_digits_dataset(out_dir, *, seed: int = DEFAULT_SEED, train_images: int = DEFAULT_TRAIN_IMAGES,
                         eval_images: int = DEFAULT_EVAL_IMAGES, train_videos: int = DEFAULT_TRAIN_VIDEOS,
                         eval_videos: int = DEFAULT_EVAL_VIDEOS, high_frames: int = DEFAULT_HIGH_FRAMES,
-                        eval_fraction: float = DEFAULT_EVAL_FRACTION, force: bool = False,
-                        progress: bool = True) -> dict[str, int]:
+                        huge_frames: int = DEFAULT_HUGE_FRAMES, eval_fraction: float = DEFAULT_EVAL_FRACTION,
+                        force: bool = False, progress: bool = True) -> dict[str, int]:
     """Write the digits dataset (see the module docstring) to `out_dir`; returns {split: samples}.
 
-    eval_images / eval_videos are per eval split (low and high). The folder is built next to
+    eval_images / eval_videos are per eval split (low, high and huge). The folder is built next to
     `out_dir` and renamed into place at the end, so `out_dir` is either complete or absent; an
     existing `out_dir` is replaced only with `force`. Same arguments -> identical files.
     """
     out = Path(out_dir)
     sizes = {"train_images": train_images, "eval_images": eval_images, "train_videos": train_videos,
              "eval_videos": eval_videos}
-    _check_settings(seed, sizes, high_frames, eval_fraction)
+    frames = {"high": high_frames, "huge": huge_frames}
+    _check_settings(seed, sizes, frames, eval_fraction)
     splits = _splits(**sizes)
     _check_target(out, force)
     images, labels = _load_digits()
     pools = _pools(len(labels), eval_fraction, seed)
-    _check_pools(pools, high_frames)
+    _check_pools(pools, frames)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f"{out.name}.tmp-{uuid.uuid4().hex[:8]}")
     tmp.mkdir()
     try:
         (tmp / "images").mkdir()
         (tmp / "videos").mkdir()
-        qtypes = _write_splits(tmp, splits, seed, pools, _ink(images), labels, high_frames, progress)
-        meta = _meta(seed, sizes, splits, pools, qtypes, high_frames, eval_fraction)
+        qtypes = _write_splits(tmp, splits, seed, pools, _ink(images), labels, frames, progress)
+        meta = _meta(seed, sizes, splits, pools, qtypes, frames, eval_fraction)
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
         _move_into_place(tmp, out)
     except BaseException:
@@ -145,18 +153,37 @@ def make_digits_dataset(out_dir, *, seed: int = DEFAULT_SEED, train_images: int 
     return {s.name: s.count for s in splits}
 
 
+def written_with(out_dir, *, seed: int = DEFAULT_SEED, **settings) -> bool:
+    """Whether `out_dir` holds a complete data set of this format made with `seed` and these
+    `make_digits_dataset` settings (the ones left out at their defaults)."""
+    meta = Path(out_dir) / "meta.json"
+    if not meta.is_file():
+        return False
+    try:
+        old = json.loads(meta.read_text())
+    except (OSError, ValueError):
+        return False
+    wanted = {"train_images": DEFAULT_TRAIN_IMAGES, "eval_images": DEFAULT_EVAL_IMAGES,
+              "train_videos": DEFAULT_TRAIN_VIDEOS, "eval_videos": DEFAULT_EVAL_VIDEOS,
+              "high_frames": DEFAULT_HIGH_FRAMES, "huge_frames": DEFAULT_HUGE_FRAMES,
+              "eval_fraction": DEFAULT_EVAL_FRACTION, **settings}
+    return old.get("format_version") == FORMAT_VERSION and old.get("seed") == seed and old.get("settings") == wanted
+
+
 # --- settings --------------------------------------------------------------------------------------
 
 def _splits(train_images: int, eval_images: int, train_videos: int, eval_videos: int) -> list[_Split]:
-    return [_Split("train", "image", train_images, "train", False, 1),
-            _Split("eval_low", "image", eval_images, "eval", False, 2),
-            _Split("eval_high", "image", eval_images, "eval", True, 3),
-            _Split("video_train", "video", train_videos, "train", False, 4),
-            _Split("video_eval_low", "video", eval_videos, "eval", False, 5),
-            _Split("video_eval_high", "video", eval_videos, "eval", True, 6)]
+    return [_Split("train", "image", train_images, "train", "low", 1),
+            _Split("eval_low", "image", eval_images, "eval", "low", 2),
+            _Split("eval_high", "image", eval_images, "eval", "high", 3),
+            _Split("eval_huge", "image", eval_images, "eval", "huge", 7),
+            _Split("video_train", "video", train_videos, "train", "low", 4),
+            _Split("video_eval_low", "video", eval_videos, "eval", "low", 5),
+            _Split("video_eval_high", "video", eval_videos, "eval", "high", 6),
+            _Split("video_eval_huge", "video", eval_videos, "eval", "huge", 8)]
 
 
-def _check_settings(seed: int, sizes: dict[str, int], high_frames: int, eval_fraction: float) -> None:
+def _check_settings(seed: int, sizes: dict[str, int], frames: dict[str, int], eval_fraction: float) -> None:
     """Every problem with the arguments, in one error."""
     problems = []
     if not isinstance(seed, int) or seed < 0:
@@ -164,9 +191,11 @@ def _check_settings(seed: int, sizes: dict[str, int], high_frames: int, eval_fra
     for name, size in sizes.items():
         if not isinstance(size, int) or size < 0:
             problems.append(f"{name}={size!r}: use a non-negative integer (0 writes an empty file)")
-    if not isinstance(high_frames, int) or high_frames <= TRAIN_FRAMES[1]:
-        problems.append(f"high_frames={high_frames!r}: eval_high clips must be longer than the training "
-                        f"clips ({TRAIN_FRAMES[1]} frames); use e.g. {DEFAULT_HIGH_FRAMES}")
+    for size, default in (("high", DEFAULT_HIGH_FRAMES), ("huge", DEFAULT_HUGE_FRAMES)):
+        n = frames[size]
+        if not isinstance(n, int) or n <= TRAIN_FRAMES[1]:
+            problems.append(f"{size}_frames={n!r}: video_eval_{size} clips must be longer than the training "
+                            f"clips ({TRAIN_FRAMES[1]} frames); use e.g. {default}")
     if not 0 < eval_fraction < 1:
         problems.append(f"eval_fraction={eval_fraction!r}: use a fraction between 0 and 1, "
                         f"e.g. {DEFAULT_EVAL_FRACTION}")
@@ -185,10 +214,11 @@ def _check_target(out: Path, force: bool) -> None:
                         "--force (force=True)")
 
 
-def _check_pools(pools: dict[str, np.ndarray], high_frames: int) -> None:
+def _check_pools(pools: dict[str, np.ndarray], frames: dict[str, int]) -> None:
     """Samples use distinct digit images, so each pool must hold the most digits one sample needs."""
     needs = {"train": (max(max(r * c for r, c in TRAIN_GRIDS), TRAIN_FRAMES[1]), "lower eval_fraction"),
-             "eval": (max(max(r * c for r, c in HIGH_GRIDS), high_frames), "raise eval_fraction or lower high_frames")}
+             "eval": (max(max(r * c for r, c in HUGE_GRIDS), *frames.values()),
+                      "raise eval_fraction or lower high_frames / huge_frames")}
     for name, (need, fix) in needs.items():
         if len(pools[name]) < need:
             raise DataError(f"the {name} pool has {len(pools[name])} of the 1797 digit images but one sample "
@@ -284,8 +314,9 @@ def _pick(rng: np.random.Generator, weights: dict[str, int]) -> str:
 
 
 def _image_question(rng: np.random.Generator, grid: np.ndarray, qtype: str) -> tuple[str, str, dict]:
-    """(question, answer, ask) about a (rows, cols) grid of digit labels."""
-    rows, cols = grid.shape
+    """(question, answer, ask) about a (rows, cols) grid of digit labels; rows and columns
+    asked stay <= 8."""
+    rows, cols = min(grid.shape[0], MAX_INDEX), min(grid.shape[1], MAX_INDEX)
     if qtype == "digit_at":
         r, c = int(rng.integers(rows)), int(rng.integers(cols))
         return f"What digit is in row {r + 1}, column {c + 1}?", str(grid[r, c]), {"row": r + 1, "col": c + 1}
@@ -311,7 +342,7 @@ def _video_question(rng: np.random.Generator, frames: np.ndarray, qtype: str) ->
 
 
 def _conversation(placeholder: str, question: str, answer: str) -> list[dict]:
-    return [{"from": "human", "value": f"{placeholder}\n{question}"}, {"from": "gpt", "value": answer}]
+    return [{"from": "human", "value": f"{question}\n{placeholder}"}, {"from": "gpt", "value": answer}]
 
 
 def blind_share(record: dict) -> float | None:
@@ -335,11 +366,11 @@ class _Context:
     root: Path
     ink: np.ndarray  # (1797, 12, 12) uint8
     labels: np.ndarray  # (1797,)
-    high_frames: int
+    frames: dict[str, int]  # clip length of the high and huge splits
 
 
 def _image_record(ctx: _Context, sid: str, split: _Split, rng: np.random.Generator, pool: np.ndarray) -> dict:
-    shapes = HIGH_GRIDS if split.high else TRAIN_GRIDS
+    shapes = {"low": TRAIN_GRIDS, "high": HIGH_GRIDS, "huge": HUGE_GRIDS}[split.size]
     rows, cols = shapes[rng.integers(len(shapes))]
     source = rng.choice(pool, size=(rows, cols), replace=False)
     grid = ctx.labels[source]
@@ -352,7 +383,7 @@ def _image_record(ctx: _Context, sid: str, split: _Split, rng: np.random.Generat
 
 
 def _video_record(ctx: _Context, sid: str, split: _Split, rng: np.random.Generator, pool: np.ndarray) -> dict:
-    low, high = (ctx.high_frames, ctx.high_frames) if split.high else TRAIN_FRAMES
+    low, high = TRAIN_FRAMES if split.size == "low" else (ctx.frames[split.size],) * 2
     source = rng.choice(pool, size=int(rng.integers(low, high + 1)), replace=False)
     frames = ctx.labels[source]
     qtype = _pick(rng, VIDEO_QTYPES)
@@ -366,9 +397,9 @@ def _video_record(ctx: _Context, sid: str, split: _Split, rng: np.random.Generat
 
 
 def _write_splits(root: Path, splits: list[_Split], seed: int, pools: dict[str, np.ndarray], ink: np.ndarray,
-                  labels: np.ndarray, high_frames: int, progress: bool) -> dict[str, dict[str, int]]:
+                  labels: np.ndarray, frames: dict[str, int], progress: bool) -> dict[str, dict[str, int]]:
     """Write every split's samples and JSONL file; returns {split: {qtype: samples}}."""
-    ctx = _Context(root, ink, labels, high_frames)
+    ctx = _Context(root, ink, labels, frames)
     qtypes = {}
     with tqdm(total=sum(s.count for s in splits), unit="sample", disable=None if progress else True) as bar:
         for split in splits:
@@ -387,37 +418,40 @@ def _write_splits(root: Path, splits: list[_Split], seed: int, pools: dict[str, 
 
 
 def _meta(seed: int, sizes: dict[str, int], splits: list[_Split], pools: dict[str, np.ndarray], qtypes: dict,
-          high_frames: int, eval_fraction: float) -> dict:
+          frames: dict[str, int], eval_fraction: float) -> dict:
     """meta.json: everything needed to understand, regenerate and evaluate the dataset."""
     train_grids = [f"{r}x{c}" for r, c in TRAIN_GRIDS]
     return {
         "generator": "hybrid-data digits",
-        "format_version": 1,
+        "format_version": FORMAT_VERSION,
         "seed": seed,
-        "settings": {**sizes, "high_frames": high_frames, "eval_fraction": eval_fraction},
+        "settings": {**sizes, "high_frames": frames["high"], "huge_frames": frames["huge"],
+                     "eval_fraction": eval_fraction},
         "rendering": {"digits": "sklearn.datasets.load_digits(): 1797 images of 8x8, intensities 0..16",
                       "digit_px": DIGIT_PX, "cell_px": CELL_PX, "tile_px": TILE_PX,
                       "style": "dark ink (0) on white paper (255), 8-bit grayscale PNG",
                       "upscaling": "bilinear, half-pixel centres, 0..16 -> 0..255"},
         "grids": {"shape": "ROWSxCOLS of digits", "train": train_grids, "eval_low": train_grids,
-                  "eval_high": [f"{r}x{c}" for r, c in HIGH_GRIDS]},
+                  "eval_high": [f"{r}x{c}" for r, c in HIGH_GRIDS],
+                  "eval_huge": [f"{r}x{c}" for r, c in HUGE_GRIDS]},
         "clip_frames": {"video_train": list(TRAIN_FRAMES), "video_eval_low": list(TRAIN_FRAMES),
-                        "video_eval_high": [high_frames, high_frames]},
+                        "video_eval_high": [frames["high"]] * 2, "video_eval_huge": [frames["huge"]] * 2},
         "qtype_weights": {"image": IMAGE_QTYPES, "video": VIDEO_QTYPES},
         "asked_indices": f"rows, columns and frames 1..{MAX_INDEX} in every split",
         "pools": {name: len(pool) for name, pool in pools.items()},
         "counts": {s.name: s.count for s in splits},
         "qtypes": qtypes,
         "notes": [
-            (f"eval_high asks only about row, column and frame numbers 1..{MAX_INDEX}, all of which occur in "
+            (f"Every split asks only about row, column and frame numbers 1..{MAX_INDEX}, all of which occur in "
              "training (rows 5..8 in the tall 5x1 .. 8x2 grids, columns 5..8 in the wide 1x5 .. 2x8 grids, "
-             "frames in 8-frame clips): a prototype found that indices never seen in training do not transfer."),
-            ("In eval_high, a (row, column) pair with both numbers >= 3 and at least one >= 5 occurs in no "
+             "frames in 8-frame clips): indices never seen in training do not transfer."),
+            ("Questions come before their <image> / <video> placeholder."),
+            ("In eval_high and eval_huge, a (row, column) pair with both numbers >= 3 and at least one >= 5 occurs in no "
              "training grid (see 'grids'); split digit_at accuracy by 'ask' to see whether pairs transfer."),
-            ("count and count_frames in the high splits have more cells / frames than any training sample: "
+            ("count and count_frames in the high and huge splits have more cells / frames than any training sample: "
              "their answers measure extrapolation in counting."),
-            ("Videos are folders of frames; frame k of a question is frame_{k-1:03d}.png. Load the eval_high "
-             "clips with all their frames (load_video(path, max_frames=None))."),
+            ("Videos are folders of frames; frame k of a question is frame_{k-1:03d}.png. Load the high and "
+             "huge clips with all their frames (load_video(path, max_frames=None))."),
             ("Train and eval samples draw digit images from disjoint pools ('pools'); 'source' in each line "
              "lists the indices into load_digits() it uses."),
         ],
