@@ -173,8 +173,7 @@ def _import_tokenizers():
     try:
         import tokenizers
     except ImportError as exc:
-        raise TokenizerError("the 'hf' tokenizer needs the tokenizers package: pip install tokenizers "
-                             "(or pip install 'hybrid-mllm[text]')") from exc
+        raise TokenizerError("the 'hf' tokenizer needs the tokenizers package: pip install tokenizers") from exc
     return tokenizers
 
 
