@@ -35,6 +35,18 @@ def test_two_stages_train_the_chosen_parts(tmp_path):
     assert len(losses(tmp_path / "run", "finetune")) == 4
 
 
+def test_aligning_to_an_untrained_lm_is_warned_about_once(tmp_path, capsys):
+    """LLaVA's connector-only stage 1 needs a pretrained LM: from random weights it says so."""
+    config, train = load_train_config(str(write_config(tmp_path, steps=(1, 1))), [])
+    run_training(config, train)
+    warning = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert warning == [warning[0]] and "stage 'align' trains the connector against an LM that has never been " \
+                                      "trained" in warning[0] and "--init" in warning[0]
+    init = tmp_path / "run" / "stage-align" / "final"
+    run_training(config, train, init=init)
+    assert "never been trained" not in capsys.readouterr().err
+
+
 def test_loss_goes_down_when_overfitting(tmp_path):
     config, train = load_train_config(str(write_config(tmp_path, steps=(1, 30))), [])
     run_training(config, train)

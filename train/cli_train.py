@@ -74,6 +74,7 @@ def run_training(config: Config, train: TrainConfig, *, only: int | None = None,
         if index > 0 and (resume is None or index != indices[0]) and (init is None or index != indices[0]):
             _start_from_previous(model, train, index)
         run = _stage_run(model, tokenizer, config, train, index, dist)
+        run.lm_untrained = index == 0 and init is None and resume is None
         final = run.run(resume if index == indices[0] else None)
     return final
 

@@ -7,6 +7,7 @@ import contextlib
 import json
 import math
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,6 +116,7 @@ class StageRun:
     batches: object  # LengthGroupedBatches
     dist: DistInfo
     max_len: int
+    lm_untrained: bool = False  # the LM has random weights (no --init, no earlier stage)
 
     @property
     def stage_dir(self) -> Path:
@@ -124,6 +126,8 @@ class StageRun:
         if self.dist.main:
             remove_partial(self.stage_dir)  # what a killed run left mid-checkpoint (we hold the output lock)
         self._check_data_feeds_trainable()
+        if self.lm_untrained and self.dist.main:
+            self._warn_if_aligning_to_the_untrained_lm()
         set_trainable(self.model, self.stage.trainable)
         self.model.lm.activation_checkpointing = self.train.activation_checkpointing
         step_module = self._wrap()  # before the optimizer: FSDP replaces the parameters by shards
@@ -146,6 +150,14 @@ class StageRun:
             raise TrainError(f"stage '{self.stage.name}' trains only {self.stage.trainable}, but its data "
                              f"({self.stage.data}) has no images or videos, so nothing would learn; add 'lm' to "
                              "its trainable parts or give it image/video samples")
+
+    def _warn_if_aligning_to_the_untrained_lm(self) -> None:
+        """LLaVA's stage 1 trains the connector against a pretrained LM; against a random one it
+        teaches the connector nothing and can push the visual tokens off the LM's scale."""
+        if "connector" in self.stage.trainable and "lm" not in self.stage.trainable:
+            tqdm.write(f"warning: stage '{self.stage.name}' trains the connector against an LM that has never been "
+                       "trained (no --init): alignment needs a pretrained LM (hybrid-convert one, and pass it with "
+                       "--init), or train the LM in this stage too", file=sys.stderr)
 
     def _wrap(self) -> nn.Module:
         """The module the loop calls: the `LossStep`, under DDP or sharded by FSDP with several processes."""
