@@ -30,8 +30,10 @@ def first_question(record: Record) -> tuple[str, str]:
 def evaluate(pipeline: Pipeline, records: list[Record], raw: list[dict], *, overrides: Overrides,
              batch_size: int = 8, max_new_tokens: int = 16, progress: bool = True,
              prefill_chunk: int = PREFILL_CHUNK) -> tuple[list[dict], dict]:
-    """Returns per-sample rows and a summary (overall and per question type ``qtype``)."""
-    rows, t0 = [], time.perf_counter()
+    """Returns per-sample rows and a summary: scores overall and per question type ``qtype``,
+    the seconds in all, and of them ``prefill_seconds`` and ``decode_seconds`` in the language
+    model (over ``decode_steps`` batched decoding steps)."""
+    rows, t0, lm = [], time.perf_counter(), {"prefill_seconds": 0.0, "decode_seconds": 0.0, "decode_steps": 0}
     generation = GenerationConfig(max_new_tokens=max_new_tokens)
     all_questions = [first_question(r) for r in records]  # a record without one fails before any work
     for start in tqdm(range(0, len(records), batch_size), desc="eval", disable=not progress):
@@ -39,15 +41,19 @@ def evaluate(pipeline: Pipeline, records: list[Record], raw: list[dict], *, over
         questions = all_questions[start:start + batch_size]
         requests = [Request(q, images=r.images, videos=r.videos) for r, (q, _) in zip(chunk, questions)]
         result, batch = pipeline.answer(requests, generation, overrides=overrides, prefill_chunk=prefill_chunk)
+        lm["prefill_seconds"] += result.prefill_s
+        lm["decode_seconds"] += result.decode_s
+        lm["decode_steps"] += result.steps
         for i, (record, (question, answer)) in enumerate(zip(chunk, questions)):
             prediction = result.texts[i].strip()
             rows.append({"id": record.id, "qtype": raw[start + i].get("qtype", "all"), "question": question,
                          "answer": answer, "prediction": prediction, "exact_match": exact_match(prediction, [answer]),
                          "anls": anls(prediction, [answer]), "visual_tokens": batch.n_visual[i]})
-    return rows, summarize(rows, time.perf_counter() - t0)
+    return rows, {**summarize(rows, time.perf_counter() - t0), **lm}
 
 
 def summarize(rows: list[dict], seconds: float) -> dict:
+    """Scores overall and per ``qtype``, and the `seconds` they took."""
     by_type = defaultdict(list)
     for row in rows:
         by_type[row["qtype"]].append(row)
