@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         import transformers
     except ImportError:
         sys.exit("this benchmark needs transformers: pip install -c constraints.txt transformers")
-    from hybrid_mllm.core.convert import load_hf
+    from hybrid_mllm.convert import load_hf
     from hybrid_mllm.core.scan import auto_kernel_name
 
     if args.threads:

@@ -16,7 +16,7 @@ from _hf_dirs import conversion_fails, edited
 from hybrid_mllm.core.build import build_model
 from hybrid_mllm.core.checkpoint import load_checkpoint
 from hybrid_mllm.core.config import load_config, parse_config
-from hybrid_mllm.core.convert import ConversionError, cli, convert_hf, load_hf, save_hf
+from hybrid_mllm.convert import ConversionError, cli, convert_hf, load_hf, save_hf
 from hybrid_mllm.core.presets import resolve_config_path
 
 VOCAB, ATOL, NEW_TOKENS = 300, 1e-4, 20  # vocab >= the default byte tokenizer's 263
@@ -244,7 +244,7 @@ def test_cli_refuses_vision_flags_for_language_models(llama_dir, tmp_path):
 
 def test_cli_error_is_one_message_without_traceback(llama_dir, tmp_path):
     src = edited(llama_dir, tmp_path, config=lambda hf: hf.update(architectures=["BertModel"]))
-    r = subprocess.run([sys.executable, "-m", "hybrid_mllm.core.convert.cli", str(src), str(tmp_path / "out")],
+    r = subprocess.run([sys.executable, "-m", "hybrid_mllm.convert.cli", str(src), str(tmp_path / "out")],
                        capture_output=True, text=True)
     assert r.returncode == 2
     assert "error: ConversionError" in r.stderr and "BertModel" in r.stderr and "Traceback" not in r.stderr

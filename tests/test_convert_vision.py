@@ -17,7 +17,7 @@ timm = pytest.importorskip("timm")
 from _hf_dirs import conversion_fails, edited
 
 from hybrid_mllm.core.checkpoint import load_checkpoint
-from hybrid_mllm.core.convert import (
+from hybrid_mllm.convert import (
     ConversionError, cli, convert_hf_vision, convert_llava, hf_kind, load_hf_vision, load_llava,
 )
 from hybrid_mllm.core.registry import get_registry
@@ -349,6 +349,6 @@ def test_library_does_not_import_transformers():
     import subprocess
     import sys
 
-    code = ("import sys, hybrid_mllm.core.convert, hybrid_mllm.plugins.encoders; "
+    code = ("import sys, hybrid_mllm.convert, hybrid_mllm.plugins.encoders; "
             "assert 'transformers' not in sys.modules, 'transformers was imported'")
     subprocess.run([sys.executable, "-c", code], check=True)

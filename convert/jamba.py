@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..config import ModelConfig
+from hybrid_mllm.core.config import ModelConfig
+
 from ._arch import MAMBA_TENSORS, Architecture, HFConfigReader, dt_rank, fit_period, swiglu_name
 from ._hf_io import HFWeights
 

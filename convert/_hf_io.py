@@ -19,8 +19,8 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 
-from ..checkpoint import MAX_SHARD_BYTES, save_weights, weight_files, write_directory
-from ..errors import HybridError
+from hybrid_mllm.core.checkpoint import MAX_SHARD_BYTES, save_weights, weight_files, write_directory
+from hybrid_mllm.core.errors import HybridError
 
 HF_CONFIG_FILE = "config.json"
 SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}

@@ -12,7 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..config import ModelConfig
+from hybrid_mllm.core.config import ModelConfig
+
 from ._hf_io import HFWeights
 
 # Our Mamba mixer's tensors under their Hugging Face names (MambaMixer / JambaMambaMixer);

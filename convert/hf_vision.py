@@ -33,8 +33,9 @@ import torch
 import yaml
 from torch import nn
 
-from ..checkpoint import WEIGHTS_FILE, save_weights, write_directory
-from ..registry import get_registry
+from hybrid_mllm.core.checkpoint import WEIGHTS_FILE, save_weights, write_directory
+from hybrid_mllm.core.registry import get_registry
+
 from ._arch import HFConfigReader
 from ._hf_io import HF_CONFIG_FILE, ConversionError, HFWeights, parse_dtype, read_hf_config
 from ._plan import Plan, check_plan, fill_from_plan

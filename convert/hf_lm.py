@@ -17,14 +17,21 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..build import build_model
-from ..checkpoint import MAX_SHARD_BYTES, save_checkpoint, unique_state_dict
-from ..config import Config, parse_config
-from ..errors import ConfigError
-from ..model import HybridLM
+from hybrid_mllm.core.build import build_model
+from hybrid_mllm.core.checkpoint import MAX_SHARD_BYTES, save_checkpoint, unique_state_dict
+from hybrid_mllm.core.config import Config, parse_config
+from hybrid_mllm.core.errors import ConfigError
+from hybrid_mllm.core.model import HybridLM
+
 from ._arch import Architecture, hf_shape
 from ._hf_io import (
-    HF_CONFIG_FILE, ConversionError, HFWeights, dtype_name, parse_dtype, read_hf_config, write_hf_dir,
+    HF_CONFIG_FILE,
+    ConversionError,
+    HFWeights,
+    dtype_name,
+    parse_dtype,
+    read_hf_config,
+    write_hf_dir,
 )
 from ._plan import Plan, check_plan, fill_from_plan
 from .jamba import JAMBA

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..config import ModelConfig
+from hybrid_mllm.core.config import ModelConfig
+
 from ._arch import Architecture, HFConfigReader, swiglu_name
 
 # LlamaConfig's defaults (transformers 5.23), used for keys a config.json leaves out.

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..config import ModelConfig
+from hybrid_mllm.core.config import ModelConfig
+
 from ._arch import MAMBA_TENSORS, Architecture, HFConfigReader, dt_rank
 
 # MambaConfig's defaults (transformers 5.23), used for keys a config.json leaves out.

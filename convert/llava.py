@@ -27,12 +27,13 @@ from typing import Any
 
 import torch
 
-from ..build import build_mllm
-from ..checkpoint import MAX_SHARD_BYTES, save_checkpoint
-from ..config import Config, parse_config
-from ..errors import ConfigError
-from ..mllm import HybridMLLM
-from ..text import Tokenizer
+from hybrid_mllm.core.build import build_mllm
+from hybrid_mllm.core.checkpoint import MAX_SHARD_BYTES, save_checkpoint
+from hybrid_mllm.core.config import Config, parse_config
+from hybrid_mllm.core.errors import ConfigError
+from hybrid_mllm.core.mllm import HybridMLLM
+from hybrid_mllm.core.text import Tokenizer
+
 from ._hf_io import HF_CONFIG_FILE, ConversionError, HFWeights, parse_dtype, read_hf_config
 from ._plan import Plan, check_plan, fill_from_plan
 from .hf_lm import lm_ignorable, lm_plan
