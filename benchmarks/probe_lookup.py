@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hybrid_mllm.core._cli import check_at_least_one, run_cli
+from hybrid_mllm.core.cli import check_at_least_one, run_cli
 from hybrid_mllm.core.build import build_mllm
 from hybrid_mllm.core.config import load_config
 from hybrid_mllm.core.errors import HybridError

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
-from hybrid_mllm.core._cli import run_cli
 from hybrid_mllm.core.build import build_model
 from hybrid_mllm.core.checkpoint import CONFIG_FILE, load_checkpoint
+from hybrid_mllm.core.cli import run_cli
 from hybrid_mllm.core.config import Config, load_config
 
 from ._hf_io import HF_CONFIG_FILE, ConversionError, HFWeights, parse_dtype, read_hf_config

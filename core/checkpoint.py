@@ -28,12 +28,12 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from ._paths import confined
 from .build import build_mllm
 from .config import Config, load_config, save_config
 from .errors import HybridError
 from .mllm import HybridMLLM
 from .model import HybridLM
+from .paths import confined
 from .text import Tokenizer
 
 CONFIG_FILE = "config.yaml"

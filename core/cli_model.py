@@ -15,8 +15,8 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from ._cli import check_device, run_cli
 from .build import build_model
+from .cli import check_device, run_cli
 from .config import load_config, save_config
 from .errors import HybridError
 from .presets import preset_names, resolve_config_path

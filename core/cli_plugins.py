@@ -8,7 +8,7 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
-from ._cli import run_cli
+from .cli import run_cli
 from .registry import AUTOLOAD_ENV, KINDS, get_registry
 from .scan import auto_kernel_name
 

@@ -31,13 +31,13 @@ from typing import Any
 
 import yaml
 
-from ._suggest import did_you_mean, unknown
-from .errors import ConfigError
 from .config_text import TextConfig, parse_text
 from .config_vision import VisionConfig, parse_vision
+from .errors import ConfigError
 from .ffn import MoE, SwiGLU
 from .registry import Registry, get_registry
 from .schema import coerce, component_options, describe, type_name
+from .suggest import did_you_mean, unknown
 from .yaml_io import read_yaml
 
 FFN_KINDS = {"mlp": SwiGLU, "moe": MoE}

@@ -14,8 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._suggest import did_you_mean, unknown
 from .schema import describe
+from .suggest import did_you_mean, unknown
 from .text.templates import TEMPLATES
 
 TOKENIZER_TYPES = ("byte", "hf")

@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .registry import Registry
-from ._suggest import did_you_mean, unknown
-from .vision.anyres import UNPAD_RULES
 from .schema import coerce, component_options, describe, type_name
+from .suggest import did_you_mean, unknown
+from .vision.anyres import UNPAD_RULES
 
 DEFAULT_VIDEO_CONNECTOR = {"name": "pool", "stride": 2}
 

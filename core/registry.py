@@ -17,8 +17,8 @@ from typing import Any
 import pluggy
 
 from . import hookspecs
-from ._suggest import unknown
 from .errors import RegistryError
+from .suggest import unknown
 
 AUTOLOAD_ENV = "HYBRID_MLLM_DISABLE_PLUGIN_AUTOLOAD"
 BUILTIN_PACKAGE = "hybrid-mllm"

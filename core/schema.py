@@ -12,7 +12,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
-from ._suggest import did_you_mean
+from .suggest import did_you_mean
 
 NOT_OPTIONS = {"self", "device", "dtype"}
 _MISSING = inspect.Parameter.empty

@@ -14,7 +14,7 @@ import argparse
 import sys
 import warnings
 
-from hybrid_mllm.core._cli import run_cli
+from hybrid_mllm.core.cli import run_cli
 from hybrid_mllm.core.errors import HybridError
 
 

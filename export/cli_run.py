@@ -17,9 +17,9 @@ import sys
 
 import torch
 
-from hybrid_mllm.core._cli import check_at_least_one, check_device, run_cli
 from hybrid_mllm.core.build import build_mllm
 from hybrid_mllm.core.checkpoint import load_checkpoint
+from hybrid_mllm.core.cli import check_at_least_one, check_device, run_cli
 from hybrid_mllm.core.config import load_config
 from hybrid_mllm.core.errors import HybridError
 from hybrid_mllm.core.generate import Decoder, GenerationConfig

@@ -23,7 +23,8 @@ from typing import NamedTuple
 
 import _bad_files as bf
 import pytest
-from hybrid_mllm.core._cli import run_cli
+
+from hybrid_mllm.core.cli import run_cli
 from hybrid_mllm.core.registry import AUTOLOAD_ENV, set_registry
 
 COMMANDS = {

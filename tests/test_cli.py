@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from hybrid_mllm.core import cli_model, cli_plugins
-from hybrid_mllm.core._cli import run_cli
+from hybrid_mllm.core.cli import run_cli
 
 
 def test_hybrid_model_runs_a_preset_and_checks_decoding(capsys, tmp_path):

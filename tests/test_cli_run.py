@@ -91,7 +91,7 @@ def test_zero_visual_token_cap_is_a_limit_not_unset(image):
 
 
 def test_prefill_chunk_is_refused_with_trt(tmp_path, capsys):
-    from hybrid_mllm.core._cli import run_cli
+    from hybrid_mllm.core.cli import run_cli
     from hybrid_mllm.export.cli_run import main
 
     assert run_cli(main, ["--trt", str(tmp_path), "--prompt", "x", "--prefill-chunk", "64"]) == 2
@@ -101,7 +101,7 @@ def test_prefill_chunk_is_refused_with_trt(tmp_path, capsys):
 
 
 def test_visual_token_cap_on_the_command_line(image, capsys):
-    from hybrid_mllm.core._cli import run_cli
+    from hybrid_mllm.core.cli import run_cli
     from hybrid_mllm.export.cli_run import main
 
     argv = ["--config", "mllm-tiny", "--image", image, "--prompt", "x", "--max-tiles", "9", "--max-visual-tokens", "20"]

@@ -16,9 +16,9 @@ from PIL import Image
 
 pytest.importorskip("onnxruntime")
 
-from hybrid_mllm.core._cli import run_cli  # noqa: E402
 from hybrid_mllm.core.build import build_mllm  # noqa: E402
 from hybrid_mllm.core.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from hybrid_mllm.core.cli import run_cli  # noqa: E402
 from hybrid_mllm.core.config import load_config  # noqa: E402
 from hybrid_mllm.core.generate import GenerationConfig, TorchDecoder  # noqa: E402
 from hybrid_mllm.core.pipeline import Pipeline, Request  # noqa: E402

@@ -515,7 +515,7 @@ def test_run_trt_without_tensorrt_is_one_line(tmp_path, no_tensorrt):
 
 
 def test_export_trt_refuses_onnx_only_flags(tiny, tmp_path, capsys):
-    from hybrid_mllm.core._cli import run_cli
+    from hybrid_mllm.core.cli import run_cli
     from hybrid_mllm.export import cli_export
 
     assert run_cli(cli_export.main, ["--trt", str(tiny[0]), str(tmp_path / "o"), "--fp16"]) == 2

@@ -9,8 +9,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from hybrid_mllm.core._cli import check_at_least_one, check_device, run_cli
 from hybrid_mllm.core.checkpoint import load_checkpoint
+from hybrid_mllm.core.cli import check_at_least_one, check_device, run_cli
 from hybrid_mllm.core.pipeline import PREFILL_CHUNK, Pipeline
 from hybrid_mllm.core.visual_inputs import Overrides
 

@@ -17,14 +17,14 @@ from pathlib import Path
 
 import torch
 
-from hybrid_mllm.core._cli import check_device, run_cli
 from hybrid_mllm.core.build import build_mllm
 from hybrid_mllm.core.checkpoint import load_weights, weight_files
+from hybrid_mllm.core.cli import check_device, run_cli
 from hybrid_mllm.core.config import Config, parse_config
 from hybrid_mllm.core.errors import ConfigError
 from hybrid_mllm.core.text import get_template
-from hybrid_mllm.core.yaml_io import read_yaml
 from hybrid_mllm.core.visual_inputs import VisualLoader
+from hybrid_mllm.core.yaml_io import read_yaml
 
 from .config import TrainConfig, apply_overrides, parse_train
 from .data import LlavaDataset, read_records

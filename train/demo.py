@@ -24,7 +24,7 @@ import torch
 import yaml
 from PIL import Image
 
-from hybrid_mllm.core._cli import run_cli
+from hybrid_mllm.core.cli import run_cli
 from hybrid_mllm.core.build import build_mllm
 from hybrid_mllm.core.checkpoint import load_checkpoint, save_checkpoint
 from hybrid_mllm.core.config import parse_config

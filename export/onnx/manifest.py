@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from hybrid_mllm.core._paths import confined
+from hybrid_mllm.core.paths import confined
 
 from .errors import ManifestError
 

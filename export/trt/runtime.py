@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from hybrid_mllm.core._paths import confined
+from hybrid_mllm.core.paths import confined
 
 from . import profiles
 from .cache import Platform, check_compatible
