@@ -179,7 +179,7 @@ DEVICE = "cuda" if torch.cuda.is_available() and not os.environ.get("TRITON_INTE
 @pytest.mark.parametrize(("batch", "channels", "d_state", "length"), [(1, 3, 4, 1), (2, 70, 5, 9)])
 def test_scan_wrapper_matches_ref(softplus, batch, channels, d_state, length):
     from hybrid_mllm.export.trt import kernels
-    from hybrid_mllm.plugins.mixers._scan_ref import selective_scan_ref
+    from hybrid_mllm.plugins.mixers.scan_ref import selective_scan_ref
 
     g = torch.Generator().manual_seed(length)
     r = lambda *s: torch.randn(*s, generator=g).to(DEVICE)  # noqa: E731
@@ -198,7 +198,7 @@ def test_scan_wrapper_matches_ref(softplus, batch, channels, d_state, length):
 @pytest.mark.parametrize(("kernel_size", "length"), [(4, 1), (4, 2), (4, 70), (2, 5), (1, 3)])
 def test_conv_wrapper_matches_pytorch_and_writes_the_new_state(kernel_size, length):
     from hybrid_mllm.export.trt import kernels
-    from hybrid_mllm.plugins.mixers._conv import causal_conv1d
+    from hybrid_mllm.plugins.mixers.conv import causal_conv1d
 
     g = torch.Generator().manual_seed(length)
     r = lambda *s: torch.randn(*s, generator=g).to(DEVICE)  # noqa: E731

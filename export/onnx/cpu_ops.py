@@ -5,7 +5,7 @@ onnxruntime-extensions calls these Python functions for the graph's ``SelectiveS
 kernel (``cpu_fused``, the one PyTorch eager uses on a CPU) on the arrays' memory, without
 copies; where that kernel cannot be built (no C compiler) it runs the numpy reference, a
 sequential loop that is only fast enough for checking a graph. The conv runs the eager
-mixer's own conv (`_conv.causal_conv1d`). Both numpy references stay here: they are the
+mixer's own conv (`conv.causal_conv1d`). Both numpy references stay here: they are the
 definitions the fast paths are tested against.
 """
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from hybrid_mllm.plugins.mixers import _conv, _scan_cpu
+from hybrid_mllm.plugins.mixers import conv, scan_cpu
 
 
 def selective_scan(u, delta, A, B, C, D, z, delta_bias, state, **attrs):
@@ -23,17 +23,17 @@ def selective_scan(u, delta, A, B, C, D, z, delta_bias, state, **attrs):
     u, delta, z: (b, d, L)  A: (d, n)  B, C: (b, n, L)  D, delta_bias: (d,)  state: (b, d, n)
     -> y: (b, d, L) in u's dtype, new_state: (b, d, n) float32
     """
-    if _scan_cpu.available(torch.device("cpu")) is not None:
+    if scan_cpu.available(torch.device("cpu")) is not None:
         return reference_selective_scan(u, delta, A, B, C, D, z, delta_bias, state, **attrs)
     t = _tensors(u, delta, A, B, C, D, z, delta_bias, state)
-    y, h = _scan_cpu.selective_scan_cpu_fused(*t[:8], softplus=bool(attrs.get("softplus")), state=t[8])
+    y, h = scan_cpu.selective_scan_cpu_fused(*t[:8], softplus=bool(attrs.get("softplus")), state=t[8])
     return y.numpy(), h.numpy()
 
 
 def causal_conv1d(x, weight, bias, conv_state):
     """``hybrid::CausalConv1d``: x (b, d, L), weight (d, K), bias (d,), conv_state (b, d, K-1)
     -> y (b, d, L), new_conv_state (b, d, K-1)."""
-    y, new_state = _conv.causal_conv1d(*_tensors(x, weight, bias, conv_state))
+    y, new_state = conv.causal_conv1d(*_tensors(x, weight, bias, conv_state))
     return y.contiguous().numpy(), new_state.contiguous().numpy()
 
 

@@ -33,7 +33,7 @@ from hybrid_mllm.core import registry as registry_module
 from hybrid_mllm.core.hookspecs import hookimpl
 from hybrid_mllm.core.scan import ScanKernel
 from hybrid_mllm.core.scan import selective_scan as dispatch_scan
-from hybrid_mllm.plugins.mixers import _conv
+from hybrid_mllm.plugins.mixers import conv
 
 DOMAIN, VERSION = "hybrid", 1
 KERNEL_NAME = "onnx_custom"
@@ -56,7 +56,7 @@ def _(u, delta, A, B, C, D, z, delta_bias, state, softplus):
 @torch.library.custom_op("hybrid::causal_conv1d", mutates_args=())
 def causal_conv1d_op(x: Tensor, weight: Tensor, bias: Tensor, conv_state: Tensor) -> tuple[Tensor, Tensor]:
     """Eager: the project's causal conv. Shapes in the module docstring."""
-    y, new_state = _conv.causal_conv1d(x, weight, bias, conv_state)
+    y, new_state = conv.causal_conv1d(x, weight, bias, conv_state)
     return _time_major(y), new_state.clone()  # a custom op may not return a view of its input
 
 

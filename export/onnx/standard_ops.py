@@ -3,7 +3,7 @@
 Both flavours trace the decoder with the scan as one opaque node (fast to trace, one
 node per layer). The standard flavour then adds a model-local ONNX function with the
 same domain and name, whose body is the ``chunked_export`` scan kernel
-(`hybrid_mllm.plugins.mixers._scan_export`) exported on its own, once, with every axis
+(`hybrid_mllm.plugins.mixers.scan_export`) exported on its own, once, with every axis
 dynamic: one ``If`` on L == 1 (a single recurrence step), else one ``Scan`` over chunks of
 16 tokens. Any ONNX runtime inlines the function, so the model needs no custom-op
 library; the custom flavour is the same graph without the definition, for TensorRT plugins.
@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from onnx import helper
 from torch import Tensor, nn
 
-from hybrid_mllm.plugins.mixers._scan_export import selective_scan_chunked_export
+from hybrid_mllm.plugins.mixers.scan_export import selective_scan_chunked_export
 
 from .custom_ops import DOMAIN
 from .graph import export_graph

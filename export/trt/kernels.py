@@ -3,7 +3,7 @@
 TensorRT launches an AOT plugin kernel with its arguments in one order: the input pointers,
 then the extra int32 scalars (`trtp.SymIntExprs`), then the output pointers, and tensors
 are dense (row-major) in the ``LINEAR`` format. The wrappers below take exactly that and
-call the project's kernels (`plugins.mixers._scan_triton`, `_conv_triton`), inlined, with
+call the project's kernels (`plugins.mixers.scan_triton`, `conv_triton`), inlined, with
 strides computed from the shapes, so there is one scan and one conv to keep correct:
 
 - ``scan``: inputs u, delta, A, B, C, D, z, delta_bias, state; scalars channels, length,
@@ -24,16 +24,16 @@ import functools
 from dataclasses import dataclass
 from types import SimpleNamespace
 
-from hybrid_mllm.plugins.mixers import _conv_triton, _scan_triton
+from hybrid_mllm.plugins.mixers import conv_triton, scan_triton
 
-# Bound by `_kernels()` on first use (see `_scan_triton`'s docstring: why not at import).
+# Bound by `_kernels()` on first use (see `scan_triton`'s docstring: why not at import).
 triton = None
 tl = None
 _scan_body = None
 _conv_body = None
 
-SCAN_BLOCK_D, SCAN_WARPS = _scan_triton.FWD_BLOCK_D, _scan_triton.FWD_WARPS
-CONV_BLOCK_D, CONV_BLOCK_L, CONV_WARPS = _conv_triton.BLOCK_D, _conv_triton.BLOCK_L, 4
+SCAN_BLOCK_D, SCAN_WARPS = scan_triton.FWD_BLOCK_D, scan_triton.FWD_WARPS
+CONV_BLOCK_D, CONV_BLOCK_L, CONV_WARPS = conv_triton.BLOCK_D, conv_triton.BLOCK_L, 4
 TRITON_TYPES = {"FP32": "fp32", "FP16": "fp16", "BF16": "bf16"}  # TensorRT type name -> Triton's
 
 
@@ -53,7 +53,7 @@ def _scan_aot_kernel(
         channels, length, d_state,
         s_b, s_dl, 1, s_b, s_dl, 1, s_bn, s_dl, 1, s_bn, s_dl, 1, s_b, s_dl, 1, s_b, s_dl, 1,
         HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=SOFTPLUS, HAS_H0=True, STORE_CKPT=False,
-        CHUNK=_scan_triton.CHECKPOINT_EVERY, BLOCK_D=BLOCK_D, BLOCK_N=BLOCK_N,
+        CHUNK=scan_triton.CHECKPOINT_EVERY, BLOCK_D=BLOCK_D, BLOCK_N=BLOCK_N,
     )
 
 
@@ -97,10 +97,10 @@ def _kernels() -> SimpleNamespace:
     import triton
     import triton.language as tl
 
-    _scan_triton._kernels()  # binds `tl` in the kernel bodies' module
-    _conv_triton._kernel()
-    _scan_body = triton.jit(_scan_triton._scan_fwd_kernel)
-    _conv_body = triton.jit(_conv_triton._conv_fwd_kernel)
+    scan_triton._kernels()  # binds `tl` in the kernel bodies' module
+    conv_triton._kernel()
+    _scan_body = triton.jit(scan_triton._scan_fwd_kernel)
+    _conv_body = triton.jit(conv_triton._conv_fwd_kernel)
     return SimpleNamespace(scan=triton.jit(_scan_aot_kernel), conv=triton.jit(_conv_aot_kernel))
 
 

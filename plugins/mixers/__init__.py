@@ -5,14 +5,14 @@ from __future__ import annotations
 from hybrid_mllm.core.hookspecs import hookimpl
 from hybrid_mllm.core.scan import ScanKernel
 
-from ._scan_chunked import selective_scan_chunked
-from ._scan_cpu import CPU_FUSED
-from ._scan_export import CHUNKED_EXPORT
-from ._scan_mamba_ssm import MAMBA_SSM
-from ._scan_ref import selective_scan_ref
-from ._scan_triton import TRITON
 from .attention import Attention
 from .mamba import Mamba
+from .scan_chunked import selective_scan_chunked
+from .scan_cpu import CPU_FUSED
+from .scan_export import CHUNKED_EXPORT
+from .scan_mamba_ssm import MAMBA_SSM
+from .scan_ref import selective_scan_ref
+from .scan_triton import TRITON
 
 ANY_DEVICE = ("cpu", "cuda", "mps", "xpu")
 

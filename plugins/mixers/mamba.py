@@ -13,7 +13,7 @@ from hybrid_mllm.core.norm import RMSNorm
 from hybrid_mllm.core.registry import get_registry
 from hybrid_mllm.core.scan import AUTO, selective_scan
 
-from ._conv import causal_conv1d
+from .conv import causal_conv1d
 
 
 class Mamba(nn.Module):

@@ -1,4 +1,4 @@
-"""Fused CPU selective scan: `_scan_cpu.c` compiled on first use, loaded with ctypes.
+"""Fused CPU selective scan: `scan_cpu.c` compiled on first use, loaded with ctypes.
 
 The C kernel keeps each row's state (d_state floats) in registers and reads every input
 once; Python threads (ctypes releases the GIL) run it on disjoint blocks of rows, a row
@@ -35,12 +35,12 @@ from torch import Tensor
 from hybrid_mllm.core.errors import KernelUnavailableError
 from hybrid_mllm.core.scan import ScanKernel
 
-SOURCE = Path(__file__).with_name("_scan_cpu.c")
+SOURCE = Path(__file__).with_name("scan_cpu.c")
 CACHE_ENV = "HYBRID_MLLM_CACHE"
 # No -ffast-math: linking with it pulls in crtfastmath.o, which flushes denormals to zero
 # for the whole process. -fopenmp-simd honours `omp simd` pragmas without the OpenMP runtime.
 FLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-fopenmp-simd")
-KERNEL_DTYPES = {torch.float32: 0, torch.bfloat16: 1}  # dtype codes of _scan_cpu.c
+KERNEL_DTYPES = {torch.float32: 0, torch.bfloat16: 1}  # dtype codes of scan_cpu.c
 GRAD_GROUPS = 16  # channel groups per batch element in the backward, fixed for determinism
 
 
@@ -168,7 +168,7 @@ def _lib() -> ctypes.CDLL:
     return lib
 
 
-# ---- argument structs (mirror _scan_cpu.c) --------------------------------------------------
+# ---- argument structs (mirror scan_cpu.c) --------------------------------------------------
 
 class _Seq(ctypes.Structure):
     _fields_ = [("data", ctypes.c_void_p), ("stride", ctypes.c_int64 * 3), ("dtype", ctypes.c_int32)]

@@ -1,7 +1,7 @@
 """The ``mamba_ssm`` scan kernel: the CUDA selective scan of the mamba-ssm package.
 
 mamba-ssm's ``selective_scan_fn`` takes no initial state, so a call with ``state`` is
-delegated to the Triton kernel (`_scan_triton`); without a state it runs mamba-ssm's
+delegated to the Triton kernel (`scan_triton`); without a state it runs mamba-ssm's
 kernel, with its own backward. mamba-ssm requires ``delta``, ``B``, ``C`` and ``z`` in
 ``u``'s dtype and ``A``, ``D``, ``delta_bias`` in float32: they are cast (casting a
 float32 ``delta`` to a bfloat16 ``u``'s dtype rounds it, as mamba-ssm itself would).
@@ -15,7 +15,7 @@ import torch
 
 from hybrid_mllm.core.scan import ScanKernel
 
-from ._scan_triton import selective_scan_triton
+from .scan_triton import selective_scan_triton
 
 INSTALL_HINT = "pip install mamba-ssm --no-build-isolation"
 

@@ -1,10 +1,10 @@
 """Causal depthwise conv1d with state in Triton (forward only).
 
-Same signature and result as `hybrid_mllm.plugins.mixers._conv.causal_conv1d`. The
+Same signature and result as `hybrid_mllm.plugins.mixers.conv.causal_conv1d`. The
 kernel computes the forward; when a gradient is needed the call falls back to the
 PyTorch op, whose autograd is exact (there is no Triton backward).
 
-Triton is imported on first use, never at module import (see `_scan_triton`); the
+Triton is imported on first use, never at module import (see `scan_triton`); the
 kernel is a plain function compiled by ``triton.jit`` in `_kernel`.
 """
 
@@ -15,7 +15,7 @@ import functools
 import torch
 from torch import Tensor
 
-from ._conv import causal_conv1d
+from .conv import causal_conv1d
 
 # Bound by `_kernel()` on first use.
 triton = None

@@ -4,7 +4,7 @@
  *     h_t = exp(delta'_t A) * h_{t-1} + delta'_t u_t B_t
  *     y_t = (C_t . h_t + D u_t) * silu(z_t)         (skip and gate optional)
  *
- * Built by _scan_cpu.py with the system C compiler and loaded with ctypes. Python threads
+ * Built by scan_cpu.py with the system C compiler and loaded with ctypes. Python threads
  * call it on disjoint rows (a row is one (batch, channel) pair), so there is no threading
  * here. A row's inputs are read once, BLOCK time steps at a time, into small buffers where
  * the per-step work (softplus, gate, dtype conversion) is done LANES steps per vector. The
