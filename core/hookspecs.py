@@ -70,3 +70,30 @@ def register_scan_kernels(register):
         ``kernel.available(device)`` says whether it can run on a device and, if not, why
         and how to install it; ``kernel.priority`` orders the ``auto`` choice per device type.
     """
+
+
+@hookspec
+def register_ffns(register):
+    """Register feed-forward layers (the FFN kinds of ``model.ffn_layers``; built in: ``mlp``, ``moe``).
+
+    :param register: ``register(name: str, cls: type[nn.Module])``. ``cls(d_model, *, ...)``
+        maps ``(B, L, d_model)`` to ``(y, aux_loss)``: y of the same shape and a float32 scalar
+        the trainer adds to the loss (0 for a plain MLP). Its options are read from
+        ``model.<name>`` in YAML. ``none`` (a block without FFN) is reserved.
+    """
+
+
+@hookspec
+def register_exports(register):
+    """Declare how components export to ONNX / TensorRT.
+
+    :param register: ``register(cls: type[nn.Module], exportable: hybrid_mllm.core.exportable.Exportable)``:
+        for every module of class `cls` (or a subclass) in a model, the module export traces in
+        each flavour and the custom ops it may hold (their ONNX translations, ONNX Runtime CPU
+        implementations and TensorRT plugins). A component without a declaration is traced as
+        it is. Example::
+
+            @hookimpl
+            def register_exports(register):
+                register(MyMixer, Exportable(trace=my_trace, ops=my_ops))
+    """

@@ -13,10 +13,10 @@ transformers = pytest.importorskip("transformers")
 
 from _hf_dirs import conversion_fails, edited
 
+from hybrid_mllm.convert import ConversionError, cli, convert_hf, load_hf, save_hf
 from hybrid_mllm.core.build import build_model
 from hybrid_mllm.core.checkpoint import load_checkpoint
 from hybrid_mllm.core.config import load_config, parse_config
-from hybrid_mllm.convert import ConversionError, cli, convert_hf, load_hf, save_hf
 from hybrid_mllm.core.presets import resolve_config_path
 
 VOCAB, ATOL, NEW_TOKENS = 300, 1e-4, 20  # vocab >= the default byte tokenizer's 263

@@ -19,9 +19,9 @@ from torch import nn
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from hybrid_mllm.export.onnx import cpu_ops  # noqa: E402
 from hybrid_mllm.export.onnx.graph import export_graph  # noqa: E402
 from hybrid_mllm.export.onnx.softplus import TRANSLATIONS  # noqa: E402
+from hybrid_mllm.plugins.mixers import ops_cpu as cpu_ops  # noqa: E402
 from hybrid_mllm.plugins.mixers import scan_cpu  # noqa: E402
 
 

@@ -27,19 +27,18 @@ from hybrid_mllm.core.checkpoint import save_checkpoint  # noqa: E402
 from hybrid_mllm.core.config import load_config  # noqa: E402
 from hybrid_mllm.core.errors import HybridError  # noqa: E402
 from hybrid_mllm.export.onnx import parity  # noqa: E402
-from hybrid_mllm.export.onnx.custom_ops import (  # noqa: E402
-    DOMAIN,
-    causal_conv1d_op,
-    selective_scan_op,
-)
 from hybrid_mllm.export.onnx.decoder import export_decoder  # noqa: E402
 from hybrid_mllm.export.onnx.exporter import DEFAULT_OPSETS  # noqa: E402
-from hybrid_mllm.export.onnx.paths import export_paths  # noqa: E402
-from hybrid_mllm.export.trt import cache, profiles, shapes  # noqa: E402
+from hybrid_mllm.export.trt import cache  # noqa: E402
 from hybrid_mllm.export.trt.build import BuildOptions, prepare_graph  # noqa: E402
-from hybrid_mllm.export.trt.errors import EngineMismatchError, version_tuple  # noqa: E402
-from hybrid_mllm.export.trt.exporter import parity_chains  # noqa: E402
+from hybrid_mllm.export.trt.parity import parity_chains  # noqa: E402
 from hybrid_mllm.export.trt.triton_server import model_config, write_model_repository  # noqa: E402
+from hybrid_mllm.plugins.mixers import trt_shapes as shapes  # noqa: E402
+from hybrid_mllm.plugins.mixers.ops import causal_conv1d_op, selective_scan_op  # noqa: E402
+from hybrid_mllm.plugins.mixers.ops_onnx import DOMAIN  # noqa: E402
+from hybrid_mllm.runtime.trt import profiles  # noqa: E402
+from hybrid_mllm.runtime.trt.errors import EngineMismatchError, version_tuple  # noqa: E402
+from hybrid_mllm.runtime.trt.platform import Platform, check_compatible  # noqa: E402
 
 CONFIG = """
 model:
@@ -86,8 +85,7 @@ def tiny(tmp_path_factory):
     model, tokenizer = build_mllm(config, seed=0)
     save_checkpoint(model, config, root / "ckpt", tokenizer=tokenizer)
     lm = model.lm.eval()
-    with export_paths(lm, "custom") as translations:
-        graph = export_decoder(lm, root / "decoder.onnx", opset=DEFAULT_OPSETS["custom"], translations=translations)
+    graph = export_decoder(lm, root / "decoder.onnx", flavour="custom", opset=DEFAULT_OPSETS["custom"])
     return root / "ckpt", lm, root / "decoder.onnx", graph
 
 
@@ -178,7 +176,7 @@ DEVICE = "cuda" if torch.cuda.is_available() and not os.environ.get("TRITON_INTE
 @pytest.mark.parametrize("softplus", [False, True])
 @pytest.mark.parametrize(("batch", "channels", "d_state", "length"), [(1, 3, 4, 1), (2, 70, 5, 9)])
 def test_scan_wrapper_matches_ref(softplus, batch, channels, d_state, length):
-    from hybrid_mllm.export.trt import kernels
+    from hybrid_mllm.plugins.mixers import trt_kernels as kernels
     from hybrid_mllm.plugins.mixers.scan_ref import selective_scan_ref
 
     g = torch.Generator().manual_seed(length)
@@ -197,7 +195,7 @@ def test_scan_wrapper_matches_ref(softplus, batch, channels, d_state, length):
 @needs_triton
 @pytest.mark.parametrize(("kernel_size", "length"), [(4, 1), (4, 2), (4, 70), (2, 5), (1, 3)])
 def test_conv_wrapper_matches_pytorch_and_writes_the_new_state(kernel_size, length):
-    from hybrid_mllm.export.trt import kernels
+    from hybrid_mllm.plugins.mixers import trt_kernels as kernels
     from hybrid_mllm.plugins.mixers.conv import causal_conv1d
 
     g = torch.Generator().manual_seed(length)
@@ -218,7 +216,7 @@ def test_aot_kernels_compile_to_ptx_in_tensorrts_argument_order():
     script = textwrap.dedent("""
         import json, re
         from triton.backends.compiler import GPUTarget
-        from hybrid_mllm.export.trt import kernels
+        from hybrid_mllm.plugins.mixers import trt_kernels as kernels
         target = GPUTarget("cuda", 90, 32)
         out = {}
         for name, k in (("scan", kernels.compile_scan("FP16", softplus=True, d_state=16, target=target)),
@@ -239,7 +237,7 @@ def test_aot_kernels_compile_to_ptx_in_tensorrts_argument_order():
 
 
 def test_launch_geometry_is_generic_over_dims():
-    from hybrid_mllm.export.trt import kernels
+    from hybrid_mllm.plugins.mixers import trt_kernels as kernels
 
     assert kernels.scan_grid((3, 130, 7)) == (3, 3, 1)
     assert kernels.scan_scalars((3, 130, 7), (130, 16)) == (130, 7, 16)
@@ -317,7 +315,7 @@ def test_export_trt_checks_the_triton_repo_before_writing(tiny, tmp_path, monkey
     assert sorted(p.name for p in tmp_path.iterdir()) == ["repo"]
 
 
-PLATFORM = cache.Platform("10.13.0.35", "NVIDIA H100 80GB HBM3", (9, 0))
+PLATFORM = Platform("10.13.0.35", "NVIDIA H100 80GB HBM3", (9, 0))
 
 
 def test_cache_key_changes_with_graph_platform_and_options(tmp_path):
@@ -331,9 +329,9 @@ def test_cache_key_changes_with_graph_platform_and_options(tmp_path):
     b.write_bytes(b"weightz")
     assert cache.graph_digest([a, b]) != digest  # the external weights count
     others = [
-        cache.cache_key(digest, cache.Platform("10.14.1", PLATFORM.gpu, (9, 0)), options),
-        cache.cache_key(digest, cache.Platform(PLATFORM.tensorrt, "NVIDIA H200", (9, 0)), options),
-        cache.cache_key(digest, cache.Platform(PLATFORM.tensorrt, PLATFORM.gpu, (8, 0)), options),
+        cache.cache_key(digest, Platform("10.14.1", PLATFORM.gpu, (9, 0)), options),
+        cache.cache_key(digest, Platform(PLATFORM.tensorrt, "NVIDIA H200", (9, 0)), options),
+        cache.cache_key(digest, Platform(PLATFORM.tensorrt, PLATFORM.gpu, (8, 0)), options),
         cache.cache_key(digest, PLATFORM, BuildOptions(precision="fp16").to_dict()),
         cache.cache_key(digest, PLATFORM, BuildOptions(plugin_impl="jit").to_dict()),
         cache.cache_key(digest, PLATFORM, BuildOptions(limits=profiles.ProfileLimits(max_seq=1024)).to_dict()),
@@ -342,13 +340,13 @@ def test_cache_key_changes_with_graph_platform_and_options(tmp_path):
 
 
 def test_an_engine_from_another_gpu_or_tensorrt_is_refused():
-    cache.check_compatible(PLATFORM, PLATFORM, engine="e.plan")
+    check_compatible(PLATFORM, PLATFORM, engine="e.plan")
     with pytest.raises(EngineMismatchError, match=r"^e.plan was built for NVIDIA H100 80GB HBM3 \(sm_90\) with TensorRT "
                                                   r"10.13.0.35, but this is NVIDIA A100 \(sm_80\) with TensorRT "
                                                   r"10.13.0.35: rebuild it here with hybrid-export --trt$"):
-        cache.check_compatible(PLATFORM, cache.Platform(PLATFORM.tensorrt, "NVIDIA A100", (8, 0)), engine="e.plan")
+        check_compatible(PLATFORM, Platform(PLATFORM.tensorrt, "NVIDIA A100", (8, 0)), engine="e.plan")
     with pytest.raises(EngineMismatchError, match="with TensorRT 10.9.0"):
-        cache.check_compatible(PLATFORM, cache.Platform("10.9.0", PLATFORM.gpu, (9, 0)), engine="e.plan")
+        check_compatible(PLATFORM, Platform("10.9.0", PLATFORM.gpu, (9, 0)), engine="e.plan")
     assert version_tuple("10.13.0.35") == (10, 13, 0, 35) and version_tuple("11.0.0b1") == (11, 0)
 
 
@@ -385,7 +383,7 @@ def _without_platform(info):
     (lambda info: {**info, "plan": "/tmp/x.plan"}, r"absolute path '/tmp/x.plan'"),
 ])
 def test_malformed_engine_info_is_one_line(tmp_path, edit, message):
-    from hybrid_mllm.export.trt.runtime import read_engine_info
+    from hybrid_mllm.runtime.trt.engine import read_engine_info
 
     assert read_engine_info(_engine_dir(tmp_path, lambda info: info))["plan"] == "decoder.plan"
     with pytest.raises(EngineMismatchError, match=message) as error:
@@ -508,7 +506,7 @@ def test_export_trt_without_tensorrt_is_one_line_and_writes_nothing(tiny, tmp_pa
 
 
 def test_run_trt_without_tensorrt_is_one_line(tmp_path, no_tensorrt):
-    r = subprocess.run([sys.executable, "-m", "hybrid_mllm.export.cli_run", "--trt", str(tmp_path), "--prompt", "x"],
+    r = subprocess.run([sys.executable, "-m", "hybrid_mllm.runtime.cli_run", "--trt", str(tmp_path), "--prompt", "x"],
                        check=False, capture_output=True, text=True, env=no_tensorrt, timeout=120)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert "TensorRT is not installed: " in r.stderr
@@ -532,9 +530,9 @@ def test_export_trt_refuses_onnx_only_flags(tiny, tmp_path, capsys):
 @needs_trt
 @pytest.mark.parametrize("plugin_impl", ["aot", "jit"])
 def test_engine_passes_the_gate_and_generates_like_pytorch(tiny, tmp_path, plugin_impl):
-    from hybrid_mllm.core.generate import GenerationConfig, TorchDecoder, generate
     from hybrid_mllm.export.trt.exporter import TOLERANCE, export_trt
-    from hybrid_mllm.export.trt.runtime import load_trt
+    from hybrid_mllm.runtime.generate import GenerationConfig, TorchDecoder, generate
+    from hybrid_mllm.runtime.trt.engine import load_trt
 
     checkpoint, lm = tiny[0], tiny[1]
     options = BuildOptions(plugin_impl=plugin_impl, limits=profiles.ProfileLimits(max_batch=4, max_seq=64,
@@ -577,7 +575,7 @@ def test_reduced_precision_engines_within_tolerance(tiny, tmp_path, precision):
 @needs_trt
 def test_engine_cache_hit_and_foreign_engine_refused(tiny, tmp_path):
     from hybrid_mllm.export.trt.build import build_engine
-    from hybrid_mllm.export.trt.runtime import open_engine
+    from hybrid_mllm.runtime.trt.engine import open_engine
 
     options = BuildOptions(limits=profiles.ProfileLimits(max_batch=2, max_seq=32, max_past=64))
     first = build_engine(tiny[2], tiny[3]["inputs"], options, cache_dir=tmp_path)

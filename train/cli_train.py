@@ -23,8 +23,8 @@ from hybrid_mllm.core.cli import check_device, run_cli
 from hybrid_mllm.core.config import Config, parse_config
 from hybrid_mllm.core.errors import ConfigError
 from hybrid_mllm.core.text import get_template
-from hybrid_mllm.core.visual_inputs import VisualLoader
 from hybrid_mllm.core.yaml_io import read_yaml
+from hybrid_mllm.runtime.visual_inputs import VisualLoader
 
 from .config import TrainConfig, apply_overrides, parse_train
 from .data import LlavaDataset, read_records

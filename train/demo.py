@@ -28,10 +28,10 @@ from hybrid_mllm.core.cli import run_cli
 from hybrid_mllm.core.build import build_mllm
 from hybrid_mllm.core.checkpoint import load_checkpoint, save_checkpoint
 from hybrid_mllm.core.config import parse_config
-from hybrid_mllm.core.pipeline import Pipeline
+from hybrid_mllm.runtime.pipeline import Pipeline
 from hybrid_mllm.core.presets import PRESET_DIR
 from hybrid_mllm.core.vision.image import normalize_tensor, to_tensor
-from hybrid_mllm.core.visual_inputs import Overrides
+from hybrid_mllm.runtime.visual_inputs import Overrides
 
 from .cli_train import run_training
 from .config import parse_train

@@ -104,8 +104,7 @@ def full_state(model: HybridMLLM, optimizer: torch.optim.Optimizer
     """Gather the full weights (tied duplicates dropped, as `unique_state_dict`) and AdamW
     state by parameter name, on the CPU of rank 0; the other ranks get empty dicts. Collective:
     every rank must call it."""
-    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                         get_optimizer_state_dict)
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
 
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     weights = get_model_state_dict(model, options=options)

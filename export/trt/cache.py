@@ -1,4 +1,4 @@
-"""Engine identity: cache keys, the cache's files, and refusing an engine built for another GPU or TensorRT (plain Python).
+"""Engine identity: cache keys and the cache's files (plain Python).
 
 A TensorRT engine is only valid for the GPU model (compute capability) and TensorRT
 version it was built with, so the key hashes those with the graph. It also hashes the
@@ -13,29 +13,13 @@ import json
 import os
 import tempfile
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
-from .errors import EngineMismatchError
+from hybrid_mllm.runtime.trt.platform import Platform
 
 CACHE_ENV = "HYBRID_MLLM_TRT_CACHE"
 CHUNK = 1 << 20
-
-
-@dataclass(frozen=True)
-class Platform:
-    """Where an engine is built or run."""
-
-    tensorrt: str
-    gpu: str
-    compute_capability: tuple[int, int]
-
-    @property
-    def sm(self) -> str:
-        return f"sm_{self.compute_capability[0]}{self.compute_capability[1]}"
-
-    def describe(self) -> str:
-        return f"{self.gpu} ({self.sm}) with TensorRT {self.tensorrt}"
 
 
 def graph_digest(files: Iterable[Path]) -> str:
@@ -55,13 +39,6 @@ def cache_key(graph_sha256: str, platform: Platform, options: dict) -> str:
     build options (JSON, sorted keys)."""
     payload = json.dumps({"graph": graph_sha256, "platform": asdict(platform), "options": options}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()
-
-
-def check_compatible(built: Platform, here: Platform, *, engine: str) -> None:
-    """Refuse an engine built with another TensorRT version or for another GPU."""
-    if built.tensorrt != here.tensorrt or built.compute_capability != here.compute_capability or built.gpu != here.gpu:
-        raise EngineMismatchError(f"{engine} was built for {built.describe()}, but this is {here.describe()}: "
-                                  "rebuild it here with hybrid-export --trt")
 
 
 def default_cache_dir() -> Path:

@@ -1,4 +1,4 @@
-"""Built-in sequence mixers and selective-scan kernels, registered as a plugin."""
+"""Built-in sequence mixers, selective-scan kernels and Mamba's export declaration, registered as a plugin."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from hybrid_mllm.core.scan import ScanKernel
 
 from .attention import Attention
 from .mamba import Mamba
+from .mamba_export import MAMBA_EXPORT
 from .scan_chunked import selective_scan_chunked
 from .scan_cpu import CPU_FUSED
 from .scan_export import CHUNKED_EXPORT
@@ -38,3 +39,8 @@ def register_scan_kernels(register):
     register("chunked_export", CHUNKED_EXPORT)
     register("triton", TRITON)
     register("mamba_ssm", MAMBA_SSM)
+
+
+@hookimpl
+def register_exports(register):
+    register(Mamba, MAMBA_EXPORT)

@@ -3,13 +3,12 @@
 - `TrtEngine`: the deserialized plan with one execution context per optimization profile
   (prefill, decode: `profiles`), run on torch CUDA tensors bound as its I/O, on torch's
   current stream;
-- `TrtDecoder`: `hybrid_mllm.core.generate.Decoder` (prefill in chunks of the profile's
+- `TrtDecoder`: `hybrid_mllm.runtime.generate.Decoder` (prefill in chunks of the profile's
   max length, then one token per step), the state a tuple of CUDA tensors in graph order,
   never copied to the host between steps;
-- `TrtSession`: the ONNX Runtime session interface (``get_inputs``, ``run``) over the
-  engine, so the export's parity gate (`hybrid_mllm.export.onnx.parity`) checks it;
 - `load_trt`: an engine directory (``hybrid-export --trt``) -> pipeline and decoder. The
-  vision graphs run in ONNX Runtime (they have no custom ops), the decoder in TensorRT.
+  vision graphs run in ONNX Runtime (they have no custom nodes), the decoder in TensorRT,
+  and the splice is the one every runtime shares.
 """
 
 from __future__ import annotations
@@ -24,12 +23,15 @@ from torch import Tensor
 
 from hybrid_mllm.core.paths import confined
 
+from ..onnx.load import OnnxPipeline, load_embeddings, load_text, open_session
+from ..onnx.manifest import read_manifest
+from ..onnx.model import OrtMLLM
 from . import profiles
-from .cache import Platform, check_compatible
 from .errors import EngineMismatchError, import_tensorrt, require_cuda
+from .platform import Platform, check_compatible, platform_here
+from .plugins import register_plugins
 
 ENGINE_INFO = "engine.json"
-ORT_TYPES = {torch.float32: "tensor(float)", torch.float16: "tensor(float16)", torch.bool: "tensor(bool)"}
 
 
 def _torch_dtype(trt, dtype) -> torch.dtype:
@@ -42,8 +44,6 @@ class TrtEngine:
     """A deserialized engine; `run(feed, profile)` binds torch CUDA tensors and executes."""
 
     def __init__(self, plan: bytes, n_profiles: int = 2):
-        from .plugins import register_plugins
-
         trt = self.trt = import_tensorrt()
         require_cuda()
         register_plugins()  # needed by engines built with the Python (jit) plugins; harmless otherwise
@@ -97,8 +97,6 @@ class TrtDecoder:
         self.grow = next(((i, e["seq_dim"]) for i, e in enumerate(self.layout) if e["seq_dim"] is not None), None)
 
     def initial_state(self, batch: int) -> tuple[Tensor, ...]:
-        from .shapes import state_shape
-
         return tuple(torch.zeros(state_shape(e, batch, 0), dtype=getattr(torch, e["dtype"]), device="cuda")
                      for e in self.layout)
 
@@ -131,33 +129,6 @@ class TrtDecoder:
         return logits.float(), state
 
 
-class _Input(NamedTuple):
-    name: str
-    type: str
-
-
-class TrtSession:
-    """The slice of ``onnxruntime.InferenceSession`` the parity gate uses, over a decoder engine
-    (numpy in and out; calls longer than the profile's max length run in chunks)."""
-
-    def __init__(self, decoder: TrtDecoder):
-        self.decoder = decoder
-
-    def get_inputs(self) -> list[_Input]:
-        engine = self.decoder.engine
-        return [_Input(n, ORT_TYPES.get(engine.dtypes[n], "tensor(float)")) for n in engine.inputs]
-
-    def run(self, names, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
-        d = self.decoder
-        embeds = torch.from_numpy(feed["inputs_embeds"]).to("cuda", torch.float32)
-        mask = torch.from_numpy(feed["mask"]).to("cuda")
-        state = tuple(torch.from_numpy(np.ascontiguousarray(feed[e["input"]])).to("cuda") for e in d.layout)
-        with torch.no_grad():
-            for start, stop in profiles.prefill_chunks(embeds.shape[1], d.limits.max_seq):
-                logits, state = d.run(embeds[:, start:stop], mask[:, start:stop], state)
-        return [logits.float().cpu().numpy(), *[s.cpu().numpy() for s in state]]
-
-
 def read_engine_info(engine_dir: Path) -> dict:
     """``engine.json``, checked: a `EngineMismatchError` (one line) for a missing or malformed file."""
     path = engine_dir / ENGINE_INFO
@@ -177,8 +148,6 @@ def read_engine_info(engine_dir: Path) -> dict:
 
 def open_engine(engine_dir: Path, info: dict) -> TrtEngine:
     """The engine of `engine_dir`, after checking it was built for this GPU and TensorRT."""
-    from .build import platform_here
-
     plan = _plan_path(engine_dir, info)
     check_compatible(_platform_of(info), platform_here(), engine=str(plan))
     return TrtEngine(plan.read_bytes())
@@ -208,18 +177,22 @@ class LoadedTrt(NamedTuple):
 def load_trt(engine_dir: str | Path, *, provider: str = "cpu") -> LoadedTrt:
     """An engine directory -> a pipeline whose decoder is the engine (vision graphs on
     ONNX Runtime's `provider`)."""
-    from hybrid_mllm.core.config import load_config
-    from hybrid_mllm.core.text import load_tokenizer
-    from hybrid_mllm.export.onnx.manifest import manifest_file, read_manifest
-    from hybrid_mllm.export.onnx.runtime import OnnxPipeline, OrtMLLM
-
     engine_dir = Path(engine_dir)
     import_tensorrt()  # the missing-TensorRT error before anything else
     manifest = read_manifest(engine_dir)
     info = read_engine_info(engine_dir)
-    embeddings = np.load(manifest_file(engine_dir, manifest["embeddings"]["file"]))
+    embeddings = load_embeddings(engine_dir, manifest)
     decoder = TrtDecoder(open_engine(engine_dir, info), manifest, embeddings, limits_of(info))
-    model = OrtMLLM(engine_dir, manifest, embeddings, provider=provider)
-    config = load_config(manifest_file(engine_dir, manifest["config_file"]))
-    tokenizer = load_tokenizer(manifest["tokenizer"], base_dir=engine_dir)
+
+    def open_graph(graph: str):
+        return open_session(engine_dir, manifest, graph, provider=provider)
+
+    model = OrtMLLM(engine_dir, manifest, embeddings, open_graph)
+    tokenizer, config = load_text(engine_dir, manifest)
     return LoadedTrt(OnnxPipeline(model, tokenizer, config, decoder), decoder, manifest, info)
+
+
+def state_shape(entry: dict, batch: int, past: int) -> tuple[int, ...]:
+    """A decoder state tensor's concrete shape from its manifest entry (``batch`` and
+    ``past_sequence`` replaced)."""
+    return tuple(batch if d == "batch" else past if d == "past_sequence" else int(d) for d in entry["shape"])

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from hybrid_mllm.core.paths import confined
 
-from .errors import ManifestError
+from ..errors import ManifestError
 
 MANIFEST = "manifest.json"
 FORMAT, FORMAT_VERSION = "hybrid-mllm-onnx", 1

@@ -22,9 +22,10 @@ from hybrid_mllm.core.checkpoint import load_checkpoint
 from hybrid_mllm.core.cli import check_at_least_one, check_device, run_cli
 from hybrid_mllm.core.config import load_config
 from hybrid_mllm.core.errors import HybridError
-from hybrid_mllm.core.generate import Decoder, GenerationConfig
-from hybrid_mllm.core.pipeline import PREFILL_CHUNK, Overrides, Pipeline, Request
 from hybrid_mllm.core.presets import resolve_config_path
+
+from .generate import Decoder, GenerationConfig
+from .pipeline import PREFILL_CHUNK, Overrides, Pipeline, Request
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -66,12 +67,12 @@ def _parser() -> argparse.ArgumentParser:
 def _load(args) -> tuple[Pipeline, Decoder | None]:
     """The pipeline and, for --onnx, its ONNX Runtime decoder (None: PyTorch's)."""
     if args.trt:
-        from hybrid_mllm.export.trt.runtime import load_trt  # needs tensorrt, only for --trt
+        from .trt.engine import load_trt  # needs tensorrt, only for --trt
 
         loaded = load_trt(args.trt, provider=args.provider)
         return loaded.pipeline, loaded.decoder
     if args.onnx:
-        from hybrid_mllm.export.onnx import load_onnx  # needs onnxruntime, only for --onnx
+        from .onnx import load_onnx  # needs onnxruntime, only for --onnx
 
         chunk = {} if args.prefill_chunk is None else {"prefill_chunk": args.prefill_chunk}
         loaded = load_onnx(args.onnx, provider=args.provider, **chunk)

@@ -1,12 +1,12 @@
-"""The custom flavour's ``hybrid::`` ops on ONNX Runtime's CPU provider.
+"""Mamba's custom nodes on ONNX Runtime's CPU provider (the custom flavour without TensorRT).
 
 onnxruntime-extensions calls these Python functions for the graph's ``SelectiveScan`` and
-``CausalConv1d`` nodes (numpy arrays in and out). The scan runs the project's fused C
-kernel (``cpu_fused``, the one PyTorch eager uses on a CPU) on the arrays' memory, without
-copies; where that kernel cannot be built (no C compiler) it runs the numpy reference, a
-sequential loop that is only fast enough for checking a graph. The conv runs the eager
-mixer's own conv (`conv.causal_conv1d`). Both numpy references stay here: they are the
-definitions the fast paths are tested against.
+``CausalConv1d`` nodes (numpy arrays in and out; shapes in `ops`). The scan runs the
+project's fused C kernel (``cpu_fused``, the one PyTorch eager uses on a CPU) on the arrays'
+memory, without copies; where that kernel cannot be built (no C compiler) it runs the numpy
+reference, a sequential loop that is only fast enough for checking a graph. The conv runs
+the eager mixer's own conv (`conv.causal_conv1d`). Both numpy references stay here: they
+are the definitions the fast paths are tested against.
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from hybrid_mllm.plugins.mixers import conv, scan_cpu
+from . import conv, scan_cpu
 
 
 def selective_scan(u, delta, A, B, C, D, z, delta_bias, state, **attrs):
-    """``hybrid::SelectiveScan`` (shapes in `custom_ops`): the fused kernel, else the numpy reference.
+    """``hybrid::SelectiveScan`` (shapes in `ops`): the fused kernel, else the numpy reference.
 
     u, delta, z: (b, d, L)  A: (d, n)  B, C: (b, n, L)  D, delta_bias: (d,)  state: (b, d, n)
     -> y: (b, d, L) in u's dtype, new_state: (b, d, n) float32
@@ -43,7 +43,7 @@ def _tensors(*arrays: np.ndarray) -> list[torch.Tensor]:
 
 
 def reference_selective_scan(u, delta, A, B, C, D, z, delta_bias, state, **attrs):
-    """numpy, sequential over time: the definition in `custom_ops`' docstring."""
+    """numpy, sequential over time: the definition in `ops`' docstring."""
     delta = delta.astype(np.float32) + delta_bias[:, None]
     if attrs.get("softplus"):
         delta = np.logaddexp(0.0, delta)  # softplus without overflow

@@ -13,12 +13,14 @@ from dataclasses import dataclass
 
 import torch
 
-from .config import Config
-from .errors import HybridError, InputError
+from hybrid_mllm.core.config import Config
+from hybrid_mllm.core.errors import HybridError, InputError
+from hybrid_mllm.core.text import IMAGE_TOKEN, VIDEO_TOKEN, Tokenizer, get_template
+from hybrid_mllm.core.vision import Visual
+
 from .generate import Decoder, GenerationConfig, GenerationResult, TorchDecoder, generate
 from .memory import check_prefill_memory
-from .mllm import Batch, HybridMLLM, Visual
-from .text import IMAGE_TOKEN, VIDEO_TOKEN, Tokenizer, get_template
+from .splice import Batch, Multimodal, embed
 from .visual_budget import check_visual_budget
 from .visual_inputs import Overrides, VisualLoader
 
@@ -36,7 +38,7 @@ PREFILL_CHUNK = 8192  # tokens per prefill step of the PyTorch runtime
 
 
 class Pipeline:
-    def __init__(self, model: HybridMLLM, tokenizer: Tokenizer, config: Config):
+    def __init__(self, model: Multimodal, tokenizer: Tokenizer, config: Config):
         self.model, self.tokenizer, self.config = model, tokenizer, config
         self.template = get_template(config.text.template)
         self.visuals = VisualLoader(model, config.vision)
@@ -58,7 +60,7 @@ class Pipeline:
             ids.append(item_ids)
             visuals.append(items)
         with torch.no_grad():
-            batch = self.model.embed([torch.tensor(x) for x in ids], visuals)
+            batch = embed(self.model, [torch.tensor(x) for x in ids], visuals)
         return batch, ids
 
     def answer(self, requests: Sequence[Request], generation: GenerationConfig, *, overrides: Overrides | None = None,

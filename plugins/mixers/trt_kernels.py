@@ -3,7 +3,7 @@
 TensorRT launches an AOT plugin kernel with its arguments in one order: the input pointers,
 then the extra int32 scalars (`trtp.SymIntExprs`), then the output pointers, and tensors
 are dense (row-major) in the ``LINEAR`` format. The wrappers below take exactly that and
-call the project's kernels (`plugins.mixers.scan_triton`, `conv_triton`), inlined, with
+call the project's kernels (`scan_triton`, `conv_triton`), inlined, with
 strides computed from the shapes, so there is one scan and one conv to keep correct:
 
 - ``scan``: inputs u, delta, A, B, C, D, z, delta_bias, state; scalars channels, length,
@@ -24,7 +24,7 @@ import functools
 from dataclasses import dataclass
 from types import SimpleNamespace
 
-from hybrid_mllm.plugins.mixers import conv_triton, scan_triton
+from . import conv_triton, scan_triton
 
 # Bound by `_kernels()` on first use (see `scan_triton`'s docstring: why not at import).
 triton = None
@@ -106,7 +106,7 @@ def _kernels() -> SimpleNamespace:
 
 # ---------------------------------------------------------------------------------------
 # Launch geometry: generic over the dim type (ints here, TensorRT shape expressions in
-# `plugins`), so the JIT launch, the AOT launch parameters and the tests share one rule.
+# `ops_trt`), so the JIT launch, the AOT launch parameters and the tests share one rule.
 # ---------------------------------------------------------------------------------------
 
 
@@ -169,7 +169,7 @@ def conv_signature(act: str) -> dict[str, str]:
 
 
 def launch_scan(u, delta, A, B, C, D, z, delta_bias, state, y, new_state, *, softplus: bool) -> None:
-    """Run the scan wrapper on dense tensors (shapes in `shapes.SCAN`), writing y and new_state."""
+    """Run the scan wrapper on dense tensors (shapes in `trt_shapes.SCAN`), writing y and new_state."""
     tensors = (u, delta, A, B, C, D, z, delta_bias, state, y, new_state)
     if not all(t.is_contiguous() for t in tensors):
         raise ValueError("the plugin kernels take dense (contiguous) tensors")
@@ -182,7 +182,7 @@ def launch_scan(u, delta, A, B, C, D, z, delta_bias, state, y, new_state, *, sof
 
 
 def launch_conv(x, weight, bias, conv_state, y, new_conv_state) -> None:
-    """Run the conv wrapper on dense tensors (shapes in `shapes.CONV`)."""
+    """Run the conv wrapper on dense tensors (shapes in `trt_shapes.CONV`)."""
     tensors = (x, weight, bias, conv_state, y, new_conv_state)
     if not all(t.is_contiguous() for t in tensors):
         raise ValueError("the plugin kernels take dense (contiguous) tensors")

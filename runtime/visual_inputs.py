@@ -1,6 +1,6 @@
 """Images and videos named in a prompt -> the model's visual inputs, with their token counts.
 
-Shared by inference (`hybrid_mllm.core.pipeline`) and training data loading, so both tile
+Shared by inference (`hybrid_mllm.runtime.pipeline`) and training data loading, so both tile
 and sample the same way. Token counts are known before any encoding, so a prompt that
 would not fit the context is refused early.
 """
@@ -12,10 +12,21 @@ from dataclasses import dataclass
 
 import torch
 
-from .config_vision import VisionConfig
-from .errors import InputError
-from .mllm import HybridMLLM, VideoClip, Visual
-from .vision import anyres_tiles, load_image, load_video, normalize, num_visual_tokens, select_grid, single_view
+from hybrid_mllm.core.config_vision import VisionConfig
+from hybrid_mllm.core.errors import InputError
+from hybrid_mllm.core.vision import (
+    VideoClip,
+    Visual,
+    anyres_tiles,
+    load_image,
+    load_video,
+    normalize,
+    num_visual_tokens,
+    select_grid,
+    single_view,
+)
+
+from .splice import Multimodal
 
 
 @dataclass
@@ -39,7 +50,7 @@ class ItemSize:
 class VisualLoader:
     """Loads the files for the placeholders of a token sequence, in order."""
 
-    def __init__(self, model: HybridMLLM, vision: VisionConfig | None):
+    def __init__(self, model: Multimodal, vision: VisionConfig | None):
         self.model, self.vision = model, vision
 
     def load(self, ids: Sequence[int], images: Sequence[str], videos: Sequence[str],

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from .errors import ResourceError
-from .vision import select_grid
+from hybrid_mllm.core.errors import ResourceError
+from hybrid_mllm.core.vision import select_grid
+
 from .visual_inputs import ItemSize, Overrides, VisualLoader
 
 

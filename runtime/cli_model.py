@@ -15,12 +15,12 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from .build import build_model
-from .cli import check_device, run_cli
-from .config import load_config, save_config
-from .errors import HybridError
-from .presets import preset_names, resolve_config_path
-from .scan import auto_kernel_name
+from hybrid_mllm.core.build import build_model
+from hybrid_mllm.core.cli import check_device, run_cli
+from hybrid_mllm.core.config import load_config, save_config
+from hybrid_mllm.core.errors import HybridError
+from hybrid_mllm.core.presets import preset_names, resolve_config_path
+from hybrid_mllm.core.scan import auto_kernel_name
 
 
 def _parser() -> argparse.ArgumentParser:

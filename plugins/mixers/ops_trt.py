@@ -1,20 +1,21 @@
 """``hybrid::SelectiveScan`` and ``hybrid::CausalConv1d`` as TensorRT plugins (``tensorrt.plugin``).
 
-`register_plugins()` (idempotent; imports TensorRT, raising `TensorRTUnavailableError`
-with the install hint when it is missing) registers for each node:
+`register_scan_plugin()` and `register_conv_plugin()` (each once per process; the caller has
+imported TensorRT, with the install hint when it is missing: `hybrid_mllm.runtime.trt`)
+register for their node:
 
-- ``@trtp.register``: output shapes and types, from `shapes` (the rule the CPU tests check);
+- ``@trtp.register``: output shapes and types, from `trt_shapes` (the rule the CPU tests check);
 - ``@trtp.autotune``: the type combinations (float32, float16 or bfloat16 activations with
-  float32 parameters and SSM state, `shapes.autotune_types`) in the LINEAR format;
-- ``@trtp.aot_impl``: our Triton kernels compiled to PTX at build time (`kernels`), launched
+  float32 parameters and SSM state, `trt_shapes.autotune_types`) in the LINEAR format;
+- ``@trtp.aot_impl``: our Triton kernels compiled to PTX at build time (`trt_kernels`), launched
   by TensorRT itself. Engines built this way run without Python (trtexec, C++, Triton
-  Inference Server). This is what `build` uses: it marks every node ``aot=1``;
+  Inference Server). This is what the engine build uses: it marks every node ``aot=1``;
 - ``@trtp.impl``: the same Triton kernels launched from Python on TensorRT's stream, for
   engines built with ``plugin_impl="jit"`` (a debugging aid: such an engine needs this
   module registered in the process that runs it).
 
 The ONNX parser maps a node to a plugin by its op type (``SelectiveScan``) and namespace
-(the ``plugin_namespace`` attribute `build.prepare_graph` adds; TensorRT >= 10.10 also reads
+(the ``plugin_namespace`` attribute the engine build adds; TensorRT >= 10.10 also reads
 the node's domain, ``hybrid``). The node attribute ``softplus`` is a plugin attribute; an
 AOT engine does not store attributes, so it is compiled into the kernel as a constant.
 
@@ -27,8 +28,8 @@ from typing import List, Tuple  # noqa: UP035  (the typing forms of NVIDIA's sam
 
 import torch
 
-from . import kernels, shapes
-from .errors import import_tensorrt
+from . import trt_kernels as kernels
+from . import trt_shapes as shapes
 
 NAMESPACE = "hybrid"
 SCAN_ID, CONV_ID = f"{NAMESPACE}::{shapes.SCAN.name}", f"{NAMESPACE}::{shapes.CONV.name}"
@@ -49,17 +50,11 @@ def _constant(expr, what: str) -> int:
 
 
 @functools.cache
-def register_plugins() -> str:
-    """Register both plugins with TensorRT (once per process); returns the namespace."""
-    trt = import_tensorrt()
+def register_scan_plugin() -> None:
+    """Register ``hybrid::SelectiveScan`` with TensorRT (once per process)."""
+    import tensorrt as trt
     import tensorrt.plugin as trtp
 
-    _register_scan(trt, trtp)
-    _register_conv(trt, trtp)
-    return NAMESPACE
-
-
-def _register_scan(trt, trtp) -> None:
     T = trtp.TensorDesc
 
     @trtp.register(SCAN_ID)
@@ -91,7 +86,12 @@ def _register_scan(trt, trtp) -> None:
             kernels.launch_scan(*args, y, new_state, softplus=bool(softplus))
 
 
-def _register_conv(trt, trtp) -> None:
+@functools.cache
+def register_conv_plugin() -> None:
+    """Register ``hybrid::CausalConv1d`` with TensorRT (once per process)."""
+    import tensorrt as trt
+    import tensorrt.plugin as trtp
+
     T = trtp.TensorDesc
 
     @trtp.register(CONV_ID)

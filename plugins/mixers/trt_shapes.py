@@ -1,10 +1,10 @@
 """Shape and type rules of the two custom nodes, in plain Python (no TensorRT import).
 
-One description per node (`SCAN`, `CONV`, matching `hybrid_mllm.export.onnx.custom_ops`):
+One description per node (`SCAN`, `CONV`, matching `ops`):
 its inputs and outputs, each output's dims as (input, axis) picks, the dims that must
 agree, and which tensors follow the activation type ``T`` and which are always float32.
 `output_shapes` works on any dim objects (ints, axis names, TensorRT's ``ShapeExpr``),
-so the TensorRT plugins' shape functions (`plugins`) and the CPU tests use the same rule.
+so the TensorRT plugins' shape functions (`ops_trt`) and the CPU tests use the same rule.
 """
 
 from __future__ import annotations
@@ -131,9 +131,3 @@ def autotune_types(spec: OpSpec, activation_types: Sequence[str] = ACTIVATION_TY
     then output; ``A|B|C`` alternatives are taken together by position (all FP16, ...)."""
     act = "|".join(activation_types)
     return ", ".join(act if kind == ACT else "FP32" for kind in spec.types)
-
-
-def state_shape(entry: Mapping, batch: int, past: int) -> tuple[int, ...]:
-    """A decoder state tensor's concrete shape from its manifest entry (``batch`` and
-    ``past_sequence`` replaced)."""
-    return tuple(batch if d == "batch" else past if d == "past_sequence" else int(d) for d in entry["shape"])

@@ -4,18 +4,20 @@
 ``onnxruntime-gpu`` package (which replaces ``onnxruntime``: never install both). The CPU
 provider stays listed after a GPU one so nodes it lacks still run.
 
-A custom-flavour graph has ``hybrid::SelectiveScan`` / ``hybrid::CausalConv1d`` nodes. On the
-CPU they run as onnxruntime-extensions Python ops (`cpu_ops`: the fused C scan kernel that
-PyTorch eager uses, or a numpy reference where it cannot be built); TensorRT runs them as
-plugins (``hybrid-export --trt``).
+A custom-flavour graph has custom nodes (Mamba's ``hybrid::SelectiveScan`` and
+``hybrid::CausalConv1d``, a plugin's own). On the CPU they run as onnxruntime-extensions
+Python ops: the ``cpu`` implementation of each node in the registered export declarations
+(`hybrid_mllm.core.exportable.CustomNode`); TensorRT runs them as plugins (``hybrid-export --trt``).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from . import cpu_ops
-from .errors import RuntimeUnavailableError
+from hybrid_mllm.core.exportable import CustomNode, custom_nodes
+from hybrid_mllm.core.registry import get_registry
+
+from ..errors import RuntimeUnavailableError
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
              "tensorrt": "TensorrtExecutionProvider"}
@@ -49,46 +51,48 @@ def make_session(path: Path, *, provider: str = "cpu", custom_ops: bool = False,
     if not custom_ops:
         return ort.InferenceSession(str(path), options, providers=providers)
     if provider != "cpu":
-        raise RuntimeUnavailableError("a custom-flavour export runs its hybrid:: ops on the cpu provider only "
-                                      "(as Python ops) until the TensorRT plugins exist; use --provider cpu "
+        raise RuntimeUnavailableError("a custom-flavour export runs its custom nodes on the cpu provider only "
+                                      "(as Python ops); use --provider cpu, hybrid-export --trt for TensorRT, "
                                       "or export with --scan standard")
-    options.register_custom_ops_library(_cpu_ops_library())
-    return ort.InferenceSession(_in_contrib_domain(path), options, providers=providers)
+    nodes = custom_nodes(e.obj for e in get_registry().entries("export"))
+    options.register_custom_ops_library(_cpu_ops_library(nodes))
+    return ort.InferenceSession(_in_contrib_domain(path, {n.domain for n in nodes.values()}), options,
+                                providers=providers)
 
 
-def _in_contrib_domain(path: Path) -> bytes:
-    """The model with its hybrid:: nodes moved to onnxruntime-extensions' domain (weights loaded
+def _in_contrib_domain(path: Path, domains: set[str]) -> bytes:
+    """The model with its custom nodes moved to onnxruntime-extensions' domain (weights loaded
     into the bytes, so the model must stay under protobuf's 2 GB limit)."""
     import onnx
 
-    from .custom_ops import DOMAIN
-
     model = onnx.load(str(path))
     for node in model.graph.node:
-        if node.domain == DOMAIN:
+        if node.domain in domains:
             node.domain = CONTRIB_DOMAIN
     for entry in model.opset_import:
-        if entry.domain == DOMAIN:
+        if entry.domain in domains:
             entry.domain = CONTRIB_DOMAIN
     return model.SerializeToString()
 
 
-_registered = False
+_registered: set[str] = set()  # onnxruntime-extensions keeps Python ops for the life of the process
 
 
-def _cpu_ops_library() -> str:
-    """Register the `cpu_ops` (once) and return onnxruntime-extensions' library path."""
-    global _registered
+def _cpu_ops_library(nodes: dict[str, CustomNode]) -> str:
+    """Register each node's CPU implementation (once per node) and return onnxruntime-extensions'
+    library path. The ops take and give float32 tensors (the custom flavour exports float32);
+    their int attributes are the schema's."""
     try:
         from onnxruntime_extensions import PyCustomOpDef, get_library_path, onnx_op
     except ImportError:
         raise RuntimeUnavailableError(
-            "running a custom-flavour export on the CPU needs onnxruntime-extensions (its hybrid:: ops run as "
+            "running a custom-flavour export on the CPU needs onnxruntime-extensions (its custom nodes run as "
             "Python ops): pip install onnxruntime-extensions, or export with --scan standard") from None
-    if not _registered:
-        f32, i64 = PyCustomOpDef.dt_float, PyCustomOpDef.dt_int64
-        onnx_op(op_type="SelectiveScan", inputs=[f32] * 9, outputs=[f32, f32], attrs={"softplus": i64})(
-            cpu_ops.selective_scan)
-        onnx_op(op_type="CausalConv1d", inputs=[f32] * 4, outputs=[f32, f32])(cpu_ops.causal_conv1d)
-        _registered = True
+    for node_id, node in nodes.items():
+        if node.cpu is None or node_id in _registered:
+            continue
+        schema, f32 = node.schema(), PyCustomOpDef.dt_float
+        onnx_op(op_type=node.name, inputs=[f32] * len(schema.inputs), outputs=[f32] * len(schema.outputs),
+                attrs=dict.fromkeys(schema.attributes, PyCustomOpDef.dt_int64))(node.cpu)
+        _registered.add(node_id)
     return get_library_path()

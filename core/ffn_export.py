@@ -1,6 +1,6 @@
 """The MoE layer in a form the exporter can trace: one op per expert, sparse in the graph.
 
-`hybrid_mllm.core.ffn.MoE` groups tokens by expert with Python-int counts
+`MoE` groups tokens by expert with Python-int counts
 (``bincount(...).tolist()``), which torch.export cannot trace with a dynamic token count,
 and a data-dependent ``nonzero`` in the traced graph breaks the exporter's handling of
 the scan's ``torch.cond`` (pending unbacked symbols). So during export each expert is one
@@ -8,6 +8,7 @@ opaque op, ``hybrid_export::moe_expert_add``, with a static output shape for tra
 its ONNX translation is standard ops that touch only the routed tokens:
 ``NonZero(chosen == e) -> Gather -> 3 Gemm (SwiGLU) -> * weight -> ScatterND(add)``.
 The result is the same sum over each token's top-k experts (up to float summation order).
+The routing is `MoE.route` itself. Imported only when exporting (it needs onnxscript).
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import torch.nn.functional as F
 from onnxscript import opset18 as op
 from torch import Tensor, nn
 
-from hybrid_mllm.core.ffn import MoE
+from .exportable import TracedOp
+from .ffn import MoE
 
 
 @torch.library.custom_op("hybrid_export::moe_expert_add", mutates_args=())
@@ -54,11 +56,12 @@ def moe_expert_add_onnx(y, tokens, chosen, weights, expert: int, gate, up, down,
     return op.ScatterND(y, op.Unsqueeze(token_idx, op.Constant(value_ints=[1])), out, reduction="add")
 
 
-TRANSLATIONS = {torch.ops.hybrid_export.moe_expert_add.default: moe_expert_add_onnx}
+def moe_ops() -> tuple[TracedOp, ...]:
+    return (TracedOp(torch.ops.hybrid_export.moe_expert_add.default, moe_expert_add_onnx),)
 
 
 class ExportMoE(nn.Module):
-    """Wraps a `MoE` (sharing its parameters): same routing, experts as `moe_expert_add` ops."""
+    """Wraps a `MoE` (sharing its parameters): its routing, experts as `moe_expert_add` ops."""
 
     def __init__(self, moe: MoE):
         super().__init__()
@@ -66,15 +69,11 @@ class ExportMoE(nn.Module):
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """x: (B, L, d_model) -> y: (B, L, d_model), aux_loss 0 (inference only)."""
-        m = self.moe
         tokens = x.reshape(-1, x.shape[-1])  # (T, d)
-        probs = torch.softmax(m.router(tokens).float(), dim=-1)  # (T, E)
-        weights, chosen = probs.topk(m.top_k, dim=-1)  # (T, k)
-        if m.normalize_top_k:
-            weights = weights / weights.sum(-1, keepdim=True)
+        _, weights, chosen = self.moe.route(tokens)
         weights = weights.to(tokens.dtype)
         y = torch.zeros_like(tokens)
-        for e, expert in enumerate(m.experts):
+        for e, expert in enumerate(self.moe.experts):
             y = moe_expert_add(y, tokens, chosen, weights, e, expert.gate.weight, expert.up.weight,
                                expert.down.weight, expert.gate.bias, expert.up.bias, expert.down.bias)
         return y.view_as(x), x.new_zeros((), dtype=torch.float32)

@@ -28,8 +28,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import ResourceError
-from .model import HybridLM
+from hybrid_mllm.core.errors import ResourceError
+from hybrid_mllm.core.model import HybridLM
 
 ACTIVATION_COPIES = 6  # live (B, C, w) fp32 tensors while one block runs one chunk
 GiB = 2**30

@@ -14,8 +14,8 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
-from .errors import HybridError
-from .model import HybridLM
+from hybrid_mllm.core.errors import HybridError
+from hybrid_mllm.core.model import HybridLM
 
 
 @dataclass
