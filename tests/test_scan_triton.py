@@ -28,7 +28,7 @@ from hybrid_mllm.plugins.mixers.scan_chunked import selective_scan_chunked  # no
 from hybrid_mllm.plugins.mixers.scan_mamba_ssm import mamba_ssm_available, selective_scan_mamba_ssm  # noqa: E402
 from hybrid_mllm.plugins.mixers.scan_ref import selective_scan_ref  # noqa: E402
 from hybrid_mllm.plugins.mixers.scan_triton import selective_scan_triton, triton_available  # noqa: E402
-from hybrid_mllm.testing import SCAN_CASES, check_scan_gradients, check_scan_matches_ref  # noqa: E402
+from hybrid_mllm.testing import SCAN_CASES, SCAN_EDGE_CHECKS, check_scan_gradients, check_scan_matches_ref  # noqa: E402
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0").lower() in {"1", "true", "on", "yes"}
 DEVICE = "cpu" if INTERPRET else "cuda"
@@ -150,6 +150,11 @@ def test_strong_decay_stays_finite():
 @pytest.mark.parametrize("case", SCAN_CASES, ids=str)
 def test_contract_forward(case):
     check_scan_matches_ref(selective_scan_triton, case, device=DEVICE)
+
+
+@pytest.mark.parametrize("check", SCAN_EDGE_CHECKS, ids=lambda c: c.__name__)
+def test_contract_edge_cases(check):
+    check(selective_scan_triton, device=DEVICE)
 
 
 @pytest.mark.parametrize("case", SCAN_CASES[:4], ids=str)

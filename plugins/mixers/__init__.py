@@ -5,6 +5,7 @@ from __future__ import annotations
 from hybrid_mllm.core.hookspecs import hookimpl
 from hybrid_mllm.core.scan import ScanKernel
 
+from ._scan_common import CHUNK
 from .attention import Attention
 from .mamba import Mamba
 from .mamba_export import MAMBA_EXPORT
@@ -32,7 +33,7 @@ def register_scan_kernels(register):
     ))
     register("chunked", ScanKernel(
         fn=selective_scan_chunked, priority=dict.fromkeys(ANY_DEVICE, 10),
-        description="chunks of 16 tokens, stable segment sums, standard ops (fallback; its Python loop over "
+        description=f"chunks of {CHUNK} tokens, stable segment sums, standard ops (fallback; its Python loop over "
                     "chunks fixes the length when traced, so ONNX export uses chunked_export)",
     ))
     register("cpu_fused", CPU_FUSED)

@@ -26,9 +26,8 @@ from torch import Tensor
 
 from hybrid_mllm.core.scan import ScanKernel
 
-from ._scan_common import finish_output, prepare_inputs
+from ._scan_common import CHUNK, finish_output, prepare_inputs
 
-CHUNK = 16
 # torch.scan is a prototype API without a public module path yet.
 _scan_hop = importlib.import_module("torch._higher_order_ops.scan").scan
 
@@ -48,6 +47,8 @@ def selective_scan_chunked_export(u, delta, A, B, C, D=None, z=None, delta_bias=
         # (the branch is told it is traced: inside torch.cond, shapes no longer look symbolic)
         y, h = torch.cond(length == 1, _one_token, lambda *ops: _chunks(*ops, traced=True),
                           tuple(_fresh(t) for t in operands))
+    elif length == 0:  # as every kernel: an empty output and the initial state
+        y, h = delta.new_zeros(batch, channels, 0), h0
     elif length == 1:
         y, h = _one_token(*operands)
     else:
