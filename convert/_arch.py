@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hybrid_mllm.core.config import ModelConfig
+from hybrid_mllm.core.schema import is_int
 
 from ._hf_io import HFWeights
 
@@ -67,7 +68,7 @@ class HFConfigReader:
 
     def get(self, key: str, typ: type | tuple[type, ...], *, minimum: float | None = None) -> Any:
         value = self.hf.get(key, self.defaults[key])
-        if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        if typ is float and is_int(value):
             value = float(value)
         if not isinstance(value, typ) or (isinstance(value, bool) and typ is not bool):
             names = typ.__name__ if isinstance(typ, type) else " or ".join(t.__name__ for t in typ)

@@ -19,7 +19,8 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 
-from hybrid_mllm.core.checkpoint import MAX_SHARD_BYTES, save_weights, weight_files, write_directory
+from hybrid_mllm.core.atomic import write_directory
+from hybrid_mllm.core.checkpoint import MAX_SHARD_BYTES, save_weights, weight_files
 from hybrid_mllm.core.errors import HybridError
 
 HF_CONFIG_FILE = "config.json"

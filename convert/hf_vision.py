@@ -33,7 +33,8 @@ import torch
 import yaml
 from torch import nn
 
-from hybrid_mllm.core.checkpoint import WEIGHTS_FILE, save_weights, write_directory
+from hybrid_mllm.core.atomic import write_directory
+from hybrid_mllm.core.checkpoint import WEIGHTS_FILE, save_weights
 from hybrid_mllm.core.registry import get_registry
 
 from ._arch import HFConfigReader

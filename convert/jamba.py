@@ -100,13 +100,13 @@ def to_hf(m: ModelConfig, problems: list[str]) -> dict[str, Any]:
             problems.append("mixers.attention.rope must be false: Jamba's attention has no positional encoding")
         if att["bias"]:
             problems.append("mixers.attention.bias must be false: Jamba's projections have no bias")
-    d_hidden = {kind: getattr(m, kind).get("d_hidden") or 4 * m.d_model for kind in ("mlp", "moe")}
+    d_hidden = {kind: m.ffns.get(kind, {}).get("d_hidden") or 4 * m.d_model for kind in ("mlp", "moe")}
     has_moe = "moe" in m.ffn_layers
-    if "mlp" in m.ffn_layers and m.mlp["bias"]:
+    if "mlp" in m.ffn_layers and m.ffns["mlp"]["bias"]:
         problems.append("mlp.bias must be false: Jamba's MLP has no bias")
-    if has_moe and m.moe["normalize_top_k"]:
+    if has_moe and m.ffns["moe"]["normalize_top_k"]:
         problems.append("moe.normalize_top_k must be false: Jamba does not renormalise the top-k weights")
-    if has_moe and m.moe["n_experts"] == 1:
+    if has_moe and m.ffns["moe"]["n_experts"] == 1:
         problems.append("moe.n_experts must be > 1: transformers builds a one-expert layer as a plain MLP")
     if has_moe and "mlp" in m.ffn_layers and d_hidden["mlp"] != d_hidden["moe"]:
         problems.append(f"mlp.d_hidden ({d_hidden['mlp']}) must equal moe.d_hidden ({d_hidden['moe']}): "
@@ -121,8 +121,8 @@ def to_hf(m: ModelConfig, problems: list[str]) -> dict[str, Any]:
         "rms_norm_eps": m.norm_eps, "tie_word_embeddings": m.tie_embeddings,
         "attn_layer_period": attn[0], "attn_layer_offset": attn[1],
         "expert_layer_period": experts[0], "expert_layer_offset": experts[1],
-        "num_experts": m.moe["n_experts"] if has_moe else 1,
-        "num_experts_per_tok": m.moe["top_k"] if has_moe else 1,
+        "num_experts": m.ffns["moe"]["n_experts"] if has_moe else 1,
+        "num_experts_per_tok": m.ffns["moe"]["top_k"] if has_moe else 1,
         "num_attention_heads": att["n_head"], "num_key_value_heads": att["n_kv_head"] or att["n_head"],
         "mamba_d_state": mamba["d_state"], "mamba_d_conv": mamba["d_conv"], "mamba_expand": mamba["expand"],
         "mamba_dt_rank": dt_rank(mamba["dt_rank"] or "auto", m.d_model),

@@ -72,12 +72,12 @@ def to_hf(m: ModelConfig, problems: list[str]) -> dict[str, Any]:
         return {}
     return {
         "vocab_size": m.vocab_size, "hidden_size": m.d_model, "num_hidden_layers": m.n_layer,
-        "intermediate_size": m.mlp["d_hidden"] or 4 * m.d_model, "hidden_act": "silu",
+        "intermediate_size": m.ffns["mlp"]["d_hidden"] or 4 * m.d_model, "hidden_act": "silu",
         "rms_norm_eps": m.norm_eps, "tie_word_embeddings": m.tie_embeddings,
         "num_attention_heads": att["n_head"], "num_key_value_heads": att["n_kv_head"] or att["n_head"],
         "head_dim": m.d_model // att["n_head"],
         "rope_parameters": {"rope_type": "default", "rope_theta": att["rope_theta"]},
-        "attention_bias": att["bias"], "mlp_bias": m.mlp["bias"],
+        "attention_bias": att["bias"], "mlp_bias": m.ffns["mlp"]["bias"],
     }
 
 

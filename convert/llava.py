@@ -32,6 +32,7 @@ from hybrid_mllm.core.checkpoint import MAX_SHARD_BYTES, save_checkpoint
 from hybrid_mllm.core.config import Config, parse_config
 from hybrid_mllm.core.errors import ConfigError
 from hybrid_mllm.core.mllm import HybridMLLM
+from hybrid_mllm.core.schema import is_int
 from hybrid_mllm.core.text import Tokenizer
 
 from ._hf_io import HF_CONFIG_FILE, ConversionError, HFWeights, parse_dtype, read_hf_config
@@ -105,7 +106,7 @@ def llava_config(hf: dict[str, Any], src: Path) -> tuple[Config, str]:
     problems += [f"text_config.{p}" for p in text_problems]
     _check_feature_select(hf, family_of(vision, source).class_token, problems)
     layer = hf.get("vision_feature_layer", -2)
-    if not isinstance(layer, int) or isinstance(layer, bool) or layer == 0:
+    if not is_int(layer) or layer == 0:
         problems.append(f"vision_feature_layer: {layer!r} is not supported: give one block (an int other than 0)")
         layer = -2
     if hf.get("projector_hidden_act", "gelu") != "gelu" or not hf.get("multimodal_projector_bias", True):

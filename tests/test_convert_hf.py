@@ -102,8 +102,8 @@ def test_jamba_plan_is_read_from_periods_and_offsets(tmp_path):
     _, config = load_hf(tmp_path / "hf")
     assert config.model.layers == ["mamba"] * 4 + ["attention"] + ["mamba"] * 3
     assert config.model.ffn_layers == ["mlp", "moe"] * 4
-    assert config.model.moe["n_experts"] == 4 and config.model.moe["top_k"] == 2
-    assert not config.model.moe["normalize_top_k"]  # Jamba's router does not renormalise
+    assert config.model.ffns["moe"]["n_experts"] == 4 and config.model.ffns["moe"]["top_k"] == 2
+    assert not config.model.ffns["moe"]["normalize_top_k"]  # Jamba's router does not renormalise
 
 
 def test_mamba_parity_and_round_trip(tmp_path):

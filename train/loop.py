@@ -17,7 +17,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from hybrid_mllm.core.checkpoint import load_weights, remove_partial, save_checkpoint, weight_files
+from hybrid_mllm.core.atomic import remove_partial
+from hybrid_mllm.core.checkpoint import load_weights, save_checkpoint, weight_files
 from hybrid_mllm.core.config import Config
 from hybrid_mllm.core.errors import HybridError
 from hybrid_mllm.core.mllm import HybridMLLM
@@ -157,7 +158,7 @@ class StageRun:
         return DistributedDataParallel(LossStep(self.model), find_unused_parameters=True)
 
     def _resume(self, directory: Path, optimizer) -> Progress:
-        load_weights(self.model, weight_files(directory), source=str(directory))
+        load_weights(self.model, weight_files(directory), source=str(directory), place=fsdp.shard_like)
         progress = load_state(directory, self.model, optimizer)
         if progress.stage != self.stage.name:
             raise TrainError(f"{directory} is from stage '{progress.stage}', not '{self.stage.name}': pass --stage")

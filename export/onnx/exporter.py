@@ -17,7 +17,8 @@ import numpy as np
 import onnx
 import torch
 
-from hybrid_mllm.core.checkpoint import load_checkpoint, write_directory
+from hybrid_mllm.core.atomic import write_directory
+from hybrid_mllm.core.checkpoint import load_checkpoint
 from hybrid_mllm.core.config import save_config
 from hybrid_mllm.core.exportable import FLAVOURS, custom_nodes
 from hybrid_mllm.core.mllm import HybridMLLM

@@ -11,11 +11,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import asdict
 from pathlib import Path
 
+from hybrid_mllm.core.atomic import write_atomic
 from hybrid_mllm.runtime.trt.platform import Platform
 
 CACHE_ENV = "HYBRID_MLLM_TRT_CACHE"
@@ -47,16 +47,7 @@ def default_cache_dir() -> Path:
 
 
 def store(cache_dir: Path, key: str, plan: bytes) -> Path:
-    """Write `plan` to cache_dir/KEY.plan atomically. Each writer has its own temporary file,
-    so concurrent builds of one key never mix their bytes; the last rename wins (same engine)."""
+    """Write `plan` to cache_dir/KEY.plan atomically: concurrent builds of one key never mix
+    their bytes; the last rename wins (the same engine)."""
     cache_dir.mkdir(parents=True, exist_ok=True)
-    target = cache_dir / f"{key}.plan"
-    fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=f".{key}.", suffix=".plan.tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(plan)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+    return write_atomic(cache_dir / f"{key}.plan", plan)

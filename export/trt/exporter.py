@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from hybrid_mllm.core.checkpoint import load_checkpoint, write_directory
+from hybrid_mllm.core.atomic import write_directory
+from hybrid_mllm.core.checkpoint import load_checkpoint
 from hybrid_mllm.runtime.onnx.manifest import read_manifest
 from hybrid_mllm.runtime.trt.engine import TrtDecoder, TrtEngine
 from hybrid_mllm.runtime.trt.errors import import_tensorrt, require_cuda

@@ -23,7 +23,6 @@ import shlex
 import shutil
 import subprocess
 import sysconfig
-import tempfile
 import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -32,6 +31,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from hybrid_mllm.core.atomic import replacing
 from hybrid_mllm.core.errors import KernelUnavailableError
 from hybrid_mllm.core.scan import ScanKernel
 
@@ -102,17 +102,11 @@ def build_library(compiler: str | None, cache: Path) -> Path:
     if target.exists():
         return target
     cache.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=target.stem + ".", suffix=".tmp", dir=cache)
-    os.close(fd)
-    try:
-        result = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", tmp],
+    with replacing(target) as tmp:
+        result = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(tmp)],
                                 capture_output=True, text=True, timeout=300, check=False)
         if result.returncode != 0:
             raise BuildError(f"{compiler} failed: {_error_line(result.stderr)}")
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return target
 
 
