@@ -5,8 +5,8 @@ keeps the state and adds nothing, so padding cannot change the result). One chun
 fixed, unrolled recurrence of `CHUNK` steps over (batch, D, N) tensors; the chunks are
 walked by ``torch.ops.higher_order.scan``, which the exporter turns into a single ONNX
 ``Scan`` node. Nothing in the graph depends on the example length: a Python loop over the
-tokens or chunks would make the exporter specialise the sequence axis to it (the trap in
-EXPORT-NOTES). A single token (decode) skips the padding through ``torch.cond`` (an ONNX
+tokens or chunks would make the exporter silently specialise the sequence axis to the
+example's length (a graph that then refuses, or miscomputes, every other length). A single token (decode) skips the padding through ``torch.cond`` (an ONNX
 ``If`` on ``L == 1``), so the same graph decodes at the cost of one recurrence step.
 
 Only ``exp(delta * A)`` with ``delta >= 0, A <= 0`` is exponentiated: never positive, so
