@@ -86,10 +86,12 @@ class TracedOp:
 
 @dataclass(frozen=True)
 class Exportable:
-    """A component class's export declaration (see the module doc)."""
+    """A component class's export declaration (see the module doc); `description`: one line
+    for ``hybrid-plugins``."""
 
     trace: Callable[[nn.Module, str], nn.Module]
     ops: Callable[[], tuple[TracedOp, ...]] = field(default=tuple)
+    description: str = ""
 
 
 def custom_nodes(exportables: Iterable[Exportable]) -> dict[str, CustomNode]:

@@ -110,4 +110,5 @@ def register_ffns(register):
 
 @hookimpl
 def register_exports(register):
-    register(MoE, Exportable(trace=_trace_moe, ops=_moe_ops))
+    register(MoE, Exportable(trace=_trace_moe, ops=_moe_ops,
+                             description="each expert one op, translated to sparse standard ONNX ops"))

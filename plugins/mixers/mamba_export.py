@@ -46,4 +46,6 @@ def mamba_ops() -> tuple[TracedOp, ...]:
             TracedOp(torch.ops.hybrid.causal_conv1d.default, ops_onnx.causal_conv1d_onnx, conv))
 
 
-MAMBA_EXPORT = Exportable(trace=MambaGraph, ops=mamba_ops)
+MAMBA_EXPORT = Exportable(trace=MambaGraph, ops=mamba_ops,
+                          description="scan: hybrid::SelectiveScan (standard: defined in standard ops); "
+                                      "custom flavour: conv: hybrid::CausalConv1d")

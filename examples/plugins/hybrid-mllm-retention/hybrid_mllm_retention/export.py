@@ -76,4 +76,4 @@ def ops() -> tuple[TracedOp, ...]:
     return (TracedOp(torch.ops.retention.retain.default, retain_onnx, node),)
 
 
-RETENTION_EXPORT = Exportable(trace=trace, ops=ops)
+RETENTION_EXPORT = Exportable(trace=trace, ops=ops, description="custom flavour: retention::Retention")
