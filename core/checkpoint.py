@@ -161,7 +161,7 @@ def load_weights(model: nn.Module, files: dict[str, Path], *, source: str,
     """Copy tensors into `model` one at a time (floating-point ones cast to the model's dtype);
     every missing, unexpected, mis-shaped or wrong-kind (integer for float) tensor is reported
     in one error (first few names and a count). `place(tensor, param)` lays a full tensor out
-    as its parameter (a sharded trainer passes its own: `hybrid_mllm.train.fsdp.shard_like`)."""
+    as its parameter (a sharded trainer passes one that cuts this process's shard)."""
     expected = {name: tuple(t.shape) for name, t in unique_state_dict(model).items()}
     missing = sorted(set(expected) - set(files))
     unexpected = sorted(set(files) - set(expected))
