@@ -1,8 +1,10 @@
 """The plugin hooks of hybrid-mllm (pluggy project name ``hybrid_mllm``).
 
 Every hook receives a ``register`` callback and calls it once per component it
-provides: ``register(name, component)``. The registry owns the names: a name that
-is already taken is an error naming both packages, so plugins never touch globals.
+provides: ``register(name, component)`` (``register(cls, exportable)`` for exports). The
+registry owns the names: a name that is already taken is an error naming both packages,
+so plugins never touch globals. Hooks: encoders, mixers, connectors, FFNs, scan kernels,
+and the export declarations of any of them.
 
 A third-party package exposes its hook implementations through an entry point::
 
