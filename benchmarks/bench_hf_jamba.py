@@ -57,18 +57,10 @@ def _time(fn, repeats: int) -> dict[str, float]:
     return {"wall_s": statistics.median(wall), "cpu_s": statistics.median(cpu)}
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    try:
-        import transformers
-    except ImportError:
-        sys.exit("this benchmark needs transformers: pip install -c constraints.txt transformers")
-    from hybrid_mllm.core.convert import load_hf
-    from hybrid_mllm.core.scan import auto_kernel_name
+def _models(args, transformers):
+    """HF's random JambaForCausalLM and ours converted from it by the production converter."""
+    from hybrid_mllm.convert import load_hf
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    load = os.getloadavg()[0]  # other work on the machine skews wall times: say so
     config = transformers.JambaConfig(
         vocab_size=args.vocab, hidden_size=args.d_model, intermediate_size=4 * args.d_model,
         num_hidden_layers=args.layers, num_attention_heads=8, num_key_value_heads=2,
@@ -81,50 +73,42 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         theirs.save_pretrained(Path(tmp) / "hf")
         ours, ours_config = load_hf(Path(tmp) / "hf")
+    return theirs, ours, ours_config
 
-    gen = torch.Generator().manual_seed(args.seed)
-    check = torch.randint(0, args.vocab, (1, 256), generator=gen)
-    with torch.inference_mode():
-        diff = (ours(check).logits - theirs(check, use_cache=False).logits).abs().max().item()
-        rows = []
-        # one Mamba mixer alone (the first Mamba layer, same weights): where the two differ most
-        layer = ours_config.model.layers.index("mamba")
-        our_mixer, their_mixer = ours.blocks[layer].mixer, theirs.model.layers[layer].mamba
-        for length in args.lengths:
-            ids = torch.randint(0, args.vocab, (1, length), generator=gen)
-            x = torch.randn(1, length, args.d_model, generator=gen)
-            row = {"tokens": length}
-            for part, their_fn, our_fn in (
-                ("model", lambda: theirs(ids, use_cache=False), lambda: ours(ids)),  # noqa: B023
-                ("mamba_mixer", lambda: their_mixer(x), lambda: our_mixer(x)),  # noqa: B023
-            ):
-                t_hf, t_ours = _time(their_fn, args.repeats), _time(our_fn, args.repeats)
-                row[part] = {"transformers": t_hf, "ours": t_ours,
-                             "speedup_wall": t_hf["wall_s"] / t_ours["wall_s"],
-                             "speedup_cpu": t_hf["cpu_s"] / t_ours["cpu_s"]}
-            # the whole-model speed-up if our Mamba mixers took no time at all (Amdahl)
-            n_mamba = ours_config.model.layers.count("mamba")
-            rest = row["model"]["ours"]["wall_s"] - n_mamba * row["mamba_mixer"]["ours"]["wall_s"]
-            row["speedup_bound_wall"] = row["model"]["transformers"]["wall_s"] / rest if rest > 0 else None
-            rows.append(row)
 
-    result = {
-        "model": {"layers": ours_config.model.layers, "ffn_layers": ours_config.model.ffn_layers,
-                  "d_model": args.d_model, "experts": args.experts, "top_k": config.num_experts_per_tok,
-                  "vocab": args.vocab, "parameters": sum(p.numel() for p in ours.parameters())},
-        "scan_kernel": auto_kernel_name("cpu"), "threads": torch.get_num_threads(), "repeats": args.repeats,
-        "torch": torch.__version__, "transformers": transformers.__version__, "cpu": platform.processor() or
-        platform.machine(), "load_average": load, "logits_max_abs_diff_256_tokens": diff, "rows": rows,
-    }
-    if args.json:
-        print(json.dumps(result, indent=2))
-        return 0
-    m = result["model"]
+def _rows(args, theirs, ours, ours_config, gen) -> list[dict]:
+    """Per length: the whole model and one Mamba mixer alone (the first Mamba layer, same
+    weights: where the two differ most), timed in both, with the Amdahl bound."""
+    layer = ours_config.model.layers.index("mamba")
+    our_mixer, their_mixer = ours.blocks[layer].mixer, theirs.model.layers[layer].mamba
+    rows = []
+    for length in args.lengths:
+        ids = torch.randint(0, args.vocab, (1, length), generator=gen)
+        x = torch.randn(1, length, args.d_model, generator=gen)
+        row = {"tokens": length}
+        for part, their_fn, our_fn in (
+            ("model", lambda: theirs(ids, use_cache=False), lambda: ours(ids)),  # noqa: B023
+            ("mamba_mixer", lambda: their_mixer(x), lambda: our_mixer(x)),  # noqa: B023
+        ):
+            t_hf, t_ours = _time(their_fn, args.repeats), _time(our_fn, args.repeats)
+            row[part] = {"transformers": t_hf, "ours": t_ours,
+                         "speedup_wall": t_hf["wall_s"] / t_ours["wall_s"],
+                         "speedup_cpu": t_hf["cpu_s"] / t_ours["cpu_s"]}
+        # the whole-model speed-up if our Mamba mixers took no time at all (Amdahl)
+        n_mamba = ours_config.model.layers.count("mamba")
+        rest = row["model"]["ours"]["wall_s"] - n_mamba * row["mamba_mixer"]["ours"]["wall_s"]
+        row["speedup_bound_wall"] = row["model"]["transformers"]["wall_s"] / rest if rest > 0 else None
+        rows.append(row)
+    return rows
+
+
+def _print(result: dict) -> None:
+    m, rows = result["model"], result["rows"]
     n_attn = m["layers"].count("attention")
     print(f"Jamba, {len(m['layers'])} layers ({n_attn} attention : {len(m['layers']) - n_attn} Mamba), "
           f"d_model {m['d_model']}, {m['experts']} experts top-{m['top_k']}, {m['parameters'] / 1e6:.1f}M parameters; "
           f"CPU, {result['threads']} threads, fp32, batch 1; our scan kernel (auto): {result['scan_kernel']}")
-    print(f"logits max |ours - transformers| at 256 tokens: {diff:.1e}")
+    print(f"logits max |ours - transformers| at 256 tokens: {result['logits_max_abs_diff_256_tokens']:.1e}")
     print(f"load average before the run: {result['load_average']:.1f} on {os.cpu_count()} CPUs")
     head = ["tokens", f"{'part':<15}", "transformers wall (s)", "ours wall (s)", "speed-up wall", "speed-up CPU time"]
     print(" | ".join(head))
@@ -140,6 +124,37 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r['tokens']} tokens: whole-model speed-up if our Mamba mixers took no time "
               f"(ours minus {m['layers'].count('mamba')} x one mixer): "
               + (f"{bound:.1f}x" if bound else "not measurable (the mixers' times exceed the model's)"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        import transformers
+    except ImportError:
+        sys.exit("this benchmark needs transformers: pip install -c constraints.txt transformers")
+    from hybrid_mllm.core.scan import auto_kernel_name
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    load = os.getloadavg()[0]  # other work on the machine skews wall times: say so
+    theirs, ours, ours_config = _models(args, transformers)
+    gen = torch.Generator().manual_seed(args.seed)
+    check = torch.randint(0, args.vocab, (1, 256), generator=gen)
+    with torch.inference_mode():
+        diff = (ours(check).logits - theirs(check, use_cache=False).logits).abs().max().item()
+        rows = _rows(args, theirs, ours, ours_config, gen)
+    result = {
+        "model": {"layers": ours_config.model.layers, "ffn_layers": ours_config.model.ffn_layers,
+                  "d_model": args.d_model, "experts": args.experts, "top_k": theirs.config.num_experts_per_tok,
+                  "vocab": args.vocab, "parameters": sum(p.numel() for p in ours.parameters())},
+        "scan_kernel": auto_kernel_name("cpu"), "threads": torch.get_num_threads(), "repeats": args.repeats,
+        "torch": torch.__version__, "transformers": transformers.__version__, "cpu": platform.processor() or
+        platform.machine(), "load_average": load, "logits_max_abs_diff_256_tokens": diff, "rows": rows,
+    }
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        _print(result)
     return 0
 
 

@@ -26,12 +26,12 @@ import torch
 from hybrid_mllm.core.build import build_mllm
 from hybrid_mllm.core.checkpoint import save_checkpoint
 from hybrid_mllm.core.config import load_config
-from hybrid_mllm.core.generate import TorchDecoder
 from hybrid_mllm.core.presets import resolve_config_path
 from hybrid_mllm.core.scan import auto_kernel_name
-from hybrid_mllm.export.onnx import export_onnx, load_onnx
-from hybrid_mllm.export.onnx.runtime import DEFAULT_PREFILL_CHUNK
+from hybrid_mllm.export.onnx import export_onnx
 from hybrid_mllm.plugins.mixers.mamba import Mamba
+from hybrid_mllm.runtime.generate import TorchDecoder
+from hybrid_mllm.runtime.onnx import DEFAULT_PREFILL_CHUNK, load_onnx
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -113,7 +113,7 @@ def rel_error(actual, expected) -> float:
 
 def check_forward(fn, inputs, tol) -> float:
     """Max relative error of fn's y and last state against chunked (float32) on a slice."""
-    from hybrid_mllm.plugins.mixers._scan_chunked import selective_scan_chunked
+    from hybrid_mllm.plugins.mixers.scan_chunked import selective_scan_chunked
 
     channels = checked_channels(inputs["u"].shape[1])
     with torch.no_grad():
@@ -132,7 +132,7 @@ def check_backward(fn, inputs, tol) -> float:
     dy is zero outside the checked channels, so dB and dC (sums over channels) come from
     the slice alone and can be checked too.
     """
-    from hybrid_mllm.plugins.mixers._scan_chunked import selective_scan_chunked
+    from hybrid_mllm.plugins.mixers.scan_chunked import selective_scan_chunked
 
     channels = checked_channels(inputs["u"].shape[1])
     names = [k for k, v in inputs.items() if torch.is_tensor(v)]
@@ -237,8 +237,8 @@ def forward_backward_fn(fn, inputs):
 
 
 def kernels_to_compare():
-    from hybrid_mllm.plugins.mixers._scan_mamba_ssm import mamba_ssm_available, selective_scan_mamba_ssm
-    from hybrid_mllm.plugins.mixers._scan_triton import selective_scan_triton
+    from hybrid_mllm.plugins.mixers.scan_mamba_ssm import mamba_ssm_available, selective_scan_mamba_ssm
+    from hybrid_mllm.plugins.mixers.scan_triton import selective_scan_triton
 
     kernels = {"triton": selective_scan_triton}
     reason = mamba_ssm_available(torch.device("cuda"))
@@ -268,7 +268,7 @@ def run_bandwidth(args, results, kernels):
 
 
 def run_chunked_comparison(args, results, kernels):
-    from hybrid_mllm.plugins.mixers._scan_chunked import selective_scan_chunked
+    from hybrid_mllm.plugins.mixers.scan_chunked import selective_scan_chunked
 
     dtype = DTYPES[args.dtype]
     tol = 1e-2 if dtype != torch.float32 else 1e-3
@@ -304,7 +304,7 @@ def run_tuning(args, results):
 
     Forward: (BLOCK_D, num_warps); backward: (BLOCK_D, num_warps, CHECKPOINT_EVERY).
     """
-    from hybrid_mllm.plugins.mixers import _scan_triton as st
+    from hybrid_mllm.plugins.mixers import scan_triton as st
 
     dtype = DTYPES[args.dtype]
     s_in = torch.finfo(dtype).bits // 8

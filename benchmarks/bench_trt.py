@@ -27,13 +27,13 @@ import torch
 from hybrid_mllm.core.build import build_mllm
 from hybrid_mllm.core.checkpoint import save_checkpoint
 from hybrid_mllm.core.config import load_config
-from hybrid_mllm.core.generate import TorchDecoder
 from hybrid_mllm.core.presets import resolve_config_path
 from hybrid_mllm.export.trt.build import BuildOptions
-from hybrid_mllm.export.trt.errors import import_tensorrt, require_cuda
 from hybrid_mllm.export.trt.exporter import export_trt
-from hybrid_mllm.export.trt.profiles import ProfileLimits
-from hybrid_mllm.export.trt.runtime import load_trt
+from hybrid_mllm.runtime.generate import TorchDecoder
+from hybrid_mllm.runtime.trt.engine import load_trt
+from hybrid_mllm.runtime.trt.errors import import_tensorrt, require_cuda
+from hybrid_mllm.runtime.trt.profiles import ProfileLimits
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 

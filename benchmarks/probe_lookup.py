@@ -32,13 +32,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hybrid_mllm.core._cli import check_at_least_one, run_cli
 from hybrid_mllm.core.build import build_mllm
+from hybrid_mllm.core.cli import check_at_least_one, run_cli
 from hybrid_mllm.core.config import load_config
 from hybrid_mllm.core.errors import HybridError
-from hybrid_mllm.core.mllm import IGNORE, grid_position, with_cue
 from hybrid_mllm.core.presets import resolve_config_path
+from hybrid_mllm.core.text import IGNORE_INDEX as IGNORE
 from hybrid_mllm.core.text import get_template
+from hybrid_mllm.runtime.cue import grid_position, with_cue
 from hybrid_mllm.train.config import parse_train
 from hybrid_mllm.train.data_digits import TRAIN_GRIDS
 from hybrid_mllm.train.loop import lr_factor

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from .config import FFN_KINDS, Config
+from .config import NO_FFN, Config
 from .errors import ConfigError
 from .mllm import HybridMLLM
 from .model import Block, HybridLM
@@ -25,7 +25,7 @@ def build_model(config: Config, *, registry: Registry | None = None, device=None
     blocks = []
     for mixer_name, ffn_kind in zip(m.layers, m.ffn_layers, strict=True):
         mixer = registry.get("mixer", mixer_name)(m.d_model, **m.mixers[mixer_name], **factory)
-        ffn = None if ffn_kind == "none" else FFN_KINDS[ffn_kind](m.d_model, **getattr(m, ffn_kind), **factory)
+        ffn = None if ffn_kind == NO_FFN else registry.get("ffn", ffn_kind)(m.d_model, **m.ffns[ffn_kind], **factory)
         blocks.append(Block(m.d_model, mixer, ffn, norm_eps=m.norm_eps, **factory))
     return HybridLM(m.vocab_size, m.d_model, blocks, norm_eps=m.norm_eps,
                     tie_embeddings=m.tie_embeddings, embedding_multiplier=m.embedding_multiplier, **factory)

@@ -7,7 +7,7 @@ CKPT/model-00001-of-00003.safetensors ... + model.safetensors.index.json (HF lay
 CKPT/tokenizer.json ...                   the tokenizer's files, when it has any
 ```
 Weights are named as in `HybridMLLM` (``lm.``, ``encoder.``, ``connector.`` ...).
-Written atomically: everything goes to a temporary sibling directory, is fsynced, then
+Written atomically (`atomic.write_directory`): everything goes to a temporary sibling directory, is fsynced, then
 renamed into place, so a crash leaves either the old checkpoint or the new one. Loading
 never unpickles and reads tensors one at a time from memory-mapped files.
 """
@@ -17,8 +17,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
@@ -28,22 +26,19 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from ._paths import confined
+from .atomic import write_directory
 from .build import build_mllm
 from .config import Config, load_config, save_config
-from .errors import HybridError
+from .errors import CheckpointError
 from .mllm import HybridMLLM
 from .model import HybridLM
+from .paths import confined
 from .text import Tokenizer
 
 CONFIG_FILE = "config.yaml"
 WEIGHTS_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 MAX_SHARD_BYTES = 2 * 2**30
-
-
-class CheckpointError(HybridError):
-    """A checkpoint directory that is missing, incomplete or does not fit the model."""
 
 
 class Loaded(NamedTuple):
@@ -75,46 +70,6 @@ def save_checkpoint(model: HybridMLLM | HybridLM, config: Config, out_dir: str |
             write_extra(tmp)
 
     return write_directory(Path(out_dir), fill, overwrite=overwrite)
-
-
-def write_directory(out_dir: Path, fill: Callable[[Path], None], *, overwrite: bool = False) -> Path:
-    """Create `out_dir` atomically: `fill(tmp)` writes into a temporary sibling, which is
-    fsynced and renamed into place; on any failure it is removed and `out_dir` is untouched."""
-    if out_dir.exists() and not overwrite:
-        raise CheckpointError(f"{out_dir} already exists: choose another directory or pass overwrite=True")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
-    try:
-        fill(tmp)
-        _make_readable(tmp)
-        _fsync_tree(tmp)
-        _replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out_dir
-
-
-def remove_partial(parent: Path) -> list[Path]:
-    """Remove what an interrupted `write_directory` into `parent` left: hidden ``.NAME.tmp-*``
-    directories (never renamed into place) and ``.NAME.old-*`` ones (replaced targets).
-    A kill between `_replace_dir`'s two renames leaves ``.NAME.old-*`` and no NAME: that old
-    directory is the last complete checkpoint, so it is renamed back to NAME first.
-    Only safe while no other process writes there (a trainer calls it under its lock)."""
-    _restore_moved_aside(parent)
-    leftovers = [p for pattern in (".*.tmp-*", ".*.old-*") for p in parent.glob(pattern) if p.is_dir()]
-    for path in leftovers:
-        shutil.rmtree(path, ignore_errors=True)
-    return leftovers
-
-
-def _restore_moved_aside(parent: Path) -> None:
-    """Rename ``.NAME.old-PID`` back to NAME where NAME is missing (the newest, if several)."""
-    olds = sorted((p for p in parent.glob(".*.old-*") if p.is_dir()), key=lambda p: p.stat().st_mtime)
-    for old in reversed(olds):  # newest first: it wins when several were moved aside
-        target = parent / old.name[1:].rsplit(".old-", 1)[0]
-        if not target.exists():
-            os.replace(old, target)
 
 
 def unique_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -149,38 +104,6 @@ def save_weights(state: dict[str, torch.Tensor], directory: Path, max_shard_byte
         weight_map.update(dict.fromkeys(shard, file))
     total = sum(t.numel() * t.element_size() for t in state.values())
     (directory / INDEX_FILE).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
-
-
-def _fsync_tree(directory: Path) -> None:
-    for path in directory.rglob("*"):
-        if path.is_file():
-            with open(path, "rb") as f:
-                os.fsync(f.fileno())
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _make_readable(directory: Path) -> None:
-    """Permissions like any directory the user creates (mkdtemp makes it private), umask applied."""
-    umask = os.umask(0)
-    os.umask(umask)
-    directory.chmod(0o777 & ~umask)
-    for path in directory.rglob("*"):
-        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
-
-
-def _replace_dir(new: Path, target: Path) -> None:
-    """Move `new` to `target`; an existing target is moved aside first and removed after."""
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.replace(target, old)
-    os.replace(new, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def weight_files(ckpt_dir: Path) -> dict[str, Path]:
@@ -233,10 +156,12 @@ def load_checkpoint(ckpt_dir: str | os.PathLike, *, device="cpu", dtype: torch.d
     return Loaded(model, tokenizer, config)
 
 
-def load_weights(model: nn.Module, files: dict[str, Path], *, source: str) -> None:
+def load_weights(model: nn.Module, files: dict[str, Path], *, source: str,
+                 place: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = lambda tensor, like: tensor) -> None:
     """Copy tensors into `model` one at a time (floating-point ones cast to the model's dtype);
     every missing, unexpected, mis-shaped or wrong-kind (integer for float) tensor is reported
-    in one error (first few names and a count)."""
+    in one error (first few names and a count). `place(tensor, param)` lays a full tensor out
+    as its parameter (a sharded trainer passes one that cuts this process's shard)."""
     expected = {name: tuple(t.shape) for name, t in unique_state_dict(model).items()}
     missing = sorted(set(expected) - set(files))
     unexpected = sorted(set(files) - set(expected))
@@ -256,7 +181,7 @@ def load_weights(model: nn.Module, files: dict[str, Path], *, source: str) -> No
                                    f"(expected {str(params[name].dtype).removeprefix('torch.')})")
                 continue
             with torch.no_grad():
-                params[name].copy_(shard_like(tensor, params[name]))
+                params[name].copy_(place(tensor, params[name]))
     finally:
         handles.clear()
     problems = [f"{label}: {_first_few(names)}" for label, names in
@@ -265,19 +190,6 @@ def load_weights(model: nn.Module, files: dict[str, Path], *, source: str) -> No
     if problems:
         raise CheckpointError(f"{source} does not fit the model: " + "; ".join(problems)
                               + " (weights saved from another config, or changed since?)")
-
-
-def shard_like(tensor: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """The full `tensor` laid out as `like`: itself for a plain tensor; for a parameter or
-    optimizer moment sharded by FSDP2 (a DTensor of the same shape), this process's slice,
-    cut locally (every process holds the full tensor, so nothing is sent)."""
-    if not torch.distributed.is_available():  # then nothing is sharded
-        return tensor
-    from torch.distributed.tensor import DTensor, distribute_tensor
-
-    if not isinstance(like, DTensor) or tuple(tensor.shape) != tuple(like.shape):
-        return tensor
-    return distribute_tensor(tensor.to(like.device), like.device_mesh, like.placements, src_data_rank=None)
 
 
 def _first_few(names: list[str], n: int = 5) -> str:

@@ -8,7 +8,7 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
-from ._cli import run_cli
+from .cli import run_cli
 from .registry import AUTOLOAD_ENV, KINDS, get_registry
 from .scan import auto_kernel_name
 
@@ -16,7 +16,7 @@ from .scan import auto_kernel_name
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="hybrid-plugins",
-        description="List the registered encoders, mixers, connectors and scan kernels, "
+        description="List the registered encoders, mixers, connectors, FFNs, scan kernels and export declarations, "
                     f"with the package that provides each. Set {AUTOLOAD_ENV}=1 to see the built-ins only.",
     )
     p.add_argument("--kind", choices=list(KINDS), help="only this kind of component")
@@ -25,6 +25,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _details(entry) -> str:
+    if entry.kind == "export":
+        return entry.obj.description
     if entry.kind == "scan_kernel":
         devices = ", ".join(f"{d}:{p}" for d, p in entry.obj.priority.items())
         return f"{entry.obj.description} [priority {devices}]"

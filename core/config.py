@@ -12,7 +12,7 @@ model:
   mixers:                     # options per mixer, checked against its constructor
     mamba: {d_state: 16, expand: 2}
     attention: {n_head: 4, n_kv_head: 2}
-  mlp: {d_hidden: 512}
+  mlp: {d_hidden: 512}         # options per FFN kind (register_ffns), checked against its constructor
   moe: {n_experts: 4, top_k: 2}
   embedding_multiplier: 1.0   # token embeddings times this (Gemma: sqrt(d_model); Granite's option)
 ```
@@ -24,30 +24,29 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from ._suggest import did_you_mean, unknown
-from .errors import ConfigError
+from .atomic import write_atomic
 from .config_text import TextConfig, parse_text
 from .config_vision import VisionConfig, parse_vision
-from .ffn import MoE, SwiGLU
+from .errors import ConfigError
 from .registry import Registry, get_registry
-from .schema import coerce, component_options, describe, type_name
+from .schema import check_options, component_options, describe, is_int, options_of
+from .suggest import did_you_mean, unknown
 from .yaml_io import read_yaml
 
-FFN_KINDS = {"mlp": SwiGLU, "moe": MoE}
-FFN_CHOICES = [*FFN_KINDS, "none"]  # none: the block has no FFN (pure Mamba)
+NO_FFN = "none"  # a block without FFN (pure Mamba)
 TOP_LEVEL_KEYS = ("name", "model", "vision", "text", "train")
 PLAN_KEYS = ("attn_layer_period", "attn_layer_offset", "expert_layer_period", "expert_layer_offset",
              "attn_mixer", "ssm_mixer")
+MAX_LAYERS = 10_000
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ModelConfig:
     """The language model, resolved: one mixer name and one FFN kind per layer."""
 
@@ -57,11 +56,20 @@ class ModelConfig:
     layers: list[str]
     ffn_layers: list[str]
     mixers: dict[str, dict[str, Any]] = field(default_factory=dict)
-    mlp: dict[str, Any] = field(default_factory=dict)
-    moe: dict[str, Any] = field(default_factory=dict)
+    ffns: dict[str, dict[str, Any]] = field(default_factory=dict)  # per FFN kind; YAML: model.<kind>
     norm_eps: float = 1e-6
     tie_embeddings: bool = True
     embedding_multiplier: float = 1.0  # token embeddings are multiplied by this (e.g. sqrt(d_model))
+
+    def to_dict(self) -> dict[str, Any]:
+        """As YAML writes it: each FFN kind's options under its own key."""
+        out = {}
+        for key, value in dataclasses.asdict(self).items():
+            out.update(value if key == "ffns" else {key: value})
+        return out
+
+
+STRUCTURE = ("layers", "ffn_layers", "mixers", "ffns")  # resolved from the plan, not read as they are
 
 
 @dataclass
@@ -73,17 +81,12 @@ class Config:
     train: dict[str, Any] | None = None  # validated by hybrid_mllm.train (core does not read it)
 
     def to_dict(self) -> dict[str, Any]:
-        out = {"name": self.name, "model": dataclasses.asdict(self.model), "text": dataclasses.asdict(self.text)}
+        out = {"name": self.name, "model": self.model.to_dict(), "text": dataclasses.asdict(self.text)}
         if self.vision is not None:
             out["vision"] = dataclasses.asdict(self.vision)
         if self.train is not None:
             out["train"] = self.train
         return out
-
-
-MAX_LAYERS = 10_000
-SCALARS = {"vocab_size": int, "d_model": int, "n_layer": int, "norm_eps": float, "tie_embeddings": bool,
-           "embedding_multiplier": float}
 
 
 def load_config(path: str | os.PathLike, registry: Registry | None = None) -> Config:
@@ -108,7 +111,7 @@ def parse_config(raw: Any, *, source: str = "<config>", registry: Registry | Non
         problems.append("model: missing section" if model is None else f"model: expected a mapping, got {describe(model)}")
         raise ConfigError(source, problems)
     model_config = _parse_model(model, registry, problems)
-    d_model = model.get("d_model") if isinstance(model.get("d_model"), int) else None
+    d_model = model.get("d_model") if is_int(model.get("d_model")) else None
     vision = parse_vision(raw.get("vision"), registry, d_model, problems)
     text = parse_text(raw.get("text"), problems)
     train = raw.get("train")
@@ -120,40 +123,34 @@ def parse_config(raw: Any, *, source: str = "<config>", registry: Registry | Non
 
 
 def _parse_model(raw: dict, registry: Registry, problems: list[str]) -> ModelConfig | None:
-    allowed = list(SCALARS) + ["layers", "ffn_layers", "mixers", "mlp", "moe"] + list(PLAN_KEYS)
-    for key in raw:
-        if key not in allowed:
-            problems.append(f"model.{key}: unknown key.{did_you_mean(key, allowed)} (allowed: {', '.join(allowed)})")
-    scalars = _parse_scalars(raw, problems)
-    n_layer = scalars.get("n_layer")
-    if n_layer is None:
+    scalars = _scalars(raw, registry, problems)
+    if "n_layer" not in scalars:
         return None
-    mixer_names = registry.names("mixer")
-    layers = _layer_plan(raw, n_layer, mixer_names, problems)
-    ffn_layers = _ffn_plan(raw, n_layer, problems)
-    mixers = _mixer_options(raw.get("mixers"), layers, registry, scalars.get("d_model"), problems)
-    ffn = {kind: _component_options(cls, raw.get(kind), f"model.{kind}", kind in ffn_layers,
-                                    scalars.get("d_model"), problems)
-           for kind, cls in FFN_KINDS.items()}
+    n_layer, d_model = scalars["n_layer"], scalars.get("d_model")
+    layers = _layer_plan(raw, n_layer, registry.names("mixer"), problems)
+    ffn_layers = _ffn_plan(raw, n_layer, [*registry.names("ffn"), NO_FFN], problems)
+    mixers = _used_options(registry, "mixer", raw.get("mixers"), layers, "model.mixers.", d_model, problems)
+    ffns = _used_options(registry, "ffn", {k: raw[k] for k in registry.names("ffn") if k in raw}, ffn_layers,
+                         "model.", d_model, problems)
     if problems:
         return None
-    return ModelConfig(layers=layers, ffn_layers=ffn_layers, mixers=mixers, mlp=ffn["mlp"], moe=ffn["moe"], **scalars)
+    return ModelConfig(layers=layers, ffn_layers=ffn_layers, mixers=mixers, ffns=ffns, **scalars)
 
 
-def _parse_scalars(raw: dict, problems: list[str]) -> dict[str, Any]:
-    defaults = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
+def _scalars(raw: dict, registry: Registry, problems: list[str]) -> dict[str, Any]:
+    """The model's plain fields, checked against `ModelConfig` (ints >= 1); `STRUCTURE`, the
+    plan keys and the FFN kinds' options are checked by the callers."""
+    given = {k: v for k, v in raw.items() if k not in STRUCTURE}
+    placeholders = {"layers": [], "ffn_layers": []}
+    options, found = check_options(ModelConfig, {**given, **placeholders}, "model", hidden=("ffns",),
+                                   also=(*registry.names("ffn"), *PLAN_KEYS), noun="key")
+    problems.extend(found)
+    hints = options_of(ModelConfig)
     out = {}
-    for key, typ in SCALARS.items():
-        if key not in raw:
-            if defaults[key] is dataclasses.MISSING:
-                problems.append(f"model.{key}: required key is missing")
-            else:
-                out[key] = defaults[key]
+    for key, value in options.items():
+        if key in STRUCTURE:
             continue
-        ok, value = coerce(raw[key], typ)
-        if not ok:
-            problems.append(f"model.{key}: expected {type_name(typ)}, got {describe(raw[key])}")
-        elif typ is int and value < 1:
+        if hints[key].annotation is int and value < 1:
             problems.append(f"model.{key}: must be >= 1, got {value}")
         elif key == "n_layer" and value > MAX_LAYERS:  # a typo; a list this long would exhaust memory
             problems.append(f"model.n_layer: must be <= {MAX_LAYERS:,}, got {value:,}")
@@ -166,10 +163,10 @@ def _period_plan(raw: dict, prefix: str, n_layer: int, hit: str, miss: str, prob
     """Jamba's ``<prefix>_layer_period/offset``: layer i gets `hit` where i % period == offset."""
     period, offset = raw.get(f"{prefix}_layer_period"), raw.get(f"{prefix}_layer_offset", 0)
     ok = True
-    if not isinstance(period, int) or isinstance(period, bool) or period < 1:
+    if not is_int(period) or period < 1:
         problems.append(f"model.{prefix}_layer_period: expected an int >= 1, got {describe(period)}")
         ok = False
-    elif not isinstance(offset, int) or isinstance(offset, bool) or not 0 <= offset < period:
+    elif not is_int(offset) or not 0 <= offset < period:
         problems.append(f"model.{prefix}_layer_offset: expected an int in [0, {period - 1}], got {describe(offset)}")
         ok = False
     return [hit if i % period == offset else miss for i in range(n_layer)] if ok else []
@@ -193,7 +190,7 @@ def _layer_plan(raw: dict, n_layer: int, mixer_names: list[str], problems: list[
     return _name_list(layers, "model.layers", "mixer", mixer_names, n_layer, problems)
 
 
-def _ffn_plan(raw: dict, n_layer: int, problems: list[str]) -> list[str]:
+def _ffn_plan(raw: dict, n_layer: int, choices: list[str], problems: list[str]) -> list[str]:
     if "ffn_layers" in raw and "expert_layer_period" in raw:
         problems.append("model.ffn_layers: give either 'ffn_layers' or 'expert_layer_period', not both")
         return []
@@ -202,7 +199,7 @@ def _ffn_plan(raw: dict, n_layer: int, problems: list[str]) -> list[str]:
     ffn_layers = raw.get("ffn_layers", "mlp")
     if isinstance(ffn_layers, str):
         ffn_layers = [ffn_layers] * n_layer
-    return _name_list(ffn_layers, "model.ffn_layers", "ffn", FFN_CHOICES, n_layer, problems)
+    return _name_list(ffn_layers, "model.ffn_layers", "ffn", choices, n_layer, problems)
 
 
 def _name_list(names: Any, path: str, kind: str, choices: list[str], n_layer: int, problems: list[str]) -> list[str]:
@@ -217,41 +214,27 @@ def _name_list(names: Any, path: str, kind: str, choices: list[str], n_layer: in
     return list(names)
 
 
-def _mixer_options(raw: Any, layers: list[str], registry: Registry, d_model: int | None,
-                   problems: list[str]) -> dict[str, dict[str, Any]]:
+def _used_options(registry: Registry, kind: str, raw: Any, plan: list[str], prefix: str, d_model: int | None,
+                  problems: list[str]) -> dict[str, dict[str, Any]]:
+    """Options of every component of `kind` the plan uses or the YAML configures (``raw``:
+    name -> options), each checked against its constructor ``cls(d_model, **options)``,
+    built on the meta device when used so that cross-option checks are reported too."""
     raw = {} if raw is None else raw
     if not isinstance(raw, dict):
-        problems.append(f"model.mixers: expected a mapping of mixer name -> options, got {describe(raw)}")
+        problems.append(f"{prefix.rstrip('.')}: expected a mapping of {kind} name -> options, got {describe(raw)}")
         return {}
-    names = registry.names("mixer")
+    names = registry.names(kind)
     for name in raw:
         if name not in names:
-            problems.append(f"model.mixers.{name}: {unknown('mixer', name, names)}")
-    in_layers = dict.fromkeys(n for n in layers if isinstance(n, str))  # a bad entry was already reported
-    used = [n for n in in_layers if n in names] + [n for n in raw if n in names and n not in layers]
-    return {name: _component_options(registry.get("mixer", name), raw.get(name), f"model.mixers.{name}",
-                                     name in layers, d_model, problems)
+            problems.append(f"{prefix}{name}: {unknown(kind, name, names)}")
+    in_plan = dict.fromkeys(n for n in plan if isinstance(n, str))  # a bad entry was already reported
+    used = [n for n in in_plan if n in names] + [n for n in raw if n in names and n not in in_plan]
+    args = None if d_model is None else (d_model,)
+    return {name: component_options(registry.get(kind, name), raw.get(name), f"{prefix}{name}", problems,
+                                    build_args=args if name in in_plan else None)
             for name in used}
 
 
-def _component_options(cls: type, raw: Any, path: str, used: bool, d_model: int | None,
-                       problems: list[str]) -> dict[str, Any]:
-    """Check options against the constructor of a component built as ``cls(d_model, **options)``."""
-    args = None if d_model is None else (d_model,)
-    return component_options(cls, raw, path, problems, build_args=args if used else None)
-
-
 def save_config(config: Config, path: str | os.PathLike) -> None:
-    """Write the resolved config as YAML, atomically (a temporary file, then a rename)."""
-    path = Path(path)
-    text = yaml.safe_dump(config.to_dict(), sort_keys=False, default_flow_style=None)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write the resolved config as YAML, atomically."""
+    write_atomic(Path(path), yaml.safe_dump(config.to_dict(), sort_keys=False, default_flow_style=None))

@@ -27,14 +27,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .registry import Registry
-from ._suggest import did_you_mean, unknown
+from .schema import check_options, component_options, describe
+from .suggest import unknown
 from .vision.anyres import UNPAD_RULES
-from .schema import coerce, component_options, describe, type_name
 
 DEFAULT_VIDEO_CONNECTOR = {"name": "pool", "stride": 2}
 
 
-@dataclass
+@dataclass(kw_only=True)
 class VisionConfig:
     encoder: dict[str, Any]
     connector: dict[str, Any] = field(default_factory=lambda: {"name": "mlp2x_gelu"})
@@ -52,8 +52,7 @@ class VisionConfig:
 
 
 LAYOUTS = ("anyres", "single")
-SETTINGS = {"layout": str, "max_tiles": int | None, "pinpoints": list[list[int]] | None, "thumbnail": bool,
-            "newline": bool, "unpad": str, "grid_pos": bool, "max_pixels": int, "max_frames": int | None, "fps": float | None}
+COMPONENTS = ("encoder", "connector", "video_connector")  # checked against their own constructors
 _POSITIVE = ("max_tiles", "max_pixels", "max_frames", "fps")
 
 
@@ -64,9 +63,6 @@ def parse_vision(raw: Any, registry: Registry, d_model: int | None, problems: li
     if not isinstance(raw, dict):
         problems.append(f"vision: expected a mapping, got {describe(raw)}")
         return None
-    allowed = ["encoder", "connector", "video_connector", *SETTINGS]
-    problems.extend(f"vision.{k}: unknown key.{did_you_mean(k, allowed)} (allowed: {', '.join(allowed)})"
-                    for k in raw if k not in allowed)
     encoder = _component(raw.get("encoder"), "vision.encoder", "encoder", registry, problems, ())
     settings = _settings(raw, problems)
     out_dim = _encoder_out_dim(registry, encoder)
@@ -95,24 +91,21 @@ def _component(raw, path, kind, registry, problems, build_args, provided=None) -
 
 
 def _settings(raw: dict, problems: list[str]) -> dict[str, Any]:
-    out = {}
-    for key, typ in SETTINGS.items():
-        if key not in raw:
-            continue
-        ok, value = coerce(raw[key], typ)
-        if not ok:
-            problems.append(f"vision.{key}: expected {type_name(typ)}, got {describe(raw[key])}")
-        elif value is not None and key in _POSITIVE and not value > 0:
+    """The section's settings (every field but the components), checked against `VisionConfig`."""
+    settings = {k: v for k, v in raw.items() if k not in COMPONENTS}
+    out, found = check_options(VisionConfig, {**settings, "encoder": {}}, "vision", noun="key")
+    problems.extend(found)
+    out = {k: v for k, v in out.items() if k not in COMPONENTS and k in settings}
+    for key, value in out.items():
+        if value is not None and key in _POSITIVE and not value > 0:
             problems.append(f"vision.{key}: must be > 0, got {value}")
-        elif key == "unpad" and value not in UNPAD_RULES:
-            problems.append(f"vision.unpad: {value!r} is not a rule; use touched (keep every feature that saw the "
-                            "image) or llava (LLaVA-NeXT's unpad_image)")
-        elif key == "layout" and value not in LAYOUTS:
-            problems.append(f"vision.layout: {value!r} is not a layout; use anyres (thumbnail + tile grid) or "
-                            "single (the whole image as one tile)")
-        else:
-            out[key] = value
-    if out.get("pinpoints") and "max_tiles" in raw and raw["max_tiles"] is not None:
+    if out.get("unpad", UNPAD_RULES[0]) not in UNPAD_RULES:
+        problems.append(f"vision.unpad: {out['unpad']!r} is not a rule; use touched (keep every feature that saw the "
+                        "image) or llava (LLaVA-NeXT's unpad_image)")
+    if out.get("layout", LAYOUTS[0]) not in LAYOUTS:
+        problems.append(f"vision.layout: {out['layout']!r} is not a layout; use anyres (thumbnail + tile grid) or "
+                        "single (the whole image as one tile)")
+    if out.get("pinpoints") and raw.get("max_tiles") is not None:
         problems.append("vision.pinpoints: give either pinpoints or max_tiles, not both")
     if out.get("pinpoints"):
         out["max_tiles"] = None

@@ -33,6 +33,10 @@ class RegistryError(HybridError):
     """An unknown or duplicate component name."""
 
 
+class CheckpointError(HybridError):
+    """A checkpoint directory that is missing, incomplete or does not fit the model."""
+
+
 class KernelUnavailableError(HybridError):
     """A requested scan kernel cannot run here (package missing, wrong device)."""
 

@@ -1,7 +1,9 @@
-"""Feed-forward layers of a block: a SwiGLU MLP, or a mixture of SwiGLU experts (MoE).
+"""Feed-forward layers of a block: a SwiGLU MLP (``mlp``), or a mixture of SwiGLU experts (``moe``).
 
 Both return ``(y, aux_loss)`` so the model treats them alike; the MLP's aux loss is 0.
-A block may also have no FFN at all (``none``: pure Mamba models).
+A block may also have no FFN at all (``none``: pure Mamba models). They are registered
+through the ``register_ffns`` hook like a third party's, and MoE's export declaration
+(`ffn_export`) through ``register_exports``.
 """
 
 from __future__ import annotations
@@ -9,6 +11,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .exportable import Exportable
+from .hookspecs import hookimpl
 
 
 class SwiGLU(nn.Module):
@@ -55,13 +60,19 @@ class MoE(nn.Module):
             SwiGLU(d_model, d_hidden=d_hidden, device=device, dtype=dtype) for _ in range(n_experts)
         )
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """x: (B, L, d_model) -> y: (B, L, d_model), aux_loss: () float32."""
-        tokens = x.reshape(-1, x.shape[-1])  # (T, d)
+    def route(self, tokens: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """tokens (T, d) -> router probabilities (T, E) float32, each token's top-k weights (T, k)
+        and experts (T, k)."""
         probs = torch.softmax(self.router(tokens).float(), dim=-1)  # (T, E)
         weights, chosen = probs.topk(self.top_k, dim=-1)  # (T, k)
         if self.normalize_top_k:
             weights = weights / weights.sum(-1, keepdim=True)
+        return probs, weights, chosen
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """x: (B, L, d_model) -> y: (B, L, d_model), aux_loss: () float32."""
+        tokens = x.reshape(-1, x.shape[-1])  # (T, d)
+        probs, weights, chosen = self.route(tokens)
         y = self._dispatch(tokens, chosen).view(*chosen.shape, -1)  # (T, k, d): each slot's expert output
         y = (y * weights[..., None].to(y.dtype)).sum(1)
         routed = F.one_hot(chosen, self.n_experts).float().sum(1)  # (T, E): 1 where chosen
@@ -77,3 +88,27 @@ class MoE(nn.Module):
         grouped = tokens[order // self.top_k]  # (T*k, d), grouped by expert
         outputs = torch.cat([expert(part)[0] for expert, part in zip(self.experts, grouped.split(counts))])
         return torch.empty_like(outputs).index_copy_(0, order, outputs)
+
+
+def _trace_moe(moe: MoE, flavour: str) -> nn.Module:
+    from .ffn_export import ExportMoE  # defines a torch op: only when exporting
+
+    return ExportMoE(moe)
+
+
+def _moe_ops():
+    from .ffn_export import moe_ops
+
+    return moe_ops()
+
+
+@hookimpl
+def register_ffns(register):
+    register("mlp", SwiGLU)
+    register("moe", MoE)
+
+
+@hookimpl
+def register_exports(register):
+    register(MoE, Exportable(trace=_trace_moe, ops=_moe_ops,
+                             description="each expert one op, translated to sparse standard ONNX ops"))

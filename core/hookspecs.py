@@ -1,8 +1,10 @@
 """The plugin hooks of hybrid-mllm (pluggy project name ``hybrid_mllm``).
 
 Every hook receives a ``register`` callback and calls it once per component it
-provides: ``register(name, component)``. The registry owns the names: a name that
-is already taken is an error naming both packages, so plugins never touch globals.
+provides: ``register(name, component)`` (``register(cls, exportable)`` for exports). The
+registry owns the names: a name that is already taken is an error naming both packages,
+so plugins never touch globals. Hooks: encoders, mixers, connectors, FFNs, scan kernels,
+and the export declarations of any of them.
 
 A third-party package exposes its hook implementations through an entry point::
 
@@ -69,4 +71,31 @@ def register_scan_kernels(register):
         ``kernel.fn`` has the signature of ``hybrid_mllm.core.scan.selective_scan``;
         ``kernel.available(device)`` says whether it can run on a device and, if not, why
         and how to install it; ``kernel.priority`` orders the ``auto`` choice per device type.
+    """
+
+
+@hookspec
+def register_ffns(register):
+    """Register feed-forward layers (the FFN kinds of ``model.ffn_layers``; built in: ``mlp``, ``moe``).
+
+    :param register: ``register(name: str, cls: type[nn.Module])``. ``cls(d_model, *, ...)``
+        maps ``(B, L, d_model)`` to ``(y, aux_loss)``: y of the same shape and a float32 scalar
+        the trainer adds to the loss (0 for a plain MLP). Its options are read from
+        ``model.<name>`` in YAML. ``none`` (a block without FFN) is reserved.
+    """
+
+
+@hookspec
+def register_exports(register):
+    """Declare how components export to ONNX / TensorRT.
+
+    :param register: ``register(cls: type[nn.Module], exportable: hybrid_mllm.core.exportable.Exportable)``:
+        for every module of class `cls` (or a subclass) in a model, the module export traces in
+        each flavour and the custom ops it may hold (their ONNX translations, ONNX Runtime CPU
+        implementations and TensorRT plugins). A component without a declaration is traced as
+        it is. Example::
+
+            @hookimpl
+            def register_exports(register):
+                register(MyMixer, Exportable(trace=my_trace, ops=my_ops))
     """

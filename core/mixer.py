@@ -13,13 +13,13 @@ by token decoding and ONNX export (state in, state out, as plain tensors):
   ``mask: (B, L)`` bool (True = real token, False = padding; None = all real). Padding must
   not change the state: a padded position leaves the recurrence as it was.
 
-``hybrid_mllm.testing`` checks all of this for any mixer.
+``hybrid_mllm.testing`` checks all of this for any mixer (`MIXER_CHECKS`), and that it exports
+(`check_export`; how a mixer exports is its declaration, `hybrid_mllm.core.exportable`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -34,15 +34,6 @@ class StateSpec:
 
     name: str
     seq_dim: int | None = None
-
-
-@runtime_checkable
-class Mixer(Protocol):
-    state_specs: tuple[StateSpec, ...]
-
-    def init_state(self, batch_size: int, *, device=None, dtype=None) -> State: ...
-
-    def forward(self, x: Tensor, state: State | None = None, mask: Tensor | None = None) -> tuple[Tensor, State]: ...
 
 
 def padding_mask_or_none(mask: Tensor | None, x: Tensor) -> Tensor | None:

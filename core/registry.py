@@ -1,4 +1,5 @@
-"""The component registry: every encoder, mixer, connector and scan kernel by name.
+"""The component registry: every encoder, mixer, connector, FFN and scan kernel by name, and
+every component's export declaration by its class.
 
 Built-in plugins and third-party plugins register through the same hooks
 (`hybrid_mllm.core.hookspecs`). Third-party plugins are found through the
@@ -17,13 +18,14 @@ from typing import Any
 import pluggy
 
 from . import hookspecs
-from ._suggest import unknown
 from .errors import RegistryError
+from .suggest import unknown
 
 AUTOLOAD_ENV = "HYBRID_MLLM_DISABLE_PLUGIN_AUTOLOAD"
 BUILTIN_PACKAGE = "hybrid-mllm"
 # Reached by module name so that core does not import the plugins it hosts.
 BUILTIN_PLUGINS = (
+    "hybrid_mllm.core.ffn",
     "hybrid_mllm.plugins.encoders",
     "hybrid_mllm.plugins.mixers",
     "hybrid_mllm.plugins.connectors",
@@ -34,6 +36,8 @@ KINDS = {
     "mixer": "register_mixers",
     "connector": "register_connectors",
     "scan_kernel": "register_scan_kernels",
+    "ffn": "register_ffns",
+    "export": "register_exports",  # keyed by the component's class (`class_name`)
 }
 
 
@@ -91,7 +95,9 @@ class Registry:
                                 f"{package}, or set {AUTOLOAD_ENV}=1 to skip plugins") from None
 
     def _registrar(self, kind: str, package: str):
-        def register(name: str, obj: Any) -> None:
+        def register(name: str | type, obj: Any) -> None:
+            if kind == "export":
+                name = class_name(name)
             taken = self._entries[kind].get(name)
             if taken is not None:
                 raise RegistryError(
@@ -121,6 +127,14 @@ class Registry:
         """The component registered as `name`; an unknown name gets 'did you mean'."""
         return self.entry(kind, name).obj
 
+    def export_of(self, module: object) -> Any | None:
+        """The export declaration of `module`'s class or its nearest base class that has one."""
+        for cls in type(module).__mro__:
+            entry = self._entries["export"].get(class_name(cls))
+            if entry is not None:
+                return entry.obj
+        return None
+
     def __contains__(self, key: tuple[str, str]) -> bool:
         kind, name = key
         return name in self._entries.get(kind, {})
@@ -129,6 +143,11 @@ class Registry:
     def _check_kind(kind: str) -> None:
         if kind not in KINDS:
             raise RegistryError(unknown("component kind", kind, KINDS))
+
+
+def class_name(cls: type) -> str:
+    """The name a class's export declaration is registered under: ``module.QualName``."""
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def _load_entry_points(pm: pluggy.PluginManager, packages: dict[int, str]) -> None:

@@ -6,13 +6,14 @@ annotated parameters (other than device/dtype) are the options a YAML file may s
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import types
 import typing
 from dataclasses import dataclass
 from typing import Any
 
-from ._suggest import did_you_mean
+from .suggest import did_you_mean
 
 NOT_OPTIONS = {"self", "device", "dtype"}
 _MISSING = inspect.Parameter.empty
@@ -30,35 +31,43 @@ class Option:
 
 
 def options_of(cls: type) -> dict[str, Option]:
-    """The YAML options of a component class, in constructor order."""
+    """The YAML options of a component class (or config dataclass), in constructor order; a
+    dataclass field's ``default_factory`` gives a fresh default per call."""
     hints = typing.get_type_hints(cls.__init__)
     params = inspect.signature(cls.__init__).parameters.values()
+    factories = {f.name: f.default_factory for f in dataclasses.fields(cls)
+                 if f.default_factory is not dataclasses.MISSING} if dataclasses.is_dataclass(cls) else {}
     return {
-        p.name: Option(p.name, hints.get(p.name, Any), p.default)
+        p.name: Option(p.name, hints.get(p.name, Any), factories[p.name]() if p.name in factories else p.default)
         for p in params
         if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in NOT_OPTIONS
     }
 
 
-def check_options(cls: type, options: Any, path: str, *, hidden: tuple[str, ...] = ()) -> tuple[dict[str, Any], list[str]]:
-    """Validate `options` (a YAML mapping) against `cls`'s schema.
+def check_options(cls: type, options: Any, path: str, *, hidden: tuple[str, ...] = (), also: tuple[str, ...] = (),
+                  noun: str = "option") -> tuple[dict[str, Any], list[str]]:
+    """Validate `options` (a YAML mapping) against `cls`'s schema (a component's constructor,
+    or a config section's keyword-only dataclass).
 
     Returns the options with every default filled in (values coerced where YAML is
     ambiguous, e.g. ``1e-5`` read as a string) and a list of problems, each ``path.option: ...``.
+    `hidden` fields are not offered in messages; `also` are further keys the caller checks
+    itself (allowed, skipped here); `noun` names a key in messages ("option", "key").
     """
     if options is None:
         options = {}
     if not isinstance(options, dict):
-        return {}, [f"{path}: expected a mapping of options, got {describe(options)}"]
+        return {}, [f"{path}: expected a mapping of {noun}s, got {describe(options)}"]
     schema, problems, resolved = options_of(cls), [], {}
-    allowed = ", ".join(k for k in schema if k not in hidden) or "none"
+    names = [k for k in schema if k not in hidden] + list(also)
+    allowed = ", ".join(names) or "none"
     for key in options:
-        if key not in schema:
-            problems.append(f"{path}.{key}: unknown option.{did_you_mean(key, schema)} (allowed: {allowed})")
+        if key not in schema and key not in also:
+            problems.append(f"{path}.{key}: unknown {noun}.{did_you_mean(key, names)} (allowed: {allowed})")
     for name, option in schema.items():
         if name not in options:
             if option.required:
-                problems.append(f"{path}.{name}: required option is missing")
+                problems.append(f"{path}.{name}: required {noun} is missing")
             else:
                 resolved[name] = option.default
             continue
@@ -121,7 +130,7 @@ def _coerce_scalar(value: Any, annotation: Any) -> tuple[bool, Any]:
     if annotation is bool:
         return isinstance(value, bool), value
     if annotation is int:
-        return isinstance(value, int) and not isinstance(value, bool), value
+        return is_int(value), value
     if annotation is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return True, float(value)
@@ -134,6 +143,11 @@ def _coerce_scalar(value: Any, annotation: Any) -> tuple[bool, Any]:
     if isinstance(annotation, type):
         return isinstance(value, annotation), value
     return True, value
+
+
+def is_int(value: Any) -> bool:
+    """An int as YAML gives it (True and False are bools, not ints)."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def type_name(annotation: Any) -> str:

@@ -14,7 +14,7 @@ import argparse
 import sys
 import warnings
 
-from hybrid_mllm.core._cli import run_cli
+from hybrid_mllm.core.cli import run_cli
 from hybrid_mllm.core.errors import HybridError
 
 
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
 def _main_trt(args) -> int:
     from hybrid_mllm.export.trt.build import BuildOptions
     from hybrid_mllm.export.trt.exporter import export_trt
-    from hybrid_mllm.export.trt.profiles import ProfileLimits
+    from hybrid_mllm.runtime.trt.profiles import ProfileLimits
 
     if args.scan != "standard" or args.fp16 or args.opset is not None:
         raise HybridError("--scan, --fp16 and --opset are for --onnx: --trt always exports the custom flavour; "

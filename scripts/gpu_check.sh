@@ -22,7 +22,7 @@
 # install this repo (pip install --no-deps --no-build-isolation -e ., or, when pip may not
 # install, a PYTHONPATH shim mapping core/, plugins/... to hybrid_mllm.*); pytest -m gpu;
 # the other tests of tests/test_scan_triton.py with compiled kernels on CUDA (TRITON_INTERPRET
-# unset); the benchmark; when tensorrt imports: tests/test_trt.py (engines built and checked against
+# unset); the benchmark; when tensorrt imports: tests/test_trt*.py (engines built and checked against
 # PyTorch) and benchmarks/bench_trt.py (engine vs PyTorch eager, prefill and decode, ratios).
 # Each step has a time limit (without TensorRT the whole script stays well under 10 minutes on an H100;
 # the two TensorRT steps may add up to 14 more);
@@ -104,7 +104,7 @@ else
     # The package maps top-level folders into the hybrid_mllm namespace (see pyproject.toml).
     SHIM="$(mktemp -d)/site"
     mkdir -p "$SHIM/hybrid_mllm"
-    for dir in core plugins export train testing; do
+    for dir in core plugins runtime export train convert testing; do
         [ -d "$REPO/$dir" ] && ln -s "$REPO/$dir" "$SHIM/hybrid_mllm/$dir"
     done
     export PYTHONPATH="$SHIM${PYTHONPATH:+:$PYTHONPATH}"
@@ -125,7 +125,7 @@ step bench_scan 210 "$PY" benchmarks/bench_scan_gpu.py --json "$OUT/bench_scan.j
 step bench_prefill 180 "$PY" benchmarks/bench_prefill_gpu.py --json "$OUT/bench_prefill.json"
 
 if "$PY" -c "import tensorrt" 2>/dev/null; then
-    step pytest_trt 420 "$PY" -m pytest tests/test_trt.py -q -p no:cacheprovider --junitxml "$OUT/pytest_trt.xml"
+    step pytest_trt 420 "$PY" -m pytest tests/test_trt.py tests/test_trt_plugins.py -q -p no:cacheprovider --junitxml "$OUT/pytest_trt.xml"
     # shellcheck disable=SC2086  # BENCH_TRT_ARGS is a list of arguments
     step bench_trt 420 "$PY" benchmarks/bench_trt.py --json "$OUT/bench_trt.json" \
         ${BENCH_TRT_ARGS:---precision fp16 --lengths 1024 8192}

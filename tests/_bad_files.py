@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-from hybrid_mllm.core.presets import PRESET_DIR
 from PIL import Image
+
+from hybrid_mllm.core.presets import PRESET_DIR
 
 TINY = PRESET_DIR / "mllm-tiny.yaml"
 

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-import hybrid_mllm.core.checkpoint as checkpoint
+import hybrid_mllm.core.atomic as atomic
 import hybrid_mllm.train.loop as loop
 from hybrid_mllm.train.cli_train import entry
 
@@ -33,7 +33,7 @@ def pause_on_call(module, name: str, marker: Path, nth: int) -> None:
 
 if __name__ == "__main__":
     marker, where, nth = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
-    module, name = {"state": (loop, "save_state"), "rename": (checkpoint, "_replace_dir")}[where]
+    module, name = {"state": (loop, "save_state"), "rename": (atomic, "_replace_dir")}[where]
     pause_on_call(module, name, marker, nth)
     sys.argv = ["hybrid-train", *sys.argv[4:]]
     entry()

@@ -6,7 +6,7 @@ import shutil
 import pytest
 from safetensors.torch import load_file, save_file
 
-from hybrid_mllm.core.convert import ConversionError
+from hybrid_mllm.convert import ConversionError
 
 
 def edited(src, tmp_path, *, config=None, tensors=None):

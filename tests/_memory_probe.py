@@ -17,8 +17,8 @@ import torch
 
 from hybrid_mllm.core.build import build_mllm
 from hybrid_mllm.core.config import load_config
-from hybrid_mllm.core.generate import TorchDecoder
 from hybrid_mllm.core.presets import resolve_config_path
+from hybrid_mllm.runtime.generate import TorchDecoder
 
 
 def status(key: str) -> int:

@@ -23,13 +23,14 @@ from typing import NamedTuple
 
 import _bad_files as bf
 import pytest
-from hybrid_mllm.core._cli import run_cli
+
+from hybrid_mllm.core.cli import run_cli
 from hybrid_mllm.core.registry import AUTOLOAD_ENV, set_registry
 
 COMMANDS = {
-    "hybrid-model": "hybrid_mllm.core.cli_model",
+    "hybrid-model": "hybrid_mllm.runtime.cli_model",
     "hybrid-plugins": "hybrid_mllm.core.cli_plugins",
-    "hybrid-run": "hybrid_mllm.export.cli_run",
+    "hybrid-run": "hybrid_mllm.runtime.cli_run",
     "hybrid-train": "hybrid_mllm.train.cli_train",
     "hybrid-eval": "hybrid_mllm.train.cli_eval",
 }

@@ -6,8 +6,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from hybrid_mllm.core.atomic import remove_partial
 from hybrid_mllm.core.build import build_model
-from hybrid_mllm.core.checkpoint import CheckpointError, load_checkpoint, remove_partial, save_checkpoint
+from hybrid_mllm.core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from hybrid_mllm.core.config import load_config
 from hybrid_mllm.core.presets import resolve_config_path
 

@@ -5,8 +5,9 @@ import sys
 
 import pytest
 
-from hybrid_mllm.core import cli_model, cli_plugins
-from hybrid_mllm.core._cli import run_cli
+from hybrid_mllm.core import cli_plugins
+from hybrid_mllm.core.cli import run_cli
+from hybrid_mllm.runtime import cli_model
 
 
 def test_hybrid_model_runs_a_preset_and_checks_decoding(capsys, tmp_path):
@@ -29,7 +30,7 @@ def test_hybrid_plugins_lists_components_and_packages(capsys):
     (["hybrid-tiny", "--seq-len", "0"], "--seq-len and --batch must be >= 1"),
 ])
 def test_user_errors_exit_2_without_traceback(args, message):
-    r = subprocess.run([sys.executable, "-m", "hybrid_mllm.core.cli_model", *args], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "hybrid_mllm.runtime.cli_model", *args], capture_output=True, text=True)
     assert r.returncode == 2
     assert message in r.stderr and "Traceback" not in r.stderr
 
@@ -37,7 +38,7 @@ def test_user_errors_exit_2_without_traceback(args, message):
 def test_bad_yaml_lists_problems_without_traceback(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("model: {vocab_size: 8, d_model: 8, n_layer: 2, layers: [mamba, atention]}\n")
-    r = subprocess.run([sys.executable, "-m", "hybrid_mllm.core.cli_model", str(path)], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "hybrid_mllm.runtime.cli_model", str(path)], capture_output=True, text=True)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "model.layers[1]: unknown mixer 'atention'. Did you mean 'attention'?" in r.stderr
 
@@ -48,6 +49,6 @@ def test_bad_device_is_a_one_line_error(device, message):
 
     if device == "cuda" and torch.cuda.is_available():
         pytest.skip("a GPU is visible here")
-    r = subprocess.run([sys.executable, "-m", "hybrid_mllm.core.cli_model", "hybrid-tiny", "--device", device],
+    r = subprocess.run([sys.executable, "-m", "hybrid_mllm.runtime.cli_model", "hybrid-tiny", "--device", device],
                        capture_output=True, text=True)
     assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr

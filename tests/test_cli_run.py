@@ -9,7 +9,7 @@ from PIL import Image
 
 
 def _run(*args):
-    return subprocess.run([sys.executable, "-m", "hybrid_mllm.export.cli_run", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "hybrid_mllm.runtime.cli_run", *args], capture_output=True, text=True,
                           timeout=300)
 
 
@@ -54,8 +54,8 @@ def test_prompt_longer_than_context(tmp_path, image):
 def _pipeline(max_visual_tokens=None):
     from hybrid_mllm.core.build import build_mllm
     from hybrid_mllm.core.config import load_config
-    from hybrid_mllm.core.pipeline import Pipeline
     from hybrid_mllm.core.presets import resolve_config_path
+    from hybrid_mllm.runtime.pipeline import Pipeline
 
     config = load_config(resolve_config_path("mllm-tiny"))
     config.text.max_visual_tokens = max_visual_tokens
@@ -65,7 +65,7 @@ def _pipeline(max_visual_tokens=None):
 
 def test_visual_token_cap_names_the_count_the_limit_and_the_fix(image):
     from hybrid_mllm.core.errors import ResourceError
-    from hybrid_mllm.core.pipeline import Overrides, Request
+    from hybrid_mllm.runtime.pipeline import Overrides, Request
 
     pipeline = _pipeline()
     request = [Request("x", images=[image])]
@@ -84,15 +84,15 @@ def test_visual_token_cap_names_the_count_the_limit_and_the_fix(image):
 
 def test_zero_visual_token_cap_is_a_limit_not_unset(image):
     from hybrid_mllm.core.errors import ResourceError
-    from hybrid_mllm.core.pipeline import Overrides, Request
+    from hybrid_mllm.runtime.pipeline import Overrides, Request
 
     with pytest.raises(ResourceError, match=r"more than the limit of 0 \(--max-visual-tokens\)"):
         _pipeline(max_visual_tokens=10**6).prepare([Request("x", images=[image])], Overrides(max_visual_tokens=0))
 
 
 def test_prefill_chunk_is_refused_with_trt(tmp_path, capsys):
-    from hybrid_mllm.core._cli import run_cli
-    from hybrid_mllm.export.cli_run import main
+    from hybrid_mllm.core.cli import run_cli
+    from hybrid_mllm.runtime.cli_run import main
 
     assert run_cli(main, ["--trt", str(tmp_path), "--prompt", "x", "--prefill-chunk", "64"]) == 2
     err = capsys.readouterr().err
@@ -101,8 +101,8 @@ def test_prefill_chunk_is_refused_with_trt(tmp_path, capsys):
 
 
 def test_visual_token_cap_on_the_command_line(image, capsys):
-    from hybrid_mllm.core._cli import run_cli
-    from hybrid_mllm.export.cli_run import main
+    from hybrid_mllm.core.cli import run_cli
+    from hybrid_mllm.runtime.cli_run import main
 
     argv = ["--config", "mllm-tiny", "--image", image, "--prompt", "x", "--max-tiles", "9", "--max-visual-tokens", "20"]
     assert run_cli(main, argv) == 2
@@ -112,10 +112,10 @@ def test_visual_token_cap_on_the_command_line(image, capsys):
 
 
 def test_prefill_refused_when_memory_is_short(image, monkeypatch):
-    import hybrid_mllm.core.memory as memory
+    import hybrid_mllm.runtime.memory as memory
     from hybrid_mllm.core.errors import ResourceError
-    from hybrid_mllm.core.generate import GenerationConfig
-    from hybrid_mllm.core.pipeline import Request
+    from hybrid_mllm.runtime.generate import GenerationConfig
+    from hybrid_mllm.runtime.pipeline import Request
 
     pipeline = _pipeline()
     monkeypatch.setattr(memory, "available_bytes", lambda device: 10**6)  # 1 MB free

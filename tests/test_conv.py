@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from hybrid_mllm.export.onnx.cpu_ops import reference_causal_conv1d
-from hybrid_mllm.plugins.mixers._conv import causal_conv1d
+from hybrid_mllm.plugins.mixers.conv import causal_conv1d
+from hybrid_mllm.plugins.mixers.ops_cpu import reference_causal_conv1d
 
 
 def _inputs(length: int, kernel: int, seed: int = 0):

@@ -13,10 +13,10 @@ transformers = pytest.importorskip("transformers")
 
 from _hf_dirs import conversion_fails, edited
 
+from hybrid_mllm.convert import ConversionError, cli, convert_hf, load_hf, save_hf
 from hybrid_mllm.core.build import build_model
 from hybrid_mllm.core.checkpoint import load_checkpoint
 from hybrid_mllm.core.config import load_config, parse_config
-from hybrid_mllm.core.convert import ConversionError, cli, convert_hf, load_hf, save_hf
 from hybrid_mllm.core.presets import resolve_config_path
 
 VOCAB, ATOL, NEW_TOKENS = 300, 1e-4, 20  # vocab >= the default byte tokenizer's 263
@@ -102,8 +102,8 @@ def test_jamba_plan_is_read_from_periods_and_offsets(tmp_path):
     _, config = load_hf(tmp_path / "hf")
     assert config.model.layers == ["mamba"] * 4 + ["attention"] + ["mamba"] * 3
     assert config.model.ffn_layers == ["mlp", "moe"] * 4
-    assert config.model.moe["n_experts"] == 4 and config.model.moe["top_k"] == 2
-    assert not config.model.moe["normalize_top_k"]  # Jamba's router does not renormalise
+    assert config.model.ffns["moe"]["n_experts"] == 4 and config.model.ffns["moe"]["top_k"] == 2
+    assert not config.model.ffns["moe"]["normalize_top_k"]  # Jamba's router does not renormalise
 
 
 def test_mamba_parity_and_round_trip(tmp_path):
@@ -244,7 +244,7 @@ def test_cli_refuses_vision_flags_for_language_models(llama_dir, tmp_path):
 
 def test_cli_error_is_one_message_without_traceback(llama_dir, tmp_path):
     src = edited(llama_dir, tmp_path, config=lambda hf: hf.update(architectures=["BertModel"]))
-    r = subprocess.run([sys.executable, "-m", "hybrid_mllm.core.convert.cli", str(src), str(tmp_path / "out")],
+    r = subprocess.run([sys.executable, "-m", "hybrid_mllm.convert.cli", str(src), str(tmp_path / "out")],
                        capture_output=True, text=True)
     assert r.returncode == 2
     assert "error: ConversionError" in r.stderr and "BertModel" in r.stderr and "Traceback" not in r.stderr

@@ -16,13 +16,20 @@ timm = pytest.importorskip("timm")
 
 from _hf_dirs import conversion_fails, edited
 
-from hybrid_mllm.core.checkpoint import load_checkpoint
-from hybrid_mllm.core.convert import (
-    ConversionError, cli, convert_hf_vision, convert_llava, hf_kind, load_hf_vision, load_llava,
+from hybrid_mllm.convert import (
+    ConversionError,
+    cli,
+    convert_hf_vision,
+    convert_llava,
+    hf_kind,
+    load_hf_vision,
+    load_llava,
 )
+from hybrid_mllm.core.checkpoint import load_checkpoint
 from hybrid_mllm.core.registry import get_registry
 from hybrid_mllm.core.vision.anyres import anyres_tiles, num_visual_tokens, select_grid
-from hybrid_mllm.core.visual_inputs import VisualLoader
+from hybrid_mllm.runtime.splice import embed, encode_image
+from hybrid_mllm.runtime.visual_inputs import VisualLoader
 
 ATOL, IMAGE_ID, VOCAB = 1e-4, 259, 300  # IMAGE_ID: our byte tokenizer's <image>, used as LLaVA's too
 VISION = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 3, "num_attention_heads": 4,
@@ -176,8 +183,8 @@ def _ids(n_image_tokens, seed=0):
 
 def _logits(ours, tiles, our_ids):
     with torch.no_grad():
-        batch = ours.embed([our_ids], [[tiles]])
-        return batch, ours(batch).logits
+        batch = embed(ours, [our_ids], [[tiles]])
+        return batch, ours(batch.embeds, batch.mask).logits
 
 
 @pytest.mark.parametrize("layout", ["transformers-5", "transformers-4"])
@@ -225,7 +232,7 @@ def test_llava_next_parity(tmp_path, size):
                             .to(torch.uint8).numpy())
     grid = select_grid(image.size, 32, pinpoints=config.vision.pinpoints)
     tiles = anyres_tiles(image, 32, grid, mean=ours.encoder.mean, std=ours.encoder.std, unpad="llava")
-    n_tokens = ours.encode_image(tiles).shape[0]
+    n_tokens = encode_image(ours, tiles).shape[0]
     assert n_tokens == num_visual_tokens(size, 32, ours.encoder.grid, pinpoints=config.vision.pinpoints,
                                          newline=True, unpad="llava")
     their_ids, our_ids = _ids(n_tokens)
@@ -349,6 +356,6 @@ def test_library_does_not_import_transformers():
     import subprocess
     import sys
 
-    code = ("import sys, hybrid_mllm.core.convert, hybrid_mllm.plugins.encoders; "
+    code = ("import sys, hybrid_mllm.convert, hybrid_mllm.plugins.encoders; "
             "assert 'transformers' not in sys.modules, 'transformers was imported'")
     subprocess.run([sys.executable, "-c", code], check=True)

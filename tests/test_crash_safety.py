@@ -20,15 +20,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from _train_fixtures import write_config
 from safetensors.torch import load_file
 
-from hybrid_mllm.core._cli import run_cli
 from hybrid_mllm.core.checkpoint import load_checkpoint
+from hybrid_mllm.core.cli import run_cli
 from hybrid_mllm.train.cli_train import main
 from hybrid_mllm.train.lock import LOCK
 from hybrid_mllm.train.state import load_state
-
-from _train_fixtures import write_config
 
 TESTS = Path(__file__).parent
 STEPS = (1, 16)  # align, finetune

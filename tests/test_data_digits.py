@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hybrid_mllm.core._cli import run_cli
+from hybrid_mllm.core.cli import run_cli
 from hybrid_mllm.core.vision import load_image, select_grid
 from hybrid_mllm.train import cli_data
 from hybrid_mllm.train.data_digits import (MAX_INDEX, TILE_PX, TRAIN_GRIDS, DataError, _ink, _load_digits,

@@ -7,10 +7,9 @@ import subprocess
 import sys
 
 import torch
+from _train_fixtures import losses, write_config
 
 from hybrid_mllm.train.cli_train import main
-
-from _train_fixtures import losses, write_config
 
 
 def test_a_second_process_gives_identical_losses(tmp_path):

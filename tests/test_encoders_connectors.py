@@ -6,6 +6,7 @@ from safetensors.torch import save_file
 
 from hybrid_mllm.core.errors import HybridError
 from hybrid_mllm.core.registry import get_registry
+from hybrid_mllm.testing import CONNECTOR_CHECKS, ENCODER_CHECKS
 
 REG = get_registry()
 timm = pytest.importorskip("timm")
@@ -70,3 +71,21 @@ def test_frozen_encoder_has_no_trainable_parameters():
 def test_unknown_timm_model_suggests():
     with pytest.raises(ValueError, match="unknown timm model 'vit_tiny_patch16_2240'. Did you mean"):
         REG.get("encoder", "timm")(model_name="vit_tiny_patch16_2240")
+
+
+# small options per built-in component; one not listed is built with its defaults
+ENCODER_OPTIONS = {"tiny": {"image_size": 32, "patch_size": 8, "width": 16},
+                   "timm": {"model_name": "vit_tiny_patch16_224", "image_size": 32, "keep_cls": True}}
+CONNECTOR_OPTIONS = {"pool": {"stride": 2}, "conv": {"stride": 2}}
+
+
+@pytest.mark.parametrize("check", ENCODER_CHECKS, ids=lambda c: c.__name__)
+@pytest.mark.parametrize("name", REG.names("encoder"))
+def test_encoder_contract(name, check):
+    check(REG.get("encoder", name), ENCODER_OPTIONS.get(name))
+
+
+@pytest.mark.parametrize("check", CONNECTOR_CHECKS, ids=lambda c: c.__name__)
+@pytest.mark.parametrize("name", REG.names("connector"))
+def test_connector_contract(name, check):
+    check(REG.get("connector", name), options=CONNECTOR_OPTIONS.get(name))

@@ -3,12 +3,11 @@
 import json
 
 import pytest
+from _train_fixtures import write_config
 
 from hybrid_mllm.train.cli_eval import main as eval_main
 from hybrid_mllm.train.cli_train import load_train_config, run_training
 from hybrid_mllm.train.metrics import anls, exact_match, normalize_answer
-
-from _train_fixtures import write_config
 
 
 def test_normalisation_and_exact_match():
@@ -41,7 +40,7 @@ def test_hybrid_eval_writes_per_sample_results_and_summary(tmp_path, capsys):
 
 @pytest.mark.parametrize("flag", ["--prefill-chunk", "--max-visual-tokens", "--max-tiles", "--batch-size"])
 def test_hybrid_eval_refuses_a_zero_size_in_one_line(tmp_path, capsys, flag):
-    from hybrid_mllm.core._cli import run_cli
+    from hybrid_mllm.core.cli import run_cli
 
     assert run_cli(eval_main, [str(tmp_path / "ckpt"), str(tmp_path / "d.jsonl"), flag, "0"]) == 2
     assert capsys.readouterr().err == f"error: HybridError: {flag} must be >= 1, got 0\n"

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from hybrid_mllm.core.errors import HybridError
-from hybrid_mllm.core.generate import GenerationConfig, generate, sample_next
+from hybrid_mllm.runtime.generate import GenerationConfig, generate, sample_next
 
 VOCAB = 8
 

@@ -12,10 +12,10 @@ from torch import nn
 from hybrid_mllm.core.build import build_mllm
 from hybrid_mllm.core.config import load_config
 from hybrid_mllm.core.errors import ResourceError
-from hybrid_mllm.core import memory
-from hybrid_mllm.core.memory import GiB, check_prefill_memory, estimate_prefill
 from hybrid_mllm.core.mixer import StateSpec
 from hybrid_mllm.core.presets import resolve_config_path
+from hybrid_mllm.runtime import memory
+from hybrid_mllm.runtime.memory import GiB, check_prefill_memory, estimate_prefill
 
 CASES = ["1,4096,4096", "1,8192,1024", "2,2048,512"]  # batch, length, chunk
 

@@ -9,11 +9,13 @@ from PIL import Image
 from hybrid_mllm.core.build import build_mllm
 from hybrid_mllm.core.config import load_config, parse_config
 from hybrid_mllm.core.errors import HybridError, InputError
-from hybrid_mllm.core.generate import GenerationConfig
-from hybrid_mllm.core.mllm import IGNORE, VideoClip, grid_position
-from hybrid_mllm.core.pipeline import Overrides, Pipeline, Request
 from hybrid_mllm.core.presets import resolve_config_path
-from hybrid_mllm.core.vision import anyres_tiles, normalize, num_visual_tokens, select_grid
+from hybrid_mllm.core.text import IGNORE_INDEX as IGNORE
+from hybrid_mllm.core.vision import VideoClip, anyres_tiles, normalize, num_visual_tokens, select_grid
+from hybrid_mllm.runtime.cue import grid_position
+from hybrid_mllm.runtime.generate import GenerationConfig
+from hybrid_mllm.runtime.pipeline import Overrides, Pipeline, Request
+from hybrid_mllm.runtime.splice import embed, encode_image, encode_video
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +38,7 @@ def test_image_tokens_match_the_declared_count(pipeline, image):
     img = Image.open(image).convert("RGB")
     for max_tiles in (1, 4, 16):
         grid = select_grid(img.size, 32, max_tiles=max_tiles)
-        tokens = model.encode_image(anyres_tiles(img, 32, grid, mean=enc.mean, std=enc.std))
+        tokens = encode_image(model, anyres_tiles(img, 32, grid, mean=enc.mean, std=enc.std))
         assert tokens.shape[0] == num_visual_tokens(img.size, 32, enc.grid, max_tiles=max_tiles, newline=True)
 
 
@@ -50,7 +52,7 @@ def test_splice_places_visual_tokens_at_the_placeholder_and_masks_labels(pipelin
     ids = torch.tensor(tok.encode("ab<video>cd"))
     clip = VideoClip(torch.randn(3, 3, 32, 32))
     labels = ids.clone()
-    batch = model.embed([ids], [[clip]], [labels])
+    batch = embed(model, [ids], [[clip]], [labels])
     n = batch.n_visual[0]
     assert n == 3 * (2 * 2 + 1)  # 3 frames x (pooled 2x2 tokens + a frame separator)
     assert batch.embeds.shape[1] == len(ids) - 1 + n
@@ -63,17 +65,17 @@ def test_grid_pos_marks_each_frame_with_a_cue_scaled_to_the_tokens():
     """grid_pos: identical frames get different tokens (a frame-number cue) whose size is
     CUE_STRENGTH of the tokens' own RMS, however large the connector's outputs are; the
     separator carries no cue; without grid_pos identical frames stay identical."""
-    from hybrid_mllm.core.mllm import CUE_STRENGTH
+    from hybrid_mllm.runtime.cue import CUE_STRENGTH
 
     config = load_config(resolve_config_path("mllm-tiny"))
     model, _ = build_mllm(config, seed=0)
     clip = VideoClip(torch.randn(1, 3, 32, 32).expand(8, -1, -1, -1))
-    per_frame = model.encode_video(clip).shape[0] // 8
+    per_frame = encode_video(model, clip).shape[0] // 8
     frames = {}
     for grid_pos in (False, True):
         model.grid_pos = grid_pos
         with torch.no_grad():
-            frames[grid_pos] = model.encode_video(clip).view(8, per_frame, -1)
+            frames[grid_pos] = encode_video(model, clip).view(8, per_frame, -1)
     plain, cued = frames[False], frames[True]
     assert torch.allclose(plain[0], plain[5]) and not torch.allclose(cued[0], cued[5])
     torch.testing.assert_close(cued[:, -1], plain[:, -1])  # separators
@@ -82,10 +84,10 @@ def test_grid_pos_marks_each_frame_with_a_cue_scaled_to_the_tokens():
     assert abs(ratio - CUE_STRENGTH) < 0.15 * CUE_STRENGTH, ratio
     with torch.no_grad():
         model.video_connector.apply(lambda m: m.weight.mul_(100) if isinstance(m, torch.nn.Linear) else None)
-        big = model.encode_video(clip).view(8, per_frame, -1)
+        big = encode_video(model, clip).view(8, per_frame, -1)
     model.grid_pos = False
     with torch.no_grad():
-        big_plain = model.encode_video(clip).view(8, per_frame, -1)
+        big_plain = encode_video(model, clip).view(8, per_frame, -1)
     big_ratio = float((big - big_plain)[:, :-1].pow(2).mean().sqrt() / big_plain[:, :-1].pow(2).mean().sqrt())
     assert abs(big_ratio - ratio) < 1e-3 * ratio  # the cue grows with the tokens
 
@@ -93,7 +95,7 @@ def test_grid_pos_marks_each_frame_with_a_cue_scaled_to_the_tokens():
 def test_placeholder_count_must_match_items(pipeline):
     ids = torch.tensor(pipeline.tokenizer.encode("<image><image>"))
     with pytest.raises(InputError, match="sample 0: 2 <image>/<video> placeholder"):
-        pipeline.model.embed([ids], [[]])
+        embed(pipeline.model, [ids], [[]])
 
 
 def test_batched_requests_answer_like_single_ones(pipeline, image):
@@ -207,9 +209,9 @@ def test_without_a_thumbnail_an_image_is_its_tile_grid_alone(pipeline, image):
     for max_tiles in (1, 4, 16):
         grid = select_grid(img.size, 32, max_tiles=max_tiles)
         with torch.no_grad():
-            full = model.encode_image(anyres_tiles(img, 32, grid, mean=enc.mean, std=enc.std))
+            full = encode_image(model, anyres_tiles(img, 32, grid, mean=enc.mean, std=enc.std))
             tiles = anyres_tiles(img, 32, grid, mean=enc.mean, std=enc.std, thumbnail=False)
-            alone = model.encode_image(tiles)
+            alone = encode_image(model, tiles)
         assert tiles.pixels.shape[0] == grid[0] * grid[1]
         torch.testing.assert_close(alone, full[gh * gw:])
         batch, _ = bare.prepare([Request("What?", images=[image])], Overrides(max_tiles=max_tiles))

@@ -16,15 +16,16 @@ from PIL import Image
 
 pytest.importorskip("onnxruntime")
 
-from hybrid_mllm.core._cli import run_cli  # noqa: E402
 from hybrid_mllm.core.build import build_mllm  # noqa: E402
 from hybrid_mllm.core.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from hybrid_mllm.core.cli import run_cli  # noqa: E402
 from hybrid_mllm.core.config import load_config  # noqa: E402
-from hybrid_mllm.core.generate import GenerationConfig, TorchDecoder  # noqa: E402
-from hybrid_mllm.core.pipeline import Pipeline, Request  # noqa: E402
 from hybrid_mllm.core.presets import PRESET_DIR  # noqa: E402
-from hybrid_mllm.export import cli_export, cli_run  # noqa: E402
-from hybrid_mllm.export.onnx import ManifestError, load_onnx  # noqa: E402
+from hybrid_mllm.export import cli_export  # noqa: E402
+from hybrid_mllm.runtime import cli_run  # noqa: E402
+from hybrid_mllm.runtime.generate import GenerationConfig, TorchDecoder  # noqa: E402
+from hybrid_mllm.runtime.onnx import ManifestError, load_onnx  # noqa: E402
+from hybrid_mllm.runtime.pipeline import Pipeline, Request  # noqa: E402
 
 TOL = 1e-4
 
@@ -169,7 +170,7 @@ def test_runtime_names_the_bad_file(export, tmp_path, damage, message):
 
 
 def test_hybrid_run_onnx_passes_the_prefill_chunk_on(export, monkeypatch, capsys):
-    import hybrid_mllm.export.onnx as onnx_package
+    import hybrid_mllm.runtime.onnx as onnx_package
 
     chunks = []
 
@@ -186,7 +187,7 @@ def test_hybrid_run_onnx_passes_the_prefill_chunk_on(export, monkeypatch, capsys
 
 def test_hybrid_run_onnx_error_is_one_line(export, tmp_path):
     broken = _damaged(tmp_path, export[2], lambda d: (d / "encoder.onnx").unlink())
-    r = subprocess.run([sys.executable, "-m", "hybrid_mllm.export.cli_run", "--onnx", str(broken), "--prompt", "x"],
+    r = subprocess.run([sys.executable, "-m", "hybrid_mllm.runtime.cli_run", "--onnx", str(broken), "--prompt", "x"],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "encoder.onnx: missing" in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1

@@ -19,10 +19,10 @@ from torch import nn
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from hybrid_mllm.export.onnx import cpu_ops  # noqa: E402
 from hybrid_mllm.export.onnx.graph import export_graph  # noqa: E402
 from hybrid_mllm.export.onnx.softplus import TRANSLATIONS  # noqa: E402
-from hybrid_mllm.plugins.mixers import _scan_cpu  # noqa: E402
+from hybrid_mllm.plugins.mixers import ops_cpu as cpu_ops  # noqa: E402
+from hybrid_mllm.plugins.mixers import scan_cpu  # noqa: E402
 
 
 class _Softplus(nn.Module):
@@ -65,7 +65,7 @@ def _scan_arrays(batch=2, d=6, n=5, length=37, seed=0):
 @pytest.mark.parametrize("softplus", [0, 1])
 @pytest.mark.parametrize("length", [1, 37, 130])
 def test_cpu_scan_matches_numpy_reference(softplus, length):
-    if _scan_cpu.available(torch.device("cpu")) is not None:
+    if scan_cpu.available(torch.device("cpu")) is not None:
         pytest.skip("the fused CPU scan kernel cannot be built here (no C compiler)")
     arrays = _scan_arrays(length=length)
     if not softplus:
@@ -81,8 +81,8 @@ def test_cpu_scan_matches_numpy_reference(softplus, length):
 
 def test_cpu_scan_falls_back_to_the_reference_without_the_kernel(monkeypatch):
     arrays = _scan_arrays(length=9)
-    monkeypatch.setattr(_scan_cpu, "available", lambda device: "no C compiler (test)")
-    monkeypatch.setattr(_scan_cpu, "selective_scan_cpu_fused", None)  # calling it would fail the test
+    monkeypatch.setattr(scan_cpu, "available", lambda device: "no C compiler (test)")
+    monkeypatch.setattr(scan_cpu, "selective_scan_cpu_fused", None)  # calling it would fail the test
     y, h = cpu_ops.selective_scan(**arrays, softplus=1)
     y_ref, h_ref = cpu_ops.reference_selective_scan(**arrays, softplus=1)
     np.testing.assert_array_equal(y, y_ref)

@@ -15,10 +15,11 @@ pytest.importorskip("onnxruntime_extensions")
 from hybrid_mllm.core.build import build_mllm  # noqa: E402
 from hybrid_mllm.core.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from hybrid_mllm.core.config import load_config  # noqa: E402
-from hybrid_mllm.core.generate import GenerationConfig, TorchDecoder, generate  # noqa: E402
-from hybrid_mllm.export.onnx import ParityError, export_onnx, load_onnx, parity  # noqa: E402
+from hybrid_mllm.export.onnx import ParityError, export_onnx, parity  # noqa: E402
 from hybrid_mllm.export.onnx.decoder import state_layout  # noqa: E402
-from hybrid_mllm.export.onnx.sessions import make_session  # noqa: E402
+from hybrid_mllm.runtime.generate import GenerationConfig, TorchDecoder, generate  # noqa: E402
+from hybrid_mllm.runtime.onnx import load_onnx  # noqa: E402
+from hybrid_mllm.runtime.onnx.sessions import make_session  # noqa: E402
 
 CONFIG = """
 model:
@@ -65,7 +66,7 @@ def test_custom_flavour_has_one_node_per_scan_and_conv(custom_export):
 def test_custom_flavour_generates_like_pytorch(checkpoint, custom_export):
     lm = load_checkpoint(checkpoint).model.lm.eval()
     loaded = load_onnx(custom_export)
-    assert loaded.manifest["custom_ops"] == {"domain": "hybrid", "ops": ["SelectiveScan", "CausalConv1d"]}
+    assert loaded.manifest["custom_ops"] == {"domains": ["hybrid"], "ops": ["hybrid::CausalConv1d", "hybrid::SelectiveScan"]}
     g = torch.Generator().manual_seed(0)
     embeds, mask = torch.randn(2, 9, 64, generator=g), torch.ones(2, 9, dtype=torch.bool)
     mask[0, :4] = False

@@ -19,9 +19,10 @@ ort = pytest.importorskip("onnxruntime")
 
 from onnx import helper  # noqa: E402
 
-from hybrid_mllm.export.onnx.custom_ops import DOMAIN  # noqa: E402
 from hybrid_mllm.export.onnx.exporter import DEFAULT_OPSETS  # noqa: E402
-from hybrid_mllm.export.onnx.standard_ops import SCAN_OP, scan_function  # noqa: E402
+from hybrid_mllm.export.onnx.functions import node_function  # noqa: E402
+from hybrid_mllm.plugins.mixers.mamba_export import mamba_ops  # noqa: E402
+from hybrid_mllm.plugins.mixers.ops_onnx import DOMAIN, SCAN_NODE  # noqa: E402
 
 KERNEL = get_registry().get("scan_kernel", "chunked_export")
 # (batch, D, N, L, with_state, with_z, with_delta_bias): one token, exact chunks, partial chunks
@@ -55,11 +56,11 @@ def scan_session():
     """A one-node model: hybrid::SelectiveScan, defined by the exported standard-op function."""
     function = onnx.FunctionProto()
     opset = DEFAULT_OPSETS["standard"]  # the export tests' function: exported once per process
-    function.ParseFromString(scan_function(opset, torch.float32))
+    function.ParseFromString(node_function(mamba_ops()[0].node, opset, torch.float32))
     names = ["u", "delta", "A", "B", "C", "D", "z", "delta_bias", "state"]
     sessions = {}
     for softplus in (0, 1):
-        node = helper.make_node(SCAN_OP, names, ["y", "new_state"], domain=DOMAIN, softplus=softplus)
+        node = helper.make_node(SCAN_NODE, names, ["y", "new_state"], domain=DOMAIN, softplus=softplus)
         graph = helper.make_graph(
             [node], "scan", [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in names],
             [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in ("y", "new_state")])

@@ -38,7 +38,7 @@ def test_entry_point_registers_the_mixer_with_its_package(plugin_env):
 
 
 def test_model_from_yaml_uses_the_plugin(plugin_env):
-    r = subprocess.run([sys.executable, "-m", "hybrid_mllm.core.cli_model", str(PLUGIN / "retention-tiny.yaml"),
+    r = subprocess.run([sys.executable, "-m", "hybrid_mllm.runtime.cli_model", str(PLUGIN / "retention-tiny.yaml"),
                         "--seq-len", "40", "--new-tokens", "4"], env=plugin_env, capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 0, r.stderr + r.stdout

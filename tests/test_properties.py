@@ -14,13 +14,15 @@ from fractions import Fraction
 
 import pytest
 import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
 from hybrid_mllm.core.config import load_config, parse_config, save_config
 from hybrid_mllm.core.errors import ConfigError
 from hybrid_mllm.core.vision import anyres_tiles, num_visual_tokens, select_grid
 from hybrid_mllm.core.vision.video import sample_times, sequence_indices
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-from PIL import Image
+from hybrid_mllm.runtime.splice import encode_image
 
 SMALL = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -131,7 +133,7 @@ def test_tiles_cover_the_grid_and_content_is_never_empty(size, tile, max_tiles):
 @functools.cache
 def _model(connector: str, newline: bool):
     from hybrid_mllm.core.build import build_mllm
-    from hybrid_mllm.core.visual_inputs import VisualLoader
+    from hybrid_mllm.runtime.visual_inputs import VisualLoader
 
     connectors = {"mlp": {"name": "mlp2x_gelu"}, "pool": {"name": "pool", "stride": 2},
                   "pool3": {"name": "pool", "stride": 3}}
@@ -148,13 +150,14 @@ def _model(connector: str, newline: bool):
        newline=st.booleans())
 def test_token_count_matches_the_model(size, max_tiles, connector, newline):
     import torch
-    from hybrid_mllm.core.visual_inputs import Overrides
+
+    from hybrid_mllm.runtime.visual_inputs import Overrides
 
     model, loader = _model(connector, newline)
     image = Image.new("RGB", size, (10, 200, 30))
     [tiles], predicted = loader.load([model.image_token_id], [image], [], Overrides(max_tiles=max_tiles))
     with torch.no_grad():
-        assert model.encode_image(tiles).shape[0] == predicted
+        assert encode_image(model, tiles).shape[0] == predicted
     grid = model.connector.out_grid(model.encoder.grid)
     assert num_visual_tokens(size, 24, grid, max_tiles=max_tiles, newline=newline) == predicted
 

@@ -14,13 +14,13 @@ import pytest
 import torch
 
 from hybrid_mllm.core.scan import auto_kernel_name, reset_auto_choice, selective_scan
-from hybrid_mllm.plugins.mixers import _scan_cpu
-from hybrid_mllm.plugins.mixers._scan_cpu import BuildError, build_library, find_compiler
-from hybrid_mllm.plugins.mixers._scan_cpu import selective_scan_cpu_fused as fused
-from hybrid_mllm.plugins.mixers._scan_ref import selective_scan_ref as ref
+from hybrid_mllm.plugins.mixers import scan_cpu
+from hybrid_mllm.plugins.mixers.scan_cpu import BuildError, build_library, find_compiler
+from hybrid_mllm.plugins.mixers.scan_cpu import selective_scan_cpu_fused as fused
+from hybrid_mllm.plugins.mixers.scan_ref import selective_scan_ref as ref
 
 CPU = torch.device("cpu")
-needs_kernel = pytest.mark.skipif(_scan_cpu.available(CPU) is not None, reason="fused CPU kernel not built")
+needs_kernel = pytest.mark.skipif(scan_cpu.available(CPU) is not None, reason="fused CPU kernel not built")
 # Around the kernel's internal boundaries: vectors of 16 steps, blocks of 64 steps.
 LENGTHS = (1, 7, 16, 17, 63, 64, 65, 257)
 OPTIONS = ("state", "z", "D", "delta_bias", "softplus")
@@ -261,17 +261,17 @@ def test_loading_keeps_denormals():
 @pytest.fixture
 def fresh_library():
     """Forget the loaded library and the auto choice before and after the test."""
-    _scan_cpu._load_library.cache_clear()
+    scan_cpu._load_library.cache_clear()
     reset_auto_choice()
     yield
-    _scan_cpu._load_library.cache_clear()
+    scan_cpu._load_library.cache_clear()
     reset_auto_choice()
 
 
 def test_no_compiler_falls_back_to_chunked_with_one_warning(monkeypatch, fresh_library):
-    monkeypatch.setattr(_scan_cpu, "find_compiler", lambda: None)
+    monkeypatch.setattr(scan_cpu, "find_compiler", lambda: None)
     with pytest.warns(RuntimeWarning, match=r"could not be built \(no C compiler found.*install a C compiler.*'chunked'"):
-        reason = _scan_cpu.available(CPU)
+        reason = scan_cpu.available(CPU)
     assert "no C compiler found" in reason and "\n" not in reason
     assert auto_kernel_name("cpu") == "chunked"
 

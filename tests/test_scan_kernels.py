@@ -6,7 +6,7 @@ import torch
 from hybrid_mllm.core.errors import KernelUnavailableError, RegistryError
 from hybrid_mllm.core.registry import get_registry
 from hybrid_mllm.core.scan import auto_kernel_name, selective_scan
-from hybrid_mllm.testing import SCAN_CASES, check_scan_gradients, check_scan_matches_ref
+from hybrid_mllm.testing import SCAN_CASES, SCAN_EDGE_CHECKS, check_scan_gradients, check_scan_matches_ref
 from hybrid_mllm.testing.scan_contract import scan_inputs
 
 REG = get_registry()
@@ -24,6 +24,12 @@ def test_matches_ref(name, case):
 @pytest.mark.parametrize("name", [n for n in CPU_KERNELS if n != "ref"])
 def test_gradients_match_ref(name, case):
     check_scan_gradients(REG.get("scan_kernel", name).fn, case)
+
+
+@pytest.mark.parametrize("check", SCAN_EDGE_CHECKS, ids=lambda c: c.__name__)
+@pytest.mark.parametrize("name", CPU_KERNELS)
+def test_edge_cases(name, check):
+    check(REG.get("scan_kernel", name).fn)
 
 
 def test_ref_matches_closed_form():

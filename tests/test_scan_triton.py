@@ -21,14 +21,14 @@ pytest.importorskip("triton", reason="triton is not installed: pip install trito
 from hybrid_mllm.core.errors import KernelUnavailableError  # noqa: E402
 from hybrid_mllm.core.registry import get_registry  # noqa: E402
 from hybrid_mllm.core.scan import auto_kernel_name, selective_scan  # noqa: E402
-from hybrid_mllm.plugins.mixers import _scan_triton  # noqa: E402
-from hybrid_mllm.plugins.mixers._conv import causal_conv1d  # noqa: E402
-from hybrid_mllm.plugins.mixers._conv_triton import causal_conv1d_triton  # noqa: E402
-from hybrid_mllm.plugins.mixers._scan_chunked import selective_scan_chunked  # noqa: E402
-from hybrid_mllm.plugins.mixers._scan_mamba_ssm import mamba_ssm_available, selective_scan_mamba_ssm  # noqa: E402
-from hybrid_mllm.plugins.mixers._scan_ref import selective_scan_ref  # noqa: E402
-from hybrid_mllm.plugins.mixers._scan_triton import selective_scan_triton, triton_available  # noqa: E402
-from hybrid_mllm.testing import SCAN_CASES, check_scan_gradients, check_scan_matches_ref  # noqa: E402
+from hybrid_mllm.plugins.mixers import scan_triton  # noqa: E402
+from hybrid_mllm.plugins.mixers.conv import causal_conv1d  # noqa: E402
+from hybrid_mllm.plugins.mixers.conv_triton import causal_conv1d_triton  # noqa: E402
+from hybrid_mllm.plugins.mixers.scan_chunked import selective_scan_chunked  # noqa: E402
+from hybrid_mllm.plugins.mixers.scan_mamba_ssm import mamba_ssm_available, selective_scan_mamba_ssm  # noqa: E402
+from hybrid_mllm.plugins.mixers.scan_ref import selective_scan_ref  # noqa: E402
+from hybrid_mllm.plugins.mixers.scan_triton import selective_scan_triton, triton_available  # noqa: E402
+from hybrid_mllm.testing import SCAN_CASES, SCAN_EDGE_CHECKS, check_scan_gradients, check_scan_matches_ref  # noqa: E402
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0").lower() in {"1", "true", "on", "yes"}
 DEVICE = "cpu" if INTERPRET else "cuda"
@@ -152,6 +152,11 @@ def test_contract_forward(case):
     check_scan_matches_ref(selective_scan_triton, case, device=DEVICE)
 
 
+@pytest.mark.parametrize("check", SCAN_EDGE_CHECKS, ids=lambda c: c.__name__)
+def test_contract_edge_cases(check):
+    check(selective_scan_triton, device=DEVICE)
+
+
 @pytest.mark.parametrize("case", SCAN_CASES[:4], ids=str)
 def test_contract_gradients(case):
     check_scan_gradients(selective_scan_triton, case, device=DEVICE)
@@ -164,7 +169,7 @@ def test_contract_gradients(case):
 @pytest.mark.parametrize("shape", [(2, 3, 5, 1), (1, 40, 16, 3), (2, 5, 4, 4), (1, 4, 3, 9)], ids=str)
 def test_gradients_match_ref_small_checkpoints(shape, options, monkeypatch):
     """Checkpoints every 4 tokens: L = 1, 3, 4, 9 cover one partial, one full and 3 chunks."""
-    monkeypatch.setattr(_scan_triton, "CHECKPOINT_EVERY", 4)
+    monkeypatch.setattr(scan_triton, "CHECKPOINT_EVERY", 4)
     check_backward(make_inputs(*shape, options))
 
 

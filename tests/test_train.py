@@ -10,16 +10,15 @@ import sys
 
 import pytest
 import torch
+from _train_fixtures import losses, write_config
 
 from hybrid_mllm.core.build import build_mllm
 from hybrid_mllm.core.checkpoint import load_checkpoint
 from hybrid_mllm.core.errors import HybridError
+from hybrid_mllm.train import loop
 from hybrid_mllm.train.cli_train import load_train_config, run_training
 from hybrid_mllm.train.data import DataError, read_records
-from hybrid_mllm.train import loop
 from hybrid_mllm.train.loop import LossStep, TrainError
-
-from _train_fixtures import losses, write_config
 
 
 def test_two_stages_train_the_chosen_parts(tmp_path):

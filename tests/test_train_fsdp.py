@@ -9,14 +9,13 @@ import sys
 
 import pytest
 import torch
+from _train_fixtures import losses, write_config
 
 from hybrid_mllm.core.checkpoint import load_checkpoint
 from hybrid_mllm.core.errors import ConfigError, HybridError
 from hybrid_mllm.train.cli_train import load_train_config, run_training
 from hybrid_mllm.train.config import parse_train
 from hybrid_mllm.train.fsdp import SINGLE_PROCESS_NOTE
-
-from _train_fixtures import losses, write_config
 
 # 2 processes reduce-scatter gradients summed in another order than 1 process sums them, so
 # losses agree to float32 rounding (measured: ~1e-7), not bit for bit

@@ -10,9 +10,20 @@ import torch
 from PIL import Image
 
 from hybrid_mllm.core.errors import HybridError
-from hybrid_mllm.core.vision import (CLIP_MEAN, CLIP_STD, AnyresTiles, ImageError, anyres_tiles, load_image,
-                                     normalize, num_visual_tokens, select_grid, tiles_to_grid, to_tensor,
-                                     unpad_features)
+from hybrid_mllm.core.vision import (
+    CLIP_MEAN,
+    CLIP_STD,
+    AnyresTiles,
+    ImageError,
+    anyres_tiles,
+    load_image,
+    normalize,
+    num_visual_tokens,
+    select_grid,
+    tiles_to_grid,
+    to_tensor,
+    unpad_features,
+)
 
 LLAVA_PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
 

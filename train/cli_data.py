@@ -11,7 +11,7 @@ import argparse
 import sys
 import time
 
-from hybrid_mllm.core._cli import run_cli
+from hybrid_mllm.core.cli import run_cli
 from hybrid_mllm.train import data_digits as dd
 
 _DIGITS_EPILOG = f"""\

@@ -9,10 +9,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from hybrid_mllm.core._cli import check_at_least_one, check_device, run_cli
 from hybrid_mllm.core.checkpoint import load_checkpoint
-from hybrid_mllm.core.pipeline import PREFILL_CHUNK, Pipeline
-from hybrid_mllm.core.visual_inputs import Overrides
+from hybrid_mllm.core.cli import check_at_least_one, check_device, run_cli
+from hybrid_mllm.runtime.pipeline import PREFILL_CHUNK, Pipeline
+from hybrid_mllm.runtime.visual_inputs import Overrides
 
 from .data import json_items, read_records
 from .evaluate import evaluate, write_results

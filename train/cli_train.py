@@ -17,20 +17,20 @@ from pathlib import Path
 
 import torch
 
-from hybrid_mllm.core._cli import check_device, run_cli
 from hybrid_mllm.core.build import build_mllm
 from hybrid_mllm.core.checkpoint import load_weights, weight_files
+from hybrid_mllm.core.cli import check_device, run_cli
 from hybrid_mllm.core.config import Config, parse_config
 from hybrid_mllm.core.errors import ConfigError
 from hybrid_mllm.core.text import get_template
 from hybrid_mllm.core.yaml_io import read_yaml
-from hybrid_mllm.core.visual_inputs import VisualLoader
+from hybrid_mllm.runtime.visual_inputs import VisualLoader
 
 from .config import TrainConfig, apply_overrides, parse_train
 from .data import LlavaDataset, read_records
 from .determinism import make_deterministic
 from .distributed import DistInfo, init_distributed, shutdown
-from .fsdp import SINGLE_PROCESS_NOTE
+from .fsdp import SINGLE_PROCESS_NOTE, shard_like
 from .lock import OutputLock
 from .loop import StageRun
 from .sampler import LengthGroupedBatches
@@ -67,7 +67,7 @@ def run_training(config: Config, train: TrainConfig, *, only: int | None = None,
     torch.manual_seed(train.seed)
     model, tokenizer = build_mllm(config, seed=train.seed, device=dist.device)
     if init is not None:
-        load_weights(model, weight_files(init), source=str(init))
+        load_weights(model, weight_files(init), source=str(init), place=shard_like)
     indices = [only] if only is not None else list(range(len(train.stages)))
     final = None
     for index in indices:
@@ -84,7 +84,7 @@ def _start_from_previous(model, train: TrainConfig, index: int) -> None:
     if not previous.exists():
         raise ConfigError("--stage", [f"stage '{train.stages[index].name}' starts from {previous}, which does not "
                                       f"exist: train stage '{train.stages[index - 1].name}' first"])
-    load_weights(model, weight_files(previous), source=str(previous))
+    load_weights(model, weight_files(previous), source=str(previous), place=shard_like)
 
 
 def _stage_run(model, tokenizer, config: Config, train: TrainConfig, index: int, dist: DistInfo) -> StageRun:

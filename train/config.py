@@ -29,9 +29,9 @@ from typing import Any, Literal
 
 import yaml
 
-from hybrid_mllm.core._suggest import did_you_mean
 from hybrid_mllm.core.errors import ConfigError
 from hybrid_mllm.core.schema import check_options, describe
+from hybrid_mllm.core.suggest import did_you_mean
 
 PARTS = ("encoder", "connector", "lm")
 

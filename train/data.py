@@ -16,11 +16,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from hybrid_mllm.core._paths import confined
 from hybrid_mllm.core.errors import HybridError
-from hybrid_mllm.core.mllm import Visual
+from hybrid_mllm.core.paths import confined
 from hybrid_mllm.core.text import Template, Tokenizer
-from hybrid_mllm.core.visual_inputs import VisualLoader
+from hybrid_mllm.core.vision import Visual
+from hybrid_mllm.runtime.visual_inputs import VisualLoader
 
 
 class DataError(HybridError):

@@ -29,14 +29,14 @@ from pathlib import Path
 import torch
 import yaml
 
-from hybrid_mllm.core._cli import check_at_least_one, run_cli
+from hybrid_mllm.core.cli import check_at_least_one, run_cli
 from hybrid_mllm.core.build import build_mllm
 from hybrid_mllm.core.checkpoint import load_checkpoint, save_checkpoint
 from hybrid_mllm.core.config import Config, parse_config
-from hybrid_mllm.core.pipeline import Pipeline
+from hybrid_mllm.runtime.pipeline import Pipeline
 from hybrid_mllm.core.presets import PRESET_DIR
 from hybrid_mllm.core.text import load_tokenizer
-from hybrid_mllm.core.visual_inputs import Overrides
+from hybrid_mllm.runtime.visual_inputs import Overrides
 
 from .bpe import train_bpe
 from .cli_train import run_training

@@ -9,9 +9,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from hybrid_mllm.core.generate import GenerationConfig
-from hybrid_mllm.core.pipeline import PREFILL_CHUNK, Pipeline, Request
-from hybrid_mllm.core.visual_inputs import Overrides
+from hybrid_mllm.runtime.generate import GenerationConfig
+from hybrid_mllm.runtime.pipeline import PREFILL_CHUNK, Pipeline, Request
+from hybrid_mllm.runtime.visual_inputs import Overrides
 
 from .data import DataError, Record
 from .metrics import anls, exact_match

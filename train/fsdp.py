@@ -104,8 +104,7 @@ def full_state(model: HybridMLLM, optimizer: torch.optim.Optimizer
     """Gather the full weights (tied duplicates dropped, as `unique_state_dict`) and AdamW
     state by parameter name, on the CPU of rank 0; the other ranks get empty dicts. Collective:
     every rank must call it."""
-    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                         get_optimizer_state_dict)
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
 
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     weights = get_model_state_dict(model, options=options)
@@ -114,3 +113,16 @@ def full_state(model: HybridMLLM, optimizer: torch.optim.Optimizer
         return {}, {}
     keep = unique_state_dict(model)
     return {name: t for name, t in weights.items() if name in keep}, moments
+
+
+def shard_like(tensor: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """The full `tensor` laid out as `like`: itself for a plain tensor; for a parameter or
+    optimizer moment sharded by FSDP2 (a DTensor of the same shape), this process's slice,
+    cut locally (every process holds the full tensor, so nothing is sent)."""
+    if not torch.distributed.is_available():  # then nothing is sharded
+        return tensor
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    if not isinstance(like, DTensor) or tuple(tensor.shape) != tuple(like.shape):
+        return tensor
+    return distribute_tensor(tensor.to(like.device), like.device_mesh, like.placements, src_data_rank=None)

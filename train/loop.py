@@ -18,11 +18,13 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from hybrid_mllm.core.checkpoint import load_weights, remove_partial, save_checkpoint, weight_files
+from hybrid_mllm.core.atomic import remove_partial
+from hybrid_mllm.core.checkpoint import load_weights, save_checkpoint, weight_files
 from hybrid_mllm.core.config import Config
 from hybrid_mllm.core.errors import HybridError
-from hybrid_mllm.core.mllm import IGNORE, HybridMLLM
-from hybrid_mllm.core.text import Tokenizer
+from hybrid_mllm.core.mllm import HybridMLLM
+from hybrid_mllm.core.text import IGNORE_INDEX, Tokenizer
+from hybrid_mllm.runtime.splice import embed
 
 from . import fsdp
 from .config import StageConfig, TrainConfig
@@ -83,10 +85,10 @@ class LossStep(nn.Module):
         self.model = model
 
     def forward(self, samples: list[Sample]) -> tuple[torch.Tensor, torch.Tensor]:
-        batch = self.model.embed([s.ids for s in samples], [s.visuals for s in samples], [s.labels for s in samples])
-        out = self.model(batch)
+        batch = embed(self.model, [s.ids for s in samples], [s.visuals for s in samples], [s.labels for s in samples])
+        out = self.model(batch.embeds, batch.mask)
         logits, labels = out.logits[:, :-1], batch.labels[:, 1:].to(out.logits.device)
-        ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=IGNORE,
+        ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=IGNORE_INDEX,
                              reduction="sum")
         return ce, out.aux_loss
 
@@ -100,7 +102,7 @@ def _zero_on_trainable(model: nn.Module) -> torch.Tensor:
 
 
 def count_targets(samples: list[Sample]) -> int:
-    return sum(int((s.labels[1:] != IGNORE).sum()) for s in samples)
+    return sum(int((s.labels[1:] != IGNORE_INDEX).sum()) for s in samples)
 
 
 @dataclass
@@ -168,7 +170,7 @@ class StageRun:
         return DistributedDataParallel(LossStep(self.model), find_unused_parameters=True)
 
     def _resume(self, directory: Path, optimizer) -> Progress:
-        load_weights(self.model, weight_files(directory), source=str(directory))
+        load_weights(self.model, weight_files(directory), source=str(directory), place=fsdp.shard_like)
         progress = load_state(directory, self.model, optimizer)
         if progress.stage != self.stage.name:
             raise TrainError(f"{directory} is from stage '{progress.stage}', not '{self.stage.name}': pass --stage")

@@ -15,8 +15,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from hybrid_mllm.core.checkpoint import shard_like
 from hybrid_mllm.core.errors import HybridError
+
+from .fsdp import shard_like
 
 TENSORS, META = "training_state.safetensors", "training_state.json"
 

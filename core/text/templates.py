@@ -21,8 +21,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .._suggest import unknown
 from ..errors import HybridError
+from ..suggest import unknown
 from .tokenizer import IM_END, IM_START, IMAGE_TOKEN, VIDEO_TOKEN, Tokenizer
 
 IGNORE_INDEX = -100  # what torch's cross_entropy skips by default

@@ -18,8 +18,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from .._suggest import unknown
 from ..errors import HybridError
+from ..suggest import unknown
 
 IMAGE_TOKEN = "<image>"
 VIDEO_TOKEN = "<video>"

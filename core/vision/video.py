@@ -28,6 +28,7 @@ from fractions import Fraction
 from typing import Sequence, Union
 
 from PIL import Image
+from torch import Tensor
 
 from ..errors import HybridError
 from .image import DEFAULT_MAX_PIXELS, ImageError, load_image
@@ -43,6 +44,13 @@ _INSTALL_HINT = 'pip install av (or pip install "hybrid-mllm[vision]")'
 
 class VideoError(HybridError):
     """A video (file, folder of frames or list of frames) cannot be loaded as asked."""
+
+
+@dataclass
+class VideoClip:
+    """Frames of one video, normalised for the encoder: pixels (T, 3, S, S)."""
+
+    pixels: Tensor
 
 
 @dataclass

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from hybrid_mllm.core.model import HybridLM
 
 from .graph import dim_names, export_graph
+from .paths import export_paths
 
 BATCH, SEQUENCE, PAST = "batch", "sequence", "past_sequence"
 # Example sizes for tracing: all different and >= 2, so no axis can be mistaken for another
@@ -61,12 +62,12 @@ def state_layout(lm: HybridLM) -> list[StateEntry]:
 
 
 class DecoderGraph(nn.Module):
-    """``(inputs_embeds, mask, *past) -> (logits, *present)`` around a `HybridLM` (flat state)."""
+    """``(inputs_embeds, mask, *past) -> (logits, *present)`` around a `HybridLM` (flat state of
+    `sizes[i]` tensors for layer i)."""
 
-    def __init__(self, lm: HybridLM):
+    def __init__(self, lm: HybridLM, sizes: list[int]):
         super().__init__()
-        self.lm = lm
-        self.sizes = [len(b.mixer.state_specs) for b in lm.blocks]
+        self.lm, self.sizes = lm, sizes
 
     def forward(self, inputs_embeds: Tensor, mask: Tensor, *past: Tensor) -> tuple[Tensor, ...]:
         """inputs_embeds (B, L, d), mask (B, L) bool, past: flat states -> logits (B, vocab), flat states."""
@@ -93,20 +94,22 @@ def example_inputs(lm: HybridLM, batch: int, length: int, past: int, *, generato
     return embeds, torch.ones(batch, length, dtype=torch.bool), states
 
 
-def export_decoder(lm: HybridLM, path: Path, *, opset: int, translations: dict, verbose: bool = False) -> dict:
-    """Export `lm` (already switched to its export paths) to `path`; returns the graph's
-    input/output description for the manifest."""
+def export_decoder(lm: HybridLM, path: Path, *, flavour: str, opset: int, verbose: bool = False) -> dict:
+    """Export `lm`, switched to the export paths of `flavour` for the trace, to `path`;
+    returns the graph's input/output description for the manifest."""
     layout = state_layout(lm)
     embeds, mask, states = example_inputs(lm, EXAMPLE_BATCH, EXAMPLE_LENGTH, EXAMPLE_PAST,
                                           dtype=lm.embed.weight.dtype)
     batch, past = torch.export.Dim(BATCH), torch.export.Dim(PAST)
     seq = torch.export.Dim(SEQUENCE, min=MIN_TRACED_LENGTH)
     state_dims = tuple({0: batch, **({e.seq_dim: past} if e.seq_dim is not None else {})} for e in layout)
-    export_graph(
-        DecoderGraph(lm), (embeds, mask, *states), path,
-        dynamic_shapes=({0: batch, 1: seq}, {0: batch, 1: seq}, state_dims),
-        input_names=["inputs_embeds", "mask", *[e.input for e in layout]],
-        output_names=["logits", *[e.output for e in layout]],
-        opset=opset, translations=translations, verbose=verbose,
-    )
+    graph = DecoderGraph(lm, [len(b.mixer.state_specs) for b in lm.blocks])
+    with export_paths(lm, flavour) as translations:
+        export_graph(
+            graph, (embeds, mask, *states), path,
+            dynamic_shapes=({0: batch, 1: seq}, {0: batch, 1: seq}, state_dims),
+            input_names=["inputs_embeds", "mask", *[e.input for e in layout]],
+            output_names=["logits", *[e.output for e in layout]],
+            opset=opset, translations=translations, verbose=verbose,
+        )
     return dim_names(path)

@@ -1,4 +1,4 @@
-"""The errors an ONNX export or runtime raises for a user to fix (one line each)."""
+"""The errors an ONNX export raises for a user to fix (one line each)."""
 
 from __future__ import annotations
 
@@ -11,14 +11,6 @@ class ExportError(HybridError):
 
 class ParityError(ExportError):
     """The exported graphs disagree with PyTorch beyond the stated tolerance."""
-
-
-class ManifestError(HybridError):
-    """An export directory whose manifest or files are missing or do not match."""
-
-
-class RuntimeUnavailableError(HybridError):
-    """ONNX Runtime, an execution provider or the custom-op reference library is not installed."""
 
 
 def first_line(error: BaseException, limit: int = 400) -> str:

@@ -17,15 +17,17 @@ import numpy as np
 import onnx
 import torch
 
-from hybrid_mllm.core.checkpoint import load_checkpoint, write_directory
+from hybrid_mllm.core.atomic import write_directory
+from hybrid_mllm.core.checkpoint import load_checkpoint
 from hybrid_mllm.core.config import save_config
+from hybrid_mllm.core.exportable import FLAVOURS, custom_nodes
 from hybrid_mllm.core.mllm import HybridMLLM
+from hybrid_mllm.core.registry import get_registry
+from hybrid_mllm.runtime.onnx.manifest import write_manifest
 
-from . import parity, standard_ops
+from . import functions, parity
 from .decoder import export_decoder, state_layout
 from .errors import ExportError
-from .manifest import write_manifest
-from .paths import FLAVOURS, export_paths
 from .vision import export_vision
 
 MIN_OPSET = 18  # the dynamo exporter's lowest
@@ -81,12 +83,12 @@ def export_onnx(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, fl
 def _write_all(model: HybridMLLM, exported: HybridMLLM, tokenizer, config, tmp: Path, *, flavour: str, opset: int,
                dtype: str, verbose: bool, log) -> dict:
     lm = exported.lm
-    log(f"exporting the decoder ({flavour} scan, opset {opset}, {dtype})")
-    with export_paths(lm, flavour) as translations:
-        decoder = export_decoder(lm, tmp / "decoder.onnx", opset=opset, translations=translations, verbose=verbose)
+    log(f"exporting the decoder ({flavour} flavour, opset {opset}, {dtype})")
+    decoder = export_decoder(lm, tmp / "decoder.onnx", flavour=flavour, opset=opset, verbose=verbose)
+    nodes = custom_nodes(e.obj for e in get_registry().entries("export"))
     if flavour == "standard":
-        log("adding the standard-op definition of hybrid::SelectiveScan")
-        standard_ops.attach_definitions(tmp / "decoder.onnx", opset, DTYPES[dtype])
+        log("adding the standard-op definitions of the custom nodes")
+        functions.attach_definitions(tmp / "decoder.onnx", nodes, opset, DTYPES[dtype])
     graphs = {"decoder": {"file": "decoder.onnx", **decoder}}
     np.save(tmp / "embed_tokens.npy", lm.embed.table().detach().numpy())
     vision = None
@@ -114,7 +116,7 @@ def _write_all(model: HybridMLLM, exported: HybridMLLM, tokenizer, config, tmp: 
 
     manifest = {
         "flavour": flavour, "opset": opset, "dtype": dtype,
-        "custom_ops": {"domain": "hybrid", "ops": ["SelectiveScan", "CausalConv1d"]} if custom else None,
+        "custom_ops": _custom_ops(tmp / "decoder.onnx", nodes) if custom else None,
         "config": config.to_dict(), "config_file": "config.yaml", "template": config.text.template,
         "tokenizer": tokenizer.describe(),
         "graphs": graphs,
@@ -128,6 +130,13 @@ def _write_all(model: HybridMLLM, exported: HybridMLLM, tokenizer, config, tmp: 
     }
     write_manifest(tmp, manifest)
     return manifest
+
+
+def _custom_ops(path: Path, nodes: dict) -> dict:
+    """The custom node types the decoder graph holds: ``{"domains": [...], "ops": ["domain::name", ...]}``."""
+    model = onnx.load(str(path), load_external_data=False)
+    held = sorted({f"{n.domain}::{n.op_type}" for n in model.graph.node} & set(nodes))
+    return {"domains": sorted({op.split("::")[0] for op in held}), "ops": held}
 
 
 def _save_vision_embeddings(model: HybridMLLM, out: Path) -> dict:

@@ -22,9 +22,11 @@ from torch import Tensor
 
 from hybrid_mllm.core.mllm import HybridMLLM
 from hybrid_mllm.core.model import HybridLM
+from hybrid_mllm.runtime.errors import RuntimeUnavailableError
+from hybrid_mllm.runtime.onnx.sessions import make_session
 
 from .decoder import StateEntry, example_inputs
-from .errors import ParityError, RuntimeUnavailableError, first_line
+from .errors import ParityError, first_line
 
 # Stated tolerances, relative to max(1, max |reference|), per activation dtype of the export.
 TOLERANCE = {"float32": 1e-4, "float16": 3e-2}
@@ -97,8 +99,6 @@ def check_vision(model: HybridMLLM, sessions: dict, *, tol: float, seed: int = 0
 
 def open_session(path, **options):
     """`make_session`, where a graph ONNX Runtime cannot even load fails the gate."""
-    from .sessions import make_session
-
     try:
         return make_session(path, **options)
     except RuntimeUnavailableError:
@@ -117,7 +117,6 @@ def _run(session, feed: dict, where: str) -> list[np.ndarray]:
         return session.run(None, feed)
     except Exception as e:  # ORT raises its own exception types; any failure fails the gate
         raise ParityError(f"parity gate: ONNX Runtime failed on the {where}: {first_line(e)}") from None
-
 
 
 def _compare(names: list[str], outputs: list[np.ndarray], references: list[Tensor], tol: float, where: str) -> float:

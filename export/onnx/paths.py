@@ -1,15 +1,10 @@
 """What the model runs while it is traced for export, switched explicitly and restored after.
 
-- every Mamba mixer's scan (``impl``) becomes the ``hybrid::SelectiveScan`` op (both
-  flavours: the standard flavour then defines that node in standard ops, see
-  `standard_ops`);
-- for the ``custom`` flavour, Mamba's causal conv1d becomes the ``hybrid::CausalConv1d`` op
-  (the standard flavour keeps it as the slices and adds it already is);
-- every MoE layer is wrapped by `ExportMoE` (see `moe`);
-- for the ``standard`` flavour (ONNX Runtime), softplus becomes ops its CPU kernels run
-  fast (see `softplus`).
-
-Nothing is guessed from the model's configured kernels: the flavour names the path.
+Each module whose class has an export declaration (`hybrid_mllm.core.exportable`, the
+``register_exports`` hook) is replaced, for the trace, by the module its declaration gives
+for the flavour; the translation table maps every op those modules may hold to its ONNX
+translation. For the ``standard`` flavour (ONNX Runtime), softplus also becomes ops its CPU
+kernels run fast (see `softplus`). Nothing here knows a component: it asks the registry.
 """
 
 from __future__ import annotations
@@ -17,34 +12,54 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from hybrid_mllm.core.ffn import MoE
-from hybrid_mllm.core.model import HybridLM
-from hybrid_mllm.plugins.mixers.mamba import Mamba
+import onnx
+from torch import nn
 
-from . import custom_ops
-from .moe import TRANSLATIONS as MOE_TRANSLATIONS
-from .moe import ExportMoE
+from hybrid_mllm.core.exportable import FLAVOURS, Exportable
+from hybrid_mllm.core.registry import Registry, get_registry
+
 from .softplus import TRANSLATIONS as SOFTPLUS_TRANSLATIONS
-
-FLAVOURS = ("standard", "custom")
 
 
 @contextmanager
-def export_paths(lm: HybridLM, flavour: str) -> Iterator[dict]:
-    """Switch `lm` to the export path of `flavour`; yields the exporter's custom translation table."""
+def export_paths(model: nn.Module, flavour: str, registry: Registry | None = None) -> Iterator[dict]:
+    """Switch `model` to the export path of `flavour`; yields the exporter's custom translation table."""
     if flavour not in FLAVOURS:
         raise ValueError(f"unknown flavour {flavour!r}; expected one of {FLAVOURS}")
-    saved_impls = {m: m.impl for m in lm.modules() if isinstance(m, Mamba)}
-    saved_ffns = {b: b.ffn for b in lm.blocks if isinstance(b.ffn, MoE)}
-    with custom_ops.custom_op_paths(conv=flavour == "custom") as translations:
-        try:
-            for mamba in saved_impls:
-                mamba.impl = custom_ops.KERNEL_NAME
-            for block, moe in saved_ffns.items():
-                block.ffn = ExportMoE(moe)
-            yield {**MOE_TRANSLATIONS, **translations, **(SOFTPLUS_TRANSLATIONS if flavour == "standard" else {})}
-        finally:
-            for mamba, impl in saved_impls.items():
-                mamba.impl = impl
-            for block, moe in saved_ffns.items():
-                block.ffn = moe
+    registry = registry or get_registry()
+    swaps = list(_declared(model, registry))
+    try:
+        for parent, name, child, exportable in swaps:
+            setattr(parent, name, exportable.trace(child, flavour))
+        yield translations([e for *_, e in swaps], flavour)
+    finally:
+        for parent, name, child, _ in swaps:
+            setattr(parent, name, child)
+
+
+def translations(exportables: list[Exportable], flavour: str) -> dict:
+    """torch op -> onnxscript function, for every op the declarations list (their custom node
+    schemas registered with onnx), plus softplus in the standard flavour."""
+    table = dict(SOFTPLUS_TRANSLATIONS) if flavour == "standard" else {}
+    for exportable in dict.fromkeys(exportables):
+        for traced in exportable.ops():
+            table[traced.op] = traced.onnx
+            if traced.node is not None:
+                register_schema(traced.node.schema())
+    return table
+
+
+def register_schema(schema) -> None:
+    """Declare a custom node type to onnx (once per process), so onnxscript can emit it."""
+    if not onnx.defs.has(schema.name, schema.domain):
+        onnx.defs.register_schema(schema)
+
+
+def _declared(module: nn.Module, registry: Registry) -> Iterator[tuple[nn.Module, str, nn.Module, Exportable]]:
+    """(parent, attribute, child, declaration) for each outermost submodule with a declaration."""
+    for name, child in module.named_children():
+        exportable = registry.export_of(child)
+        if exportable is not None:
+            yield module, name, child, exportable
+        else:
+            yield from _declared(child, registry)

@@ -1,4 +1,4 @@
-"""The vision graphs: the encoder, and each connector with the same job as in `HybridMLLM._encode`.
+"""The vision graphs: the encoder, and each connector with the same job as in `HybridMLLM.encode_pixels`.
 
 ``encoder.onnx``: ``pixels (N, 3, S, S) -> patches (N, gh, gw, C)``, ``prefix (N, P, C)``.
 ``image_connector.onnx`` / ``video_connector.onnx``: ``patches -> grid (N, gh', gw', d)`` and,
@@ -7,8 +7,8 @@ connector applied to each prefix token as a 1x1 grid, as in PyTorch).
 
 Three graphs, not two encoder+connector pairs, so the encoder's weights are stored once;
 N (tiles or frames) is dynamic. The splice (anyres unpad, newline and separator tokens)
-is not a graph: the runtime reuses the model's own splicing code on the graphs' outputs
-(`runtime.OrtMLLM`), with the learned newline / separator embeddings saved as .npy.
+is not a graph: the runtime runs the one splice (`hybrid_mllm.runtime.splice`) on the graphs'
+outputs (`hybrid_mllm.runtime.onnx.OrtMLLM`), with the learned newline / separator embeddings saved as .npy.
 """
 
 from __future__ import annotations

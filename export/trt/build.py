@@ -1,7 +1,8 @@
 """Decoder engine build: the ``custom`` ONNX graph -> a TensorRT plan, cached.
 
-`prepare_graph` marks each ``hybrid::`` node for the ONNX parser (``plugin_namespace`` and
-``aot``); `build_engine` registers the plugins, parses the graph with its external weights,
+`prepare_graph` marks each custom node for the ONNX parser (``plugin_namespace`` and ``aot``);
+the plugins are those of the components' export declarations (`hybrid_mllm.runtime.trt.plugins`).
+`build_engine` registers the plugins, parses the graph with its external weights,
 adds the prefill and decode profiles (`profiles`), sets the precision and builds, reusing a
 cached plan when the key (`cache.cache_key`: graph bytes, TensorRT version, GPU name and
 compute capability, build options) matches.
@@ -23,10 +24,15 @@ from pathlib import Path
 import onnx
 from onnx import helper
 
-from . import cache, profiles
-from .errors import EngineBuildError, import_tensorrt, version_tuple
-from .plugins import NAMESPACE, register_plugins
-from .shapes import OPS
+from hybrid_mllm.core.exportable import custom_nodes
+from hybrid_mllm.core.registry import get_registry
+from hybrid_mllm.runtime.trt import profiles
+from hybrid_mllm.runtime.trt.errors import import_tensorrt, version_tuple
+from hybrid_mllm.runtime.trt.platform import platform_here
+from hybrid_mllm.runtime.trt.plugins import plugin_nodes, register_plugins
+
+from . import cache
+from .errors import EngineBuildError
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 PLUGIN_IMPLS = ("aot", "jit")
@@ -51,31 +57,27 @@ class BuildOptions:
 
 
 def prepare_graph(model: onnx.ModelProto, *, aot: bool) -> onnx.ModelProto:
-    """A copy of `model` whose ``hybrid::`` nodes carry ``plugin_namespace`` (how TensorRT < 10.10
-    finds the plugin's namespace) and ``aot`` (1: the AOT implementation, 0: the Python one).
-    Raises `EngineBuildError` for a ``hybrid`` node no plugin implements."""
+    """A copy of `model` whose custom nodes carry ``plugin_namespace`` (their domain: how TensorRT
+    < 10.10 finds the plugin's namespace) and ``aot`` (1: the AOT implementation, 0: the Python
+    one). Raises `EngineBuildError` for a custom node no TensorRT plugin implements."""
+    domains = {n.domain for n in custom_nodes(e.obj for e in get_registry().entries("export")).values()}
+    with_plugin = plugin_nodes()
     prepared = onnx.ModelProto()
     prepared.CopyFrom(model)
     for node in prepared.graph.node:
-        if node.domain != NAMESPACE:
+        node_id = f"{node.domain}::{node.op_type}"
+        if node.domain not in domains:
             continue
-        if node.op_type not in OPS:
-            raise EngineBuildError(f"the graph has a {NAMESPACE}::{node.op_type} node, which no TensorRT plugin "
-                                   f"implements (known: {', '.join(OPS)}); re-export with this version")
+        if node_id not in with_plugin:
+            raise EngineBuildError(f"the graph has a {node_id} node, which no TensorRT plugin implements "
+                                   f"(known: {', '.join(sorted(with_plugin)) or 'none'}): the export declaration of "
+                                   "the component that writes it has no tensorrt plugin")
         kept = [a for a in node.attribute if a.name not in ("plugin_namespace", "aot")]
         del node.attribute[:]
         node.attribute.extend(kept)
-        node.attribute.extend([helper.make_attribute("plugin_namespace", NAMESPACE),
+        node.attribute.extend([helper.make_attribute("plugin_namespace", node.domain),
                                helper.make_attribute("aot", int(aot))])
     return prepared
-
-
-def platform_here() -> cache.Platform:
-    """This machine's TensorRT version and GPU (device 0)."""
-    import torch
-
-    trt = import_tensorrt()
-    return cache.Platform(trt.__version__, torch.cuda.get_device_name(0), tuple(torch.cuda.get_device_capability(0)))
 
 
 @dataclass

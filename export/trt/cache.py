@@ -1,4 +1,4 @@
-"""Engine identity: cache keys, the cache's files, and refusing an engine built for another GPU or TensorRT (plain Python).
+"""Engine identity: cache keys and the cache's files (plain Python).
 
 A TensorRT engine is only valid for the GPU model (compute capability) and TensorRT
 version it was built with, so the key hashes those with the graph. It also hashes the
@@ -11,31 +11,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
-from .errors import EngineMismatchError
+from hybrid_mllm.core.atomic import write_atomic
+from hybrid_mllm.runtime.trt.platform import Platform
 
 CACHE_ENV = "HYBRID_MLLM_TRT_CACHE"
 CHUNK = 1 << 20
-
-
-@dataclass(frozen=True)
-class Platform:
-    """Where an engine is built or run."""
-
-    tensorrt: str
-    gpu: str
-    compute_capability: tuple[int, int]
-
-    @property
-    def sm(self) -> str:
-        return f"sm_{self.compute_capability[0]}{self.compute_capability[1]}"
-
-    def describe(self) -> str:
-        return f"{self.gpu} ({self.sm}) with TensorRT {self.tensorrt}"
 
 
 def graph_digest(files: Iterable[Path]) -> str:
@@ -57,29 +41,13 @@ def cache_key(graph_sha256: str, platform: Platform, options: dict) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
-def check_compatible(built: Platform, here: Platform, *, engine: str) -> None:
-    """Refuse an engine built with another TensorRT version or for another GPU."""
-    if built.tensorrt != here.tensorrt or built.compute_capability != here.compute_capability or built.gpu != here.gpu:
-        raise EngineMismatchError(f"{engine} was built for {built.describe()}, but this is {here.describe()}: "
-                                  "rebuild it here with hybrid-export --trt")
-
-
 def default_cache_dir() -> Path:
     """$HYBRID_MLLM_TRT_CACHE, else ~/.cache/hybrid-mllm/trt."""
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "hybrid-mllm" / "trt")
 
 
 def store(cache_dir: Path, key: str, plan: bytes) -> Path:
-    """Write `plan` to cache_dir/KEY.plan atomically. Each writer has its own temporary file,
-    so concurrent builds of one key never mix their bytes; the last rename wins (same engine)."""
+    """Write `plan` to cache_dir/KEY.plan atomically: concurrent builds of one key never mix
+    their bytes; the last rename wins (the same engine)."""
     cache_dir.mkdir(parents=True, exist_ok=True)
-    target = cache_dir / f"{key}.plan"
-    fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=f".{key}.", suffix=".plan.tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(plan)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+    return write_atomic(cache_dir / f"{key}.plan", plan)

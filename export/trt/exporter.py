@@ -4,7 +4,7 @@ The directory is the ``custom`` ONNX export (manifest, graphs, embeddings, token
 config; `hybrid_mllm.export.onnx`) plus ``decoder.plan`` and ``engine.json``. TensorRT and
 a GPU are checked first, so without them nothing is written; everything is written to a
 temporary sibling and renamed into place only after the engine passed its parity gate
-against PyTorch (`parity_chains`: the ONNX gate's chains clamped to the engine's profiles).
+against PyTorch (`parity.parity_chains`: the ONNX gate's chains clamped to the engine's profiles).
 """
 
 from __future__ import annotations
@@ -15,42 +15,21 @@ from pathlib import Path
 
 import numpy as np
 
-from hybrid_mllm.core.checkpoint import write_directory
+from hybrid_mllm.core.atomic import write_directory
+from hybrid_mllm.core.checkpoint import load_checkpoint
+from hybrid_mllm.runtime.onnx.manifest import read_manifest
+from hybrid_mllm.runtime.trt.engine import TrtDecoder, TrtEngine
+from hybrid_mllm.runtime.trt.errors import import_tensorrt, require_cuda
 
+from ..onnx import ExportError, ParityError, export_onnx, parity
+from ..onnx.decoder import state_layout
 from .build import BuildOptions, build_engine, write_engine
-from .errors import EngineBuildError, TrtParityError, import_tensorrt, require_cuda
-from .profiles import ProfileLimits
+from .errors import TrtParityError
+from .parity import TrtSession, parity_chains
 from .triton_server import check_model_repository, write_model_repository
 
 # Stated tolerances, relative to max(1, max |PyTorch float32|), per engine precision.
 TOLERANCE = {"fp32": 1e-3, "fp16": 3e-2, "bf16": 6e-2}
-
-
-def parity_chains(chains, limits: ProfileLimits) -> tuple:
-    """The gate's chains (name, batch, padding, lengths) clamped to the profiles: batch to max
-    batch, lengths cut so all tokens fit in max past (lengths above max seq run in chunks).
-    A chain left with one call checks no carried state and is dropped; raises `EngineBuildError`
-    when none is left."""
-    kept = []
-    for name, batch, padding, lengths in chains:
-        lengths = _fit_lengths(lengths, limits.max_past)
-        if len(lengths) >= 2:
-            kept.append((name, min(batch, limits.max_batch), min(padding, lengths[0] - 1), lengths))
-    if not kept:
-        raise EngineBuildError(f"the engine limits leave no parity check: raise --max-past (now {limits.max_past}) "
-                               "to at least 2 so a prefill and a decode step fit")
-    return tuple(kept)
-
-
-def _fit_lengths(lengths: tuple[int, ...], budget: int) -> tuple[int, ...]:
-    """`lengths` cut to sum to at most `budget`, keeping a token for each later call while it fits."""
-    out = []
-    for i, length in enumerate(lengths):
-        left = budget - sum(out)
-        if left < 1:
-            break
-        out.append(max(1, min(length, left - (len(lengths) - i - 1))))
-    return tuple(out)
 
 
 def export_trt(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, options: BuildOptions,
@@ -61,8 +40,6 @@ def export_trt(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, opt
     import_tensorrt()  # before anything is written: no TensorRT, no directory
     require_cuda()
     options.check()
-    from hybrid_mllm.export.onnx import ExportError, parity
-
     chains = parity_chains(parity.DECODER_CHAINS, options.limits)  # before the build: refuse limits that leave none
     out_dir = Path(out_dir)
     if out_dir.exists() and not force:
@@ -76,8 +53,6 @@ def export_trt(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, opt
 
     write_directory(out_dir, fill, overwrite=True)
     if triton_repo is not None:
-        from hybrid_mllm.export.onnx.manifest import read_manifest
-
         model_dir = write_model_repository(triton_repo, read_manifest(out_dir), out_dir / result["plan"], info=result,
                                            force=force)
         log(f"wrote the Triton Inference Server model {model_dir}")
@@ -85,12 +60,6 @@ def export_trt(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, opt
 
 
 def _export_build_check(checkpoint, tmp: Path, options: BuildOptions, chains: tuple, cache_dir, log) -> dict:
-    from hybrid_mllm.core.checkpoint import load_checkpoint
-    from hybrid_mllm.export.onnx import ParityError, export_onnx, parity
-    from hybrid_mllm.export.onnx.decoder import state_layout
-
-    from .runtime import TrtDecoder, TrtEngine, TrtSession
-
     manifest = export_onnx(checkpoint, tmp, flavour="custom", force=True, log=log)
     graph = manifest["graphs"]["decoder"]
     built = build_engine(tmp / graph["file"], graph["inputs"], options, cache_dir=cache_dir, log=log)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from hybrid_mllm.core.checkpoint import write_directory
+from hybrid_mllm.core.atomic import write_directory
 from hybrid_mllm.core.errors import HybridError
 
 DEFAULT_MODEL = "hybrid_decoder"

@@ -9,9 +9,10 @@ from functools import partial
 from typing import Any
 
 import torch
+from torch import Tensor, nn
+
 from hybrid_mllm.core.encoder import EncoderOutput
 from hybrid_mllm.core.errors import HybridError
-from torch import Tensor, nn
 
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 HALF = (0.5, 0.5, 0.5)
@@ -93,7 +94,7 @@ def _import_timm():
 
 
 def _unknown_model(timm, name: str) -> str:
-    from hybrid_mllm.core._suggest import did_you_mean
+    from hybrid_mllm.core.suggest import did_you_mean
 
     return f"unknown timm model '{name}'.{did_you_mean(name, timm.list_models('vit*'))} (list them: timm.list_models('vit*'))"
 
@@ -101,8 +102,9 @@ def _unknown_model(timm, name: str) -> str:
 def _vit_kwargs(model_args: dict[str, Any]) -> dict[str, Any]:
     """model_args -> timm.create_model keyword arguments (``norm_eps`` -> a LayerNorm class);
     a ValueError names every key that is not a plain-valued VisionTransformer argument."""
-    from hybrid_mllm.core._suggest import did_you_mean
     from timm.models.vision_transformer import VisionTransformer
+
+    from hybrid_mllm.core.suggest import did_you_mean
 
     params = inspect.signature(VisionTransformer.__init__).parameters
     # act_layer / norm_layer take names ("quick_gelu", "layernorm"); their defaults are None

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+CHUNK = 16  # tokens per chunk of the chunked kernels (``chunked``, ``chunked_export``)
+
 
 def effective_delta(delta: Tensor, delta_bias: Tensor | None, softplus: bool) -> Tensor:
     """``softplus(delta + delta_bias)`` (or without softplus) in float32; (batch, D, L)."""

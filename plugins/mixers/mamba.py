@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -13,7 +15,7 @@ from hybrid_mllm.core.norm import RMSNorm
 from hybrid_mllm.core.registry import get_registry
 from hybrid_mllm.core.scan import AUTO, selective_scan
 
-from ._conv import causal_conv1d
+from .conv import causal_conv1d
 
 
 class Mamba(nn.Module):
@@ -107,12 +109,19 @@ class Mamba(nn.Module):
 
     def forward(self, x: Tensor, state: State | None = None, mask: Tensor | None = None) -> tuple[Tensor, State]:
         """x: (B, L, d_model), mask: (B, L) -> y: (B, L, d_model), (conv_state, ssm_state)."""
+        return self.mix(x, state, mask, conv=causal_conv1d, scan=functools.partial(selective_scan, impl=self.impl))
+
+    def mix(self, x: Tensor, state: State | None, mask: Tensor | None, *, conv: Callable,
+            scan: Callable) -> tuple[Tensor, State]:
+        """`forward` with the conv and the scan given: the eager kernels, or the export's
+        single-node ops (`mamba_export`). Their signatures are `conv.causal_conv1d`'s and
+        `hybrid_mllm.core.scan.selective_scan`'s."""
         mask = padding_mask_or_none(mask, x)
         conv_state, ssm_state = state if state is not None else self.init_state(x.shape[0], device=x.device)
         xs, z = self.in_proj(x).transpose(1, 2).chunk(2, dim=1)  # (B, d_inner, L) each
         if mask is not None:
             xs = xs * mask[:, None, :].to(xs.dtype)  # padding enters the conv as zeros
-        xs, conv_state = causal_conv1d(xs, self.conv_weight, self.conv_bias, conv_state)
+        xs, conv_state = conv(xs, self.conv_weight, self.conv_bias, conv_state)
         xs = F.silu(xs)
         dt, B, C = self.x_proj(xs.transpose(1, 2)).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         if self.inner_norms:
@@ -124,8 +133,6 @@ class Mamba(nn.Module):
             # delta = 0 at padding: exp(0 * A) = 1 and delta * B * u = 0, so the state passes unchanged.
             dt = F.softplus(dt.float() + delta_bias[:, None]) * mask[:, None, :]
             delta_bias, softplus = None, False
-        y, ssm_state = selective_scan(
-            xs, dt, A, B.transpose(1, 2), C.transpose(1, 2), self.D.float(), z, delta_bias, softplus,
-            ssm_state, impl=self.impl,
-        )
+        y, ssm_state = scan(xs, dt, A, B.transpose(1, 2), C.transpose(1, 2), self.D.float(), z, delta_bias, softplus,
+                            ssm_state)
         return self.out_proj(y.transpose(1, 2)), (conv_state, ssm_state)
