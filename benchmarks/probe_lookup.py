@@ -39,9 +39,9 @@ from hybrid_mllm.core.errors import HybridError
 from hybrid_mllm.core.presets import resolve_config_path
 from hybrid_mllm.core.text import IGNORE_INDEX as IGNORE
 from hybrid_mllm.core.text import get_template
+from hybrid_mllm.demo.data_digits import TRAIN_GRIDS
 from hybrid_mllm.runtime.cue import grid_position, with_cue
 from hybrid_mllm.train.config import parse_train
-from hybrid_mllm.train.data_digits import TRAIN_GRIDS
 from hybrid_mllm.train.loop import lr_factor
 
 CELL_NORM = 50.0  # the connector outputs' norm in the trained demo (35..75)

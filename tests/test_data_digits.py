@@ -12,9 +12,19 @@ import pytest
 
 from hybrid_mllm.core.cli import run_cli
 from hybrid_mllm.core.vision import load_image, select_grid
-from hybrid_mllm.train import cli_data
-from hybrid_mllm.train.data_digits import (MAX_INDEX, TILE_PX, TRAIN_GRIDS, DataError, _ink, _load_digits,
-                                           _render_frame, _render_page, blind_share, make_digits_dataset)
+from hybrid_mllm.demo import cli_data
+from hybrid_mllm.demo.data_digits import (
+    MAX_INDEX,
+    TILE_PX,
+    TRAIN_GRIDS,
+    DataError,
+    _ink,
+    _load_digits,
+    _render_frame,
+    _render_page,
+    blind_share,
+    make_digits_dataset,
+)
 
 SIZES = {"train_images": 40, "eval_images": 12, "train_videos": 16, "eval_videos": 6}
 IMAGE_SPLITS = ("train", "eval_low", "eval_high", "eval_huge")

@@ -15,9 +15,9 @@ from hybrid_mllm.core.build import build_mllm
 from hybrid_mllm.core.config import load_config
 from hybrid_mllm.core.presets import resolve_config_path
 from hybrid_mllm.core.text import get_template, load_tokenizer
+from hybrid_mllm.demo.data_digits import make_digits_dataset, written_with
+from hybrid_mllm.demo.report import summary
 from hybrid_mllm.train.bpe import train_bpe
-from hybrid_mllm.train.data_digits import make_digits_dataset, written_with
-from hybrid_mllm.train.demo_report import summary
 from hybrid_mllm.train.pretrain_vision import LabelledTiles, pretrain_vision
 
 BIN = Path(sys.executable).parent

@@ -1,7 +1,8 @@
 """Dependencies point inward, and private modules stay private (read from the source, not run).
 
 core imports no other wing; plugins, runtime and convert import core only; train and export
-import core and runtime (and export the mixers' ops only through the registry); plugins do
+import core and runtime (and export the mixers' ops only through the registry); the demo
+imports core, runtime and train; plugins do
 not import each other; a module named ``_x.py`` is imported by nothing outside its package.
 """
 
@@ -12,7 +13,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 WINGS = {"core": "core", "plugins": "plugins", "runtime": "runtime", "export": "export", "train": "train",
-         "convert": "convert", "testing": "testing"}
+         "convert": "convert", "demo": "demo", "testing": "testing"}
 ALLOWED = {  # wing -> the wings it may import
     "core": {"core"},
     "plugins": {"core", "plugins"},
@@ -20,6 +21,7 @@ ALLOWED = {  # wing -> the wings it may import
     "convert": {"core", "convert"},
     "train": {"core", "runtime", "train"},
     "export": {"core", "runtime", "export"},
+    "demo": {"core", "runtime", "train", "demo"},
     "testing": {"core", "runtime", "export", "testing"},
 }
 

@@ -1,6 +1,6 @@
 """The digits demo's report: results.md (tables and what they show), results.json, results.png.
 
-`results` is one dict per model as `hybrid_mllm.train.demo.run_model` returns it: ``eval`` maps
+`results` is one dict per model as `hybrid_mllm.demo.cli.run_model` returns it: ``eval`` maps
 each split's label to its summary (``overall`` / ``by_type`` exact match, ``kind``, ``size``,
 ``seconds_per_answer``, ``prefill_seconds_per_answer``, ``decode_seconds_per_step``,
 ``position_blind``).

@@ -12,7 +12,7 @@ import sys
 import time
 
 from hybrid_mllm.core.cli import run_cli
-from hybrid_mllm.train import data_digits as dd
+from hybrid_mllm.demo import data_digits as dd
 
 _DIGITS_EPILOG = f"""\
 output (paths in the JSONL files are relative to OUT):

@@ -29,24 +29,24 @@ from pathlib import Path
 import torch
 import yaml
 
-from hybrid_mllm.core.cli import check_at_least_one, run_cli
 from hybrid_mllm.core.build import build_mllm
 from hybrid_mllm.core.checkpoint import load_checkpoint, save_checkpoint
+from hybrid_mllm.core.cli import check_at_least_one, run_cli
 from hybrid_mllm.core.config import Config, parse_config
-from hybrid_mllm.runtime.pipeline import Pipeline
 from hybrid_mllm.core.presets import PRESET_DIR
 from hybrid_mllm.core.text import load_tokenizer
+from hybrid_mllm.runtime.pipeline import Pipeline
 from hybrid_mllm.runtime.visual_inputs import Overrides
+from hybrid_mllm.train.bpe import train_bpe
+from hybrid_mllm.train.cli_train import run_training
+from hybrid_mllm.train.config import TrainConfig, parse_train
+from hybrid_mllm.train.data import read_records
+from hybrid_mllm.train.evaluate import evaluate, write_results
+from hybrid_mllm.train.pretrain_vision import pretrain_vision
 
-from .bpe import train_bpe
-from .cli_train import run_training
-from .config import TrainConfig, parse_train
-from .data import read_records
 from .data_digits import blind_share, make_digits_dataset, written_with
-from .demo_report import write_report
-from .demo_tiles import digit_tiles
-from .evaluate import evaluate, write_results
-from .pretrain_vision import pretrain_vision
+from .report import write_report
+from .tiles import digit_tiles
 
 MODELS = {"hybrid": "digits-hybrid", "attention": "digits-attention"}
 
