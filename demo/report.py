@@ -146,6 +146,8 @@ def _accuracy_panel(ax, results: list[dict], kind: str, unit: str) -> None:
 
 
 def _speed_panel(ax, results: list[dict]) -> None:
+    from matplotlib.ticker import ScalarFormatter
+
     for r, color in zip(results, ("tab:green", "tab:red", "tab:purple")):
         for kind, marker in (("image", "o"), ("video", "s")):
             splits = [s for s in r["eval"].values() if s["kind"] == kind]
@@ -154,6 +156,8 @@ def _speed_panel(ax, results: list[dict]) -> None:
                     label=f"{r['model']}: {kind}s")
     ax.set_xscale("log")
     ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(ScalarFormatter())
+    ax.yaxis.set_minor_formatter(ScalarFormatter())
     ax.set(xlabel="visual tokens per answer (mean)", ylabel="prefill ms per answer",
            title="the LM reading the prompt")
     ax.legend(fontsize=7)
