@@ -34,6 +34,20 @@ class Request:
     videos: Sequence[str] = ()
 
 
+@dataclass
+class Prepared:
+    """A rendered prompt: ids (one placeholder id per visual item), the items, their token count."""
+
+    ids: list[int]
+    items: list[Visual]
+    n_visual: int
+
+    @property
+    def tokens(self) -> int:
+        """Tokens the LM reads: the text ids with each placeholder replaced by its item's tokens."""
+        return len(self.ids) - len(self.items) + self.n_visual
+
+
 PREFILL_CHUNK = 8192  # tokens per prefill step of the PyTorch runtime
 
 
@@ -79,11 +93,31 @@ class Pipeline:
         return result, batch
 
     def _prepare_one(self, request: Request, overrides: Overrides) -> tuple[list[int], list[Visual]]:
-        if (request.images or request.videos) and not self.model.has_vision:
+        messages = [{"role": "user", "content": _with_placeholders(request)}]
+        prepared = self.prepare_chat(messages, request.images, request.videos, overrides)
+        return prepared.ids, prepared.items
+
+    def prepare_text(self, text: str) -> Prepared:
+        """Plain text to continue (no chat template, no images) -> its ids, checked against the context."""
+        ids = self.tokenizer.encode(text)
+        if {self.tokenizer.image_id, self.tokenizer.video_id} & set(ids):
+            raise InputError("a text completion takes text only: send images and videos as chat messages "
+                             "(/v1/chat/completions)")
+        if not ids or len(ids) > self.config.text.max_context:
+            raise InputError(f"the prompt has {len(ids):,} tokens; it needs 1 to {self.config.text.max_context:,} "
+                             "(the model's context)")
+        return Prepared(ids, [], 0)
+
+    def prepare_chat(self, messages: Sequence[dict], images: Sequence, videos: Sequence,
+                     overrides: Overrides) -> Prepared:
+        """A conversation (``{"role", "content"}`` messages, ending with the user's turn, with
+        ``<image>`` / ``<video>`` placeholders in order) -> its prompt ids and visual items,
+        checked against the visual-token cap and the context before any encoding. `images` /
+        `videos`: what `load_image` / `load_video` take, one per placeholder."""
+        if (images or videos) and not self.model.has_vision:
             raise InputError("this model has no vision encoder, so it cannot take images or videos")
-        prompt = _with_placeholders(request)
-        rendered = self.template.render([{"role": "user", "content": prompt}], self.tokenizer, add_generation_prompt=True)
-        items, sizes = self.visuals.load_sized(rendered.ids, request.images, request.videos, overrides)
+        rendered = self.template.render(messages, self.tokenizer, add_generation_prompt=True)
+        items, sizes = self.visuals.load_sized(rendered.ids, images, videos, overrides)
         given = overrides.max_visual_tokens is not None  # 0 is a limit, not "unset"
         limit = overrides.max_visual_tokens if given else self.config.text.max_visual_tokens
         if limit is not None:
@@ -95,7 +129,7 @@ class Pipeline:
             raise InputError(f"the prompt needs {total:,} tokens ({n_visual:,} visual) but the model's context is "
                              f"{self.config.text.max_context:,}: use fewer tiles (--max-tiles) or frames (--max-frames), "
                              f"or raise text.max_context")
-        return rendered.ids, items
+        return Prepared(rendered.ids, items, n_visual)
 
 
 def _with_placeholders(request: Request) -> str:

@@ -2,7 +2,7 @@
 
 core imports no other wing; plugins, runtime and convert import core only; train and export
 import core and runtime (and export the mixers' ops only through the registry); the demo
-imports core, runtime and train; plugins do
+imports core, runtime and train; the server core and runtime; plugins do
 not import each other; a module named ``_x.py`` is imported by nothing outside its package.
 """
 
@@ -13,7 +13,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 WINGS = {"core": "core", "plugins": "plugins", "runtime": "runtime", "export": "export", "train": "train",
-         "convert": "convert", "demo": "demo", "testing": "testing"}
+         "convert": "convert", "demo": "demo", "serve": "serve", "testing": "testing"}
 ALLOWED = {  # wing -> the wings it may import
     "core": {"core"},
     "plugins": {"core", "plugins"},
@@ -22,6 +22,7 @@ ALLOWED = {  # wing -> the wings it may import
     "train": {"core", "runtime", "train"},
     "export": {"core", "runtime", "export"},
     "demo": {"core", "runtime", "train", "demo"},
+    "serve": {"core", "runtime", "serve"},
     "testing": {"core", "runtime", "export", "testing"},
 }
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-PACKAGES = ("core", "plugins", "runtime", "export", "train", "convert", "demo", "testing")
+PACKAGES = ("core", "plugins", "runtime", "export", "train", "convert", "demo", "serve", "testing")
 PICKLE_MODULES = {"pickle", "cPickle", "_pickle", "dill", "cloudpickle", "shelve", "marshal", "joblib"}
 UNSAFE_YAML = {"unsafe_load", "unsafe_load_all", "full_load", "full_load_all"}
 
