@@ -8,7 +8,7 @@ batch's state per sequence at long context (hybrid against its attention-only tw
 Each level sends `--requests` x clients image + text chats (`ignore_eos`, `--max-tokens` each)
 from that many concurrent streaming clients to a `hybrid-serve` process started here. Prints
 requests/s, output tokens/s, p50 / p99 time to first token and inter-token latency, errors,
-and writes bench_serve.json and bench_serve.png next to --out.
+and writes serve-results.json and serve-results.png into --out.
 """
 
 from __future__ import annotations
@@ -197,7 +197,7 @@ def main() -> None:
     p.add_argument("--context", type=int, default=32768, help="context of the state-per-sequence comparison")
     p.add_argument("--twin", default="attention-small", help="attention-only preset for the state comparison")
     p.add_argument("--hybrid", default="jamba-small", help="hybrid preset for the state comparison")
-    p.add_argument("--out", default="benchmarks", help="folder for bench_serve.json / .png")
+    p.add_argument("--out", default="benchmarks", help="folder for serve-results.json / .png")
     args = p.parse_args()
     port, image = _free_port(), _image_url()
     flags = ["--max-seqs", str(max(args.levels)), "--max-queue", "256", "--timeout", "1200"]
@@ -237,8 +237,8 @@ def main() -> None:
     print(f"sequences per GiB, hybrid / twin: {hybrid['sequences_per_gb'] / twin['sequences_per_gb']:.1f}x; "
           f"batched step, twin / hybrid time: {twin['step_ms'] / hybrid['step_ms']:.2f}x")
     out = Path(args.out)
-    (out / "bench_serve.json").write_text(json.dumps(results, indent=2) + "\n")
-    plot(results["levels"], out / "bench_serve.png")
+    (out / "serve-results.json").write_text(json.dumps(results, indent=2) + "\n")
+    plot(results["levels"], out / "serve-results.png")
 
 
 if __name__ == "__main__":
