@@ -54,9 +54,7 @@ from __future__ import annotations
 
 import json
 import shutil
-import struct
 import uuid
-import zlib
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,9 +64,8 @@ from tqdm import tqdm
 
 from hybrid_mllm.core.errors import HybridError
 
-DIGIT_PX = 12  # a digit after upscaling from 8x8
-CELL_PX = 16  # a digit's cell in a document: 2 px of paper around it
-TILE_PX = 32  # the encoder tile: 2x2 cells, one video frame
+from .render import CELL_PX, DIGIT_PX, TILE_PX, digit_ink, png, render_frame, render_page
+
 MAX_INDEX = 8  # the largest row, column or frame number any question asks about
 TRAIN_MAX_TILES = 4
 TRAIN_FRAMES = (2, MAX_INDEX)  # clip lengths of video_train and video_eval_low, inclusive
@@ -86,8 +83,6 @@ DEFAULT_HIGH_FRAMES = 32
 DEFAULT_HUGE_FRAMES = 128
 FORMAT_VERSION = 2  # 2: question before the placeholder; eval_huge / video_eval_huge
 DEFAULT_EVAL_FRACTION = 0.2
-
-_PAPER = 255
 
 
 def _tiles(rows: int, cols: int) -> int:
@@ -143,7 +138,7 @@ def make_digits_dataset(out_dir, *, seed: int = DEFAULT_SEED, train_images: int 
     try:
         (tmp / "images").mkdir()
         (tmp / "videos").mkdir()
-        qtypes = _write_splits(tmp, splits, seed, pools, _ink(images), labels, frames, progress)
+        qtypes = _write_splits(tmp, splits, seed, pools, digit_ink(images), labels, frames, progress)
         meta = _meta(seed, sizes, splits, pools, qtypes, frames, eval_fraction)
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
         _move_into_place(tmp, out)
@@ -244,63 +239,6 @@ def _pools(n: int, eval_fraction: float, seed: int) -> dict[str, np.ndarray]:
     return {"train": order[n_eval:], "eval": order[:n_eval]}
 
 
-def _bilinear_matrix(n_in: int, n_out: int) -> np.ndarray:
-    """(n_out, n_in) weights of 1-D bilinear resampling with half-pixel centres (as Pillow, torch)."""
-    x = ((np.arange(n_out) + 0.5) * n_in / n_out - 0.5).clip(0, n_in - 1)
-    lo = np.floor(x).astype(np.int64)
-    hi = np.minimum(lo + 1, n_in - 1)
-    weights = np.zeros((n_out, n_in))
-    np.add.at(weights, (np.arange(n_out), lo), 1 - (x - lo))
-    np.add.at(weights, (np.arange(n_out), hi), x - lo)
-    return weights
-
-
-def _ink(images: np.ndarray) -> np.ndarray:
-    """(n, 8, 8) intensities 0..16 -> (n, 12, 12) uint8, dark ink (0) on white paper (255)."""
-    w = _bilinear_matrix(images.shape[-1], DIGIT_PX)
-    # einsum without `optimize` runs numpy's own loops, not BLAS: same bits on every machine.
-    up = np.einsum("ij,njk,lk->nil", w, images, w)
-    return (_PAPER - np.rint(up * (255 / 16))).clip(0, 255).astype(np.uint8)
-
-
-def _render_page(ink: np.ndarray) -> np.ndarray:
-    """(rows, cols, 12, 12) digit ink -> a page of whole 32 px tiles: the grid at the top left,
-    blank paper to the right and below. Its size is then exactly an anyres canvas, so the image
-    is never rescaled at its training size and every 16 px cell is one encoder patch (anyres
-    resizes an image to fill its canvas, which would move the digits off the patch grid)."""
-    grid = _render_grid(ink)
-    pad = [(0, -n % TILE_PX) for n in grid.shape]
-    return np.pad(grid, pad, constant_values=_PAPER)
-
-
-def _render_grid(ink: np.ndarray) -> np.ndarray:
-    """(rows, cols, 12, 12) digit ink -> a (rows*16, cols*16) grid, each digit centred in its cell."""
-    rows, cols = ink.shape[:2]
-    margin = (CELL_PX - DIGIT_PX) // 2
-    cells = np.full((rows, cols, CELL_PX, CELL_PX), _PAPER, np.uint8)
-    cells[:, :, margin:margin + DIGIT_PX, margin:margin + DIGIT_PX] = ink
-    return cells.transpose(0, 2, 1, 3).reshape(rows * CELL_PX, cols * CELL_PX)  # (rows, 16, cols, 16)
-
-
-def _render_frame(ink: np.ndarray) -> np.ndarray:
-    """(12, 12) digit ink -> a (32, 32) frame: one cell in the middle of a tile."""
-    return np.pad(_render_grid(ink[None, None]), (TILE_PX - CELL_PX) // 2, constant_values=_PAPER)
-
-
-def _png(pixels: np.ndarray) -> bytes:
-    """An (H, W) uint8 array as an 8-bit grayscale PNG (no filter; zlib level 6: level 9 is ~20x slower
-    on these pages for 2 % smaller files)."""
-    height, width = pixels.shape
-    rows = np.hstack([np.zeros((height, 1), np.uint8), pixels])  # filter type 0 before each row
-
-    def chunk(tag: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8 bits, grayscale, no interlace
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows.tobytes(), 6))
-            + chunk(b"IEND", b""))
-
-
 # --- questions -------------------------------------------------------------------------------------
 
 def _a(digit: int) -> str:
@@ -377,7 +315,7 @@ def _image_record(ctx: _Context, sid: str, split: _Split, rng: np.random.Generat
     qtype = _pick(rng, IMAGE_QTYPES)
     question, answer, ask = _image_question(rng, grid, qtype)
     path = f"images/{sid}.png"
-    (ctx.root / path).write_bytes(_png(_render_page(ctx.ink[source])))
+    (ctx.root / path).write_bytes(png(render_page(ctx.ink[source])))
     return {"id": sid, "image": path, "conversations": _conversation("<image>", question, answer),
             "qtype": qtype, "ask": ask, "grid": grid.tolist(), "source": source.tolist()}
 
@@ -391,7 +329,7 @@ def _video_record(ctx: _Context, sid: str, split: _Split, rng: np.random.Generat
     path = f"videos/{sid}"
     (ctx.root / path).mkdir()
     for k, index in enumerate(source):
-        (ctx.root / path / f"frame_{k:03d}.png").write_bytes(_png(_render_frame(ctx.ink[index])))
+        (ctx.root / path / f"frame_{k:03d}.png").write_bytes(png(render_frame(ctx.ink[index])))
     return {"id": sid, "video": path, "conversations": _conversation("<video>", question, answer),
             "qtype": qtype, "ask": ask, "frames": frames.tolist(), "source": source.tolist()}
 

@@ -18,7 +18,7 @@ from PIL import Image
 from hybrid_mllm.core.vision.image import normalize_tensor, to_tensor
 from hybrid_mllm.train.pretrain_vision import LabelledTiles
 
-from .data_digits import CELL_PX, TILE_PX
+from .render import CELL_PX, TILE_PX
 
 PER_TILE = TILE_PX // CELL_PX  # digit cells per tile side
 

@@ -13,18 +13,8 @@ import pytest
 from hybrid_mllm.core.cli import run_cli
 from hybrid_mllm.core.vision import load_image, select_grid
 from hybrid_mllm.demo import cli_data
-from hybrid_mllm.demo.data_digits import (
-    MAX_INDEX,
-    TILE_PX,
-    TRAIN_GRIDS,
-    DataError,
-    _ink,
-    _load_digits,
-    _render_frame,
-    _render_page,
-    blind_share,
-    make_digits_dataset,
-)
+from hybrid_mllm.demo.data_digits import MAX_INDEX, TRAIN_GRIDS, DataError, _load_digits, blind_share, make_digits_dataset
+from hybrid_mllm.demo.render import TILE_PX, digit_ink, render_frame, render_page
 
 SIZES = {"train_images": 40, "eval_images": 12, "train_videos": 16, "eval_videos": 6}
 IMAGE_SPLITS = ("train", "eval_low", "eval_high", "eval_huge")
@@ -77,14 +67,14 @@ def test_lines_parse_and_reference_existing_files(dataset):
 def test_pixels_round_trip_through_png(dataset):
     """The hand-written PNG encoder: decoded pixels equal the rendered ones (the tool reads RGB)."""
     images, _ = _load_digits()
-    ink = _ink(images)
+    ink = digit_ink(images)
     record = _lines(dataset, "eval_high")[0]
     decoded = np.asarray(load_image(dataset / record["image"]))
-    expected = _render_page(ink[np.array(record["source"])])
+    expected = render_page(ink[np.array(record["source"])])
     np.testing.assert_array_equal(decoded, np.repeat(expected[..., None], 3, axis=-1))
     video = _lines(dataset, "video_train")[0]
     first = np.asarray(load_image(_frame_files(dataset, video)[0]))[..., 0]
-    np.testing.assert_array_equal(first, _render_frame(ink[video["source"][0]]))
+    np.testing.assert_array_equal(first, render_frame(ink[video["source"][0]]))
     assert expected.min() == 0 and expected.max() == 255  # dark ink on white paper
 
 
