@@ -17,8 +17,8 @@ from .scan_export import CHUNKED_EXPORT
 from .scan_mamba_ssm import MAMBA_SSM
 from .scan_ref import selective_scan_ref
 from .scan_triton import TRITON
-from .ssd_chunked import ssd_chunked
-from .ssd_ref import ssd_ref
+from .ssd_chunked import ssd_scan_chunked
+from .ssd_ref import ssd_scan_ref
 
 ANY_DEVICE = ("cpu", "cuda", "mps", "xpu")
 
@@ -50,11 +50,11 @@ def register_scan_kernels(register):
 @hookimpl
 def register_ssd_kernels(register):
     register("ref", SSDKernel(
-        fn=ssd_ref, priority=dict.fromkeys(ANY_DEVICE, 0),
+        fn=ssd_scan_ref, priority=dict.fromkeys(ANY_DEVICE, 0),
         description="sequential float32 loop over time: the definition (slow)",
     ))
     register("chunked", SSDKernel(
-        fn=ssd_chunked, priority=dict.fromkeys(ANY_DEVICE, 10), export_safe=True,
+        fn=ssd_scan_chunked, priority=dict.fromkeys(ANY_DEVICE, 10), export_safe=True,
         description="the SSD matmul form over chunks of chunk_size tokens, all chunks at once, standard ops",
     ))
 

@@ -32,7 +32,7 @@ def _suffix_sums(a: Tensor) -> Tensor:
     return F.pad(inclusive[..., 1:], (0, 1))
 
 
-def ssd_chunked(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None, state: Tensor | None,
+def ssd_scan_chunked(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None, state: Tensor | None,
                 chunk_size: int = 256) -> tuple[Tensor, Tensor]:
     """Same shapes as `hybrid_mllm.core.ssd.ssd_scan`. Needs A <= 0 and dt >= 0.
 

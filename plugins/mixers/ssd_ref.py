@@ -11,7 +11,7 @@ def heads_of_groups(BC: Tensor, nheads: int) -> Tensor:
     return BC.repeat_interleave(nheads // BC.shape[2], dim=2)
 
 
-def ssd_ref(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None, state: Tensor | None,
+def ssd_scan_ref(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None, state: Tensor | None,
             chunk_size: int = 256) -> tuple[Tensor, Tensor]:
     """Same shapes as `hybrid_mllm.core.ssd.ssd_scan` (chunk_size is unused).
 
