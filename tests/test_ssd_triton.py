@@ -6,19 +6,33 @@ machine (variable unset) the same tests run the compiled kernels on CUDA tensors
 marked ``gpu`` check them at realistic sizes and against mamba-ssm when it is installed.
 """
 
+import json
 import os
+import subprocess
+import sys
+import textwrap
 
 import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-import pytest  # noqa: E402
+import pytest
 
 pytest.importorskip("triton", reason="triton is not installed: pip install triton")
 
-from hybrid_mllm.plugins.mixers import ssd_triton  # noqa: E402
-from hybrid_mllm.plugins.mixers.ssd_triton import ssd_scan_triton, triton_available  # noqa: E402
+from hybrid_mllm.core.errors import KernelUnavailableError
+from hybrid_mllm.core.registry import get_registry
+from hybrid_mllm.core.ssd import auto_kernel_name, ssd_scan
+from hybrid_mllm.plugins.mixers import ssd_triton
+from hybrid_mllm.plugins.mixers.ssd_ref import ssd_scan_ref
+from hybrid_mllm.plugins.mixers.ssd_triton import ssd_scan_triton, triton_available
+from hybrid_mllm.testing import (
+    SSD_CASES,
+    SSD_EDGE_CHECKS,
+    check_ssd_gradients,
+    check_ssd_matches_ref,
+)
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0").lower() in {"1", "true", "on", "yes"}
 DEVICE = "cpu" if INTERPRET else "cuda"
@@ -27,24 +41,6 @@ if not INTERPRET and not torch.cuda.is_available():
 compiled_gpu = pytest.mark.skipif(INTERPRET or not torch.cuda.is_available(),
                                   reason="needs CUDA and the compiled (not interpreted) kernels")
 NAMES = ("x", "dt", "A", "B", "C", "D", "state")
-
-
-def ssd_reference(x, dt, A, B, C, D=None, state=None, chunk_size=256):
-    """The definition, token by token in float32: h_t = exp(dt_t A) h_{t-1} + dt_t x_t (outer) B_t,
-    y_t = h_t . C_t + D x_t; head h reads group h // (H // G)."""
-    batch, length, nheads, headdim = x.shape
-    rep = nheads // B.shape[2]
-    Bh, Ch = B.float().repeat_interleave(rep, 2), C.float().repeat_interleave(rep, 2)  # (b, L, H, N)
-    h = state.float() if state is not None else x.new_zeros(batch, nheads, headdim, B.shape[3], dtype=torch.float32)
-    ys = []
-    for t in range(length):
-        decay = torch.exp(dt[:, t].float() * A.float())[:, :, None, None]
-        h = decay * h + (dt[:, t].float()[:, :, None] * x[:, t].float())[..., None] * Bh[:, t, :, None, :]
-        ys.append(torch.einsum("bhpn,bhn->bhp", h, Ch[:, t]))
-    y = torch.stack(ys, 1) if ys else x.new_zeros(x.shape, dtype=torch.float32)
-    if D is not None:
-        y = y + D.float()[:, None] * x.float()
-    return y.to(x.dtype), h
 
 
 def make_inputs(batch, length, nheads, headdim, ngroups, d_state, *, with_D=True, with_state=True,
@@ -74,7 +70,7 @@ def assert_close(actual, expected, tol, what):
     assert diff <= tol * scale, f"{what}: max |diff| = {diff:.3e} (scale {scale:.2f}, tol {tol})"
 
 
-def check_forward(inputs, chunk_size=16, tol=1e-5, reference=ssd_reference):
+def check_forward(inputs, chunk_size=16, tol=1e-5, reference=ssd_scan_ref):
     y, h = ssd_scan_triton(**inputs, chunk_size=chunk_size)
     y_ref, h_ref = reference(**inputs)
     assert y.dtype == inputs["x"].dtype and h.dtype == torch.float32
@@ -82,7 +78,7 @@ def check_forward(inputs, chunk_size=16, tol=1e-5, reference=ssd_reference):
     assert_close(h, h_ref, tol, "last state")
 
 
-def check_backward(inputs, chunk_size=16, tol=1e-4, reference=ssd_reference):
+def check_backward(inputs, chunk_size=16, tol=1e-4, reference=ssd_scan_ref):
     """Grads of every tensor input (a loss on y and on the last state) vs autograd through the reference."""
     g = torch.Generator().manual_seed(1)
     grads = []
@@ -119,6 +115,7 @@ def test_chunk_size_changes_no_value():
     y16, h16 = ssd_scan_triton(**inputs, chunk_size=16)
     y64, h64 = ssd_scan_triton(**inputs, chunk_size=256)
     assert ssd_triton.chunk_block(256) == 64 and ssd_triton.chunk_block(7) == 16
+    assert ssd_triton.chunk_block(256, ssd_triton.MAX_CHUNK_GRAD) == 32
     assert_close(y16, y64, 1e-5, "y (chunks 16 vs 64)")
     assert_close(h16, h64, 1e-5, "state (chunks 16 vs 64)")
 
@@ -137,7 +134,7 @@ def test_gradient_only_for_some_inputs():
     x = inputs["x"].clone().requires_grad_()
     ssd_scan_triton(**{**inputs, "x": x}, chunk_size=16)[0].sum().backward()
     x_ref = inputs["x"].clone().requires_grad_()
-    ssd_reference(**{**inputs, "x": x_ref})[0].sum().backward()
+    ssd_scan_ref(**{**inputs, "x": x_ref})[0].sum().backward()
     assert_close(x.grad, x_ref.grad, 1e-5, "grad x")
 
 
@@ -191,10 +188,63 @@ def test_bad_shapes_name_the_tensor():
         ssd_scan_triton(**{**inputs, "B": inputs["B"].new_zeros(1, 4, 3, 4), "C": inputs["C"].new_zeros(1, 4, 3, 4)})
 
 
-def test_available_names_what_is_missing():
+@pytest.mark.parametrize("case", SSD_CASES, ids=str)
+def test_contract_forward(case):
+    check_ssd_matches_ref(ssd_scan_triton, case, device=DEVICE)
+
+
+@pytest.mark.parametrize("check", SSD_EDGE_CHECKS, ids=lambda c: c.__name__)
+def test_contract_edge_cases(check):
+    check(ssd_scan_triton, device=DEVICE)
+
+
+@pytest.mark.parametrize("case", SSD_CASES[1:4], ids=str)
+def test_contract_gradients(case):
+    check_ssd_gradients(ssd_scan_triton, case, device=DEVICE)
+
+
+def test_registered_with_priority_and_install_hint():
+    kernel = get_registry().get("ssd_kernel", "triton")
+    assert kernel.fn is ssd_scan_triton and kernel.priority == {"cuda": 50} and not kernel.export_safe
     assert "CUDA tensors only" in triton_available("cpu") and "pip install triton" in triton_available("cpu")
     if torch.cuda.is_available():
         assert triton_available("cuda") is None
+    else:
+        assert auto_kernel_name("cpu") != "triton"
+        with pytest.raises(KernelUnavailableError, match="does not run on cpu"):
+            ssd_scan(**make_inputs(1, 3, 2, 4, 1, 4), impl="triton")
+
+
+SHARED_LIMIT = 227 * 1024  # bytes of shared memory per block on an H100 / H200
+
+
+def test_kernels_compile_for_sm90_within_shared_memory():
+    """Compiled to PTX for sm_90 without a GPU (Triton needs no device for that), at Mamba-2's
+    usual headdim 64 and d_state 128 with the chunks the launcher uses: each fits in the shared
+    memory of one H100 block (a larger chunk in the backward does not)."""
+    script = textwrap.dedent("""
+        import json
+        import triton
+        from triton.backends.compiler import GPUTarget
+        from triton.compiler import ASTSource
+        from hybrid_mllm.plugins.mixers import ssd_triton as s
+        kernels = s._kernels()
+        out = {}
+        for name, fn, chunk, extra in (("fwd", kernels.fwd, s.MAX_CHUNK, {"HAS_H0": True, "STORE_CKPT": True}),
+                                       ("bwd", kernels.bwd, s.MAX_CHUNK_GRAD, {})):
+            const = {"HAS_D": True, "DOT": "tf32", "BLOCK_Q": chunk, "BLOCK_P": 64, "BLOCK_N": 128, **extra}
+            sig = {a: ("*bf16" if a in ("x_ptr", "B_ptr", "C_ptr", "y_ptr", "dy_ptr", "dx_ptr") else "*fp32")
+                   if a.endswith("_ptr") else "constexpr" if a in const else "i32" for a in fn.arg_names}
+            compiled = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=const),
+                                      target=GPUTarget("cuda", 90, 32), options={"num_warps": s.NUM_WARPS})
+            out[name] = compiled.metadata.shared
+        print(json.dumps(out))
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    r = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    shared = json.loads(r.stdout.strip().splitlines()[-1])
+    assert all(0 < v <= SHARED_LIMIT for v in shared.values()), shared
 
 
 # --- compiled kernels on a GPU (scripts/gpu_check.sh) ---------------------------------------

@@ -19,6 +19,7 @@ from .scan_ref import selective_scan_ref
 from .scan_triton import TRITON
 from .ssd_chunked import ssd_scan_chunked
 from .ssd_ref import ssd_scan_ref
+from .ssd_triton import TRITON_SSD
 
 ANY_DEVICE = ("cpu", "cuda", "mps", "xpu")
 
@@ -57,6 +58,7 @@ def register_ssd_kernels(register):
         fn=ssd_scan_chunked, priority=dict.fromkeys(ANY_DEVICE, 10), export_safe=True,
         description="the SSD matmul form over chunks of chunk_size tokens, all chunks at once, standard ops",
     ))
+    register("triton", TRITON_SSD)
 
 
 @hookimpl

@@ -29,13 +29,17 @@ import functools
 from types import SimpleNamespace
 
 import torch
+from hybrid_mllm.core.ssd import SSDKernel
 from torch import Tensor
 
 # Bound by `_kernels()` on first use.
 triton = None
 tl = None
 
-MAX_CHUNK = 64  # tokens per chunk at most: the chunk's (Q, Q) tiles stay in registers
+# Tokens per chunk at most. With headdim 64 and d_state 128, compiled for sm_90: the forward
+# takes 98 KiB of shared memory at 64 tokens; the backward 322 KiB at 64 (over the 227 KiB an
+# H100 has) and 84 KiB at 32, so a forward that stores states for the backward uses 32.
+MAX_CHUNK, MAX_CHUNK_GRAD = 64, 32
 FWD_BLOCK_P, NUM_WARPS = 64, 4
 INSTALL_HINT = "pip install triton"
 
@@ -93,7 +97,7 @@ def _ssd_fwd_kernel(
 
     n_chunks = tl.cdiv(length, BLOCK_Q)
     ckpt_p = ckpt_ptr + (bh * n_chunks * headdim + p[:, None]) * d_state + n[None, :]
-    for c in range(0, n_chunks):
+    for c in range(n_chunks):
         if STORE_CKPT:
             tl.store(ckpt_p + c * headdim * d_state, state, mask=pn_ok)
         t = (c * BLOCK_Q + q).to(tl.int64)
@@ -161,7 +165,7 @@ def _ssd_bwd_kernel(
     dD_acc = tl.zeros([BLOCK_Q], dtype=tl.float32)
 
     n_chunks = tl.cdiv(length, BLOCK_Q)
-    for i in range(0, n_chunks):
+    for i in range(n_chunks):
         c = n_chunks - 1 - i
         h0 = tl.load(ckpt_ptr + ((bh * n_chunks + c) * headdim + p[:, None]) * d_state + n[None, :],
                      mask=pn_ok, other=0.0)
@@ -248,10 +252,10 @@ def _block(x: int, minimum: int = 16) -> int:
     return max(minimum, 1 << max(int(x) - 1, 0).bit_length())
 
 
-def chunk_block(chunk_size: int) -> int:
-    """Tokens per chunk for `chunk_size`: a power of 2 in [16, MAX_CHUNK] (the result does not
+def chunk_block(chunk_size: int, largest: int = MAX_CHUNK) -> int:
+    """Tokens per chunk for `chunk_size`: a power of 2 in [16, largest] (the result does not
     depend on it; the chunk is a blocking of the same recurrence)."""
-    return min(MAX_CHUNK, _block(chunk_size))
+    return min(largest, _block(chunk_size))
 
 
 def _dot_precision(x: Tensor) -> str:
@@ -373,11 +377,10 @@ def ssd_scan_triton(x, dt, A, B, C, D=None, state=None, chunk_size=256):
     gradient is needed.
     """
     check_shapes(x, dt, A, B, C, D, state)
-    chunk = chunk_block(chunk_size)
     inputs = (x, dt, A, B, C, D, state)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs):
-        return _SSDScanFn.apply(x, dt, A, B, C, D, state, chunk)
-    y, h_last, _ = _forward(x, dt, A, B, C, D, state, chunk, store_checkpoints=False)
+        return _SSDScanFn.apply(x, dt, A, B, C, D, state, chunk_block(chunk_size, MAX_CHUNK_GRAD))
+    y, h_last, _ = _forward(x, dt, A, B, C, D, state, chunk_block(chunk_size), store_checkpoints=False)
     return y, h_last
 
 
@@ -391,3 +394,12 @@ def triton_available(device: torch.device | str) -> str | None:
     except ImportError:
         return f"triton is not installed: {INSTALL_HINT}"
     return None
+
+
+TRITON_SSD = SSDKernel(
+    fn=ssd_scan_triton,
+    priority={"cuda": 50},
+    available=triton_available,
+    description="Triton: chunks of up to 64 tokens in the SSD matmul form, state passed in registers, "
+                "backward from per-chunk states",
+)
