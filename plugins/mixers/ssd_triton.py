@@ -11,11 +11,11 @@ Within a chunk, with ``a_t = dt_t A`` (<= 0), the segment sums ``seg[t, s] = a_{
 where ``h_0`` is the state before the chunk: the intra-chunk block is three matmuls, the state
 passes from chunk to chunk in registers. All arithmetic is float32.
 
-Forward: one program per (batch row, head, block of headdim). Rows of the state are
+Forward: one program per (head, block of headdim, batch row). Rows of the state are
 independent, so a block of ``BLOCK_P`` rows carries its ``(BLOCK_P, d_state)`` state alone.
 When gradients are needed it also stores the state before every chunk.
 
-Backward: one program per (batch row, head), the whole headdim, walking the chunks in reverse
+Backward: one program per (head, batch row), the whole headdim, walking the chunks in reverse
 from the stored states and carrying ``g = dLoss/dh``. Gradients that sum over the heads of a
 group (``dB``, ``dC``) are written per head and summed after the kernel; those that sum over
 batch and time (``dA``, ``dD``) are accumulated per program and summed after. No atomics.
@@ -71,14 +71,14 @@ def _ssd_fwd_kernel(
     HAS_D: tl.constexpr, HAS_H0: tl.constexpr, STORE_CKPT: tl.constexpr, DOT: tl.constexpr,
     BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    """Forward of headdim rows [pid1 * BLOCK_P, +BLOCK_P) of (batch, head) = divmod(pid0, nheads).
+    """Forward of headdim rows [pid1 * BLOCK_P, +BLOCK_P) of head pid0 of batch row pid2.
 
     x, y: (batch, L, H, P)  dt: (batch, L, H)  A, D: (H,)  B, C: (batch, L, G, N)
     h0, h_last: (batch, H, P, N) contiguous float32
     ckpt: (batch, H, cdiv(L, BLOCK_Q), P, N) float32, the state before each chunk.
     """
-    bh = tl.program_id(0).to(tl.int64)
-    b, h = bh // nheads, bh % nheads
+    h, b = tl.program_id(0).to(tl.int64), tl.program_id(2).to(tl.int64)
+    bh = b * nheads + h
     grp = h // heads_per_group
     p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
     n = tl.arange(0, BLOCK_N)
@@ -134,7 +134,7 @@ def _ssd_bwd_kernel(
     HAS_D: tl.constexpr, DOT: tl.constexpr,
     BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    """Backward of (batch, head) = divmod(pid0, nheads), all headdim rows.
+    """Backward of head pid0 of batch row pid2, all headdim rows.
 
     Inputs as in the forward, plus dy (batch, L, H, P) (strides s_g*), dh_last (batch, H, P, N)
     contiguous float32 and the forward's ckpt. Outputs, contiguous float32 except dx (x's type):
@@ -147,8 +147,8 @@ def _ssd_bwd_kernel(
     g_0 = exp(cs_last) g + (exp(cs) dy)^T C; and d a_k (through every exponent holding a_k) is
     the sum over j >= k of d cs_j = rowsum(T)_j - colsum(T)_j + ... (terms below).
     """
-    bh = tl.program_id(0).to(tl.int64)
-    b, h = bh // nheads, bh % nheads
+    h, b = tl.program_id(0).to(tl.int64), tl.program_id(2).to(tl.int64)
+    bh = b * nheads + h
     grp = h // heads_per_group
     p = tl.arange(0, BLOCK_P)
     n = tl.arange(0, BLOCK_N)
@@ -258,9 +258,14 @@ def chunk_block(chunk_size: int, largest: int = MAX_CHUNK) -> int:
     return min(largest, _block(chunk_size))
 
 
-def _dot_precision(x: Tensor) -> str:
+def fwd_block_p(headdim: int) -> int:
+    """Rows of headdim per forward program."""
+    return min(FWD_BLOCK_P, _block(headdim))
+
+
+def dot_precision(dtype: torch.dtype) -> str:
     """float32 matmuls for float32 inputs; TF32 for half inputs, whose rounding is coarser."""
-    return "ieee" if x.dtype == torch.float32 else "tf32"
+    return "ieee" if dtype == torch.float32 else "tf32"
 
 
 def _strides4(t: Tensor) -> tuple[int, int, int, int]:
@@ -296,13 +301,13 @@ def _forward(x, dt, A, B, C, D, state, chunk: int, store_checkpoints: bool):
     if store_checkpoints:
         ckpt = torch.empty(batch, nheads, -(-length // chunk), headdim, d_state, device=x.device,
                            dtype=torch.float32)
-    block_p = min(FWD_BLOCK_P, _block(headdim))
-    grid = (batch * nheads, -(-headdim // block_p))
+    block_p = fwd_block_p(headdim)
+    grid = (nheads, -(-headdim // block_p), batch)
     _kernels().fwd[grid](
         x, dt, A, B, C, D if D is not None else A, h0, y, h_last, ckpt if ckpt is not None else h_last,
         length, nheads, nheads // ngroups, headdim, d_state,
         *_strides4(x), dt.stride(0), dt.stride(1), dt.stride(2), *_strides4(B), *_strides4(C), *_strides4(y),
-        HAS_D=D is not None, HAS_H0=state is not None, STORE_CKPT=store_checkpoints, DOT=_dot_precision(x),
+        HAS_D=D is not None, HAS_H0=state is not None, STORE_CKPT=store_checkpoints, DOT=dot_precision(x.dtype),
         BLOCK_Q=chunk, BLOCK_P=block_p, BLOCK_N=_block(d_state), num_warps=NUM_WARPS,
     )
     return y, h_last, ckpt
@@ -323,12 +328,12 @@ def _backward(x, dt, A, B, C, D, ckpt, chunk, dy, dh_last):
     dA = torch.empty(batch, nheads, **f32)
     dD = torch.empty(batch, nheads, **f32) if D is not None else None
     dh0 = torch.empty(batch, nheads, headdim, d_state, **f32)
-    _kernels().bwd[(batch * nheads,)](
+    _kernels().bwd[(nheads, 1, batch)](
         x, dt, A, B, C, D if D is not None else A, ckpt, dy, dh_last.float().contiguous(),
         dx, ddt, dB, dC, dA, dD if dD is not None else dA, dh0,
         length, nheads, nheads // ngroups, headdim, d_state,
         *_strides4(x), dt.stride(0), dt.stride(1), dt.stride(2), *_strides4(B), *_strides4(C), *_strides4(dy),
-        HAS_D=D is not None, DOT=_dot_precision(x),
+        HAS_D=D is not None, DOT=dot_precision(x.dtype),
         BLOCK_Q=chunk, BLOCK_P=_block(headdim), BLOCK_N=_block(d_state), num_warps=NUM_WARPS,
     )
 
