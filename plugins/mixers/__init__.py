@@ -1,4 +1,4 @@
-"""Built-in sequence mixers, selective-scan and SSD kernels and Mamba's export declaration, registered as a plugin."""
+"""Built-in sequence mixers, selective-scan and SSD kernels and the Mamba / Mamba-2 export declarations, registered as a plugin."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from ._scan_common import CHUNK
 from .attention import Attention
 from .mamba import Mamba
 from .mamba2 import Mamba2
+from .mamba2_export import MAMBA2_EXPORT
 from .mamba_export import MAMBA_EXPORT
 from .scan_chunked import selective_scan_chunked
 from .scan_cpu import CPU_FUSED
@@ -64,3 +65,4 @@ def register_ssd_kernels(register):
 @hookimpl
 def register_exports(register):
     register(Mamba, MAMBA_EXPORT)
+    register(Mamba2, MAMBA2_EXPORT)

@@ -29,8 +29,9 @@ import functools
 from types import SimpleNamespace
 
 import torch
-from hybrid_mllm.core.ssd import SSDKernel
 from torch import Tensor
+
+from hybrid_mllm.core.ssd import SSDKernel
 
 # Bound by `_kernels()` on first use.
 triton = None
