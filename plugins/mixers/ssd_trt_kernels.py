@@ -20,7 +20,7 @@ from types import SimpleNamespace
 
 import torch
 
-from . import ssd_triton
+from . import ssd_triton, trt_kernels
 from .trt_kernels import TRITON_TYPES, CompiledKernel, _compile, cdiv
 
 # Bound by `_kernels()` on first use (see `scan_triton`'s docstring: why not at import).
@@ -61,6 +61,7 @@ def _kernels() -> SimpleNamespace:
     import triton.language as tl
 
     _ssd_body = ssd_triton._kernels().fwd
+    trt_kernels._kernels()  # binds Triton in the module of `_compile`, shared with Mamba-1's plugins
     return SimpleNamespace(ssd=triton.jit(_ssd_aot_kernel))
 
 
