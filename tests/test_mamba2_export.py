@@ -20,29 +20,29 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-import onnx  # noqa: E402
-import pytest  # noqa: E402
+import onnx
+import pytest
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxruntime_extensions")
 
-from hybrid_mllm.core.build import build_mllm  # noqa: E402
-from hybrid_mllm.core.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
-from hybrid_mllm.core.config import load_config  # noqa: E402
-from hybrid_mllm.core.registry import get_registry  # noqa: E402
-from hybrid_mllm.export import cli_export  # noqa: E402
-from hybrid_mllm.export.onnx import export_onnx  # noqa: E402
-from hybrid_mllm.plugins.mixers import ssd_trt_kernels as kernels  # noqa: E402
-from hybrid_mllm.plugins.mixers import trt_shapes as shapes  # noqa: E402
-from hybrid_mllm.plugins.mixers.mamba2 import Mamba2  # noqa: E402
-from hybrid_mllm.plugins.mixers.mamba2_export import MAMBA2_EXPORT  # noqa: E402
-from hybrid_mllm.plugins.mixers.ssd_ops_torch import ssd_scan_op  # noqa: E402
-from hybrid_mllm.plugins.mixers.ssd_ref import ssd_scan_ref  # noqa: E402
-from hybrid_mllm.plugins.mixers.ssd_trt_shapes import SSD  # noqa: E402
-from hybrid_mllm.runtime import cli_run  # noqa: E402
-from hybrid_mllm.runtime.generate import GenerationConfig, TorchDecoder, generate  # noqa: E402
-from hybrid_mllm.runtime.onnx import load_onnx  # noqa: E402
-from hybrid_mllm.testing import check_export  # noqa: E402
+from hybrid_mllm.core.build import build_mllm
+from hybrid_mllm.core.checkpoint import load_checkpoint, save_checkpoint
+from hybrid_mllm.core.config import load_config
+from hybrid_mllm.core.registry import get_registry
+from hybrid_mllm.export import cli_export
+from hybrid_mllm.export.onnx import export_onnx
+from hybrid_mllm.plugins.mixers import ssd_trt_kernels as kernels
+from hybrid_mllm.plugins.mixers import trt_shapes as shapes
+from hybrid_mllm.plugins.mixers.mamba2 import Mamba2
+from hybrid_mllm.plugins.mixers.mamba2_export import MAMBA2_EXPORT
+from hybrid_mllm.plugins.mixers.ssd_ops_torch import ssd_scan_op
+from hybrid_mllm.plugins.mixers.ssd_ref import ssd_scan_ref
+from hybrid_mllm.plugins.mixers.ssd_trt_shapes import SSD
+from hybrid_mllm.runtime import cli_run
+from hybrid_mllm.runtime.generate import GenerationConfig, TorchDecoder, generate
+from hybrid_mllm.runtime.onnx import load_onnx
+from hybrid_mllm.testing import check_export
 
 CONFIG = """
 model:
@@ -146,7 +146,7 @@ def test_shape_rules_match_the_custom_export(custom_export):
 @pytest.mark.parametrize(("batch", "length"), [(1, 1), (3, 17)])
 def test_shape_and_type_rules_match_pytorch(batch, length):
     g = torch.Generator().manual_seed(0)
-    r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+    r = lambda *s: torch.randn(*s, generator=g)
     args = (r(batch, length, 4, 3), r(batch, length, 4).abs(), -r(4).abs(), r(batch, length, 2, 5),
             r(batch, length, 2, 5), r(4), r(batch, 4, 3, 5))
     outs = ssd_scan_op(*args)
@@ -167,7 +167,7 @@ def test_shape_check_names_every_mismatch():
 
 def test_autotune_types_pair_activations_and_keep_float32_state():
     act = "FP32|FP16|BF16"
-    assert shapes.autotune_types(SSD) == ", ".join([act, "FP32", "FP32", act, act, "FP32", "FP32", act, "FP32"])
+    assert shapes.autotune_types(SSD) == f"{act}, FP32, FP32, {act}, {act}, FP32, FP32, {act}, FP32"
 
 
 def _has_triton() -> bool:
@@ -188,7 +188,7 @@ DEVICE = "cuda" if torch.cuda.is_available() and not os.environ.get("TRITON_INTE
 def test_kernel_wrapper_matches_ref(batch, length, nheads, headdim, ngroups, d_state):
     """L = 70: two chunks of 64; headdim 70: two blocks of rows; 2 groups of 2 heads."""
     g = torch.Generator().manual_seed(length)
-    r = lambda *s: torch.randn(*s, generator=g).to(DEVICE)  # noqa: E731
+    r = lambda *s: torch.randn(*s, generator=g).to(DEVICE)
     args = (r(batch, length, nheads, headdim), r(batch, length, nheads).abs() * 0.3, -r(nheads).abs(),
             r(batch, length, ngroups, d_state), r(batch, length, ngroups, d_state), r(nheads),
             r(batch, nheads, headdim, d_state))
