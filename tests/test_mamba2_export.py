@@ -230,3 +230,35 @@ def test_launch_geometry_is_generic_over_dims():
     assert kernels.ssd_constexprs("FP32", 64, 5) == {"DOT": "ieee", "BLOCK_Q": 64, "BLOCK_P": 64, "BLOCK_N": 16}
     symbolic = kernels.ssd_grid(("B", "L", "H", "P"), 64, lambda a, b: f"cdiv({a}, {b})")
     assert symbolic == ("H", "cdiv(P, 64)", "B")
+
+
+def _has_tensorrt() -> bool:
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not (_has_tensorrt() and torch.cuda.is_available()),
+                    reason="needs tensorrt and a CUDA GPU (scripts/gpu_check.sh runs this)")
+@pytest.mark.parametrize("plugin_impl", ["aot", "jit"])
+def test_engine_passes_the_gate_and_generates_like_pytorch(checkpoint, tmp_path, plugin_impl):
+    """The hybrid's engine: hybrid::SSDScan and both convs as our plugins, Mamba-1's scan too."""
+    from hybrid_mllm.export.trt.build import BuildOptions
+    from hybrid_mllm.export.trt.exporter import TOLERANCE, export_trt
+    from hybrid_mllm.runtime.trt import profiles
+    from hybrid_mllm.runtime.trt.engine import load_trt
+
+    options = BuildOptions(plugin_impl=plugin_impl, limits=profiles.ProfileLimits(max_batch=4, max_seq=128,
+                                                                                 max_past=512))
+    info = export_trt(checkpoint, tmp_path / "engine", options=options, cache_dir=tmp_path / "cache")
+    assert max(info["tolerances"]["measured"].values()) <= TOLERANCE["fp32"]
+    loaded = load_trt(tmp_path / "engine")
+    lm = load_checkpoint(checkpoint).model.lm.eval()
+    g = torch.Generator().manual_seed(0)
+    embeds, mask = torch.randn(2, 90, 32, generator=g), torch.ones(2, 90, dtype=torch.bool)
+    mask[0, :7] = False
+    config = GenerationConfig(max_new_tokens=12)
+    assert generate(loaded.decoder, embeds, mask, config).tokens == generate(TorchDecoder(lm), embeds, mask, config).tokens

@@ -269,7 +269,7 @@ def test_gpu_matches_mamba_ssm(dtype):
     inputs = make_inputs(2, 2048, 16, 64, 2, 128, dtype=dtype, device="cuda", with_state=False)
 
     def peer(x, dt, A, B, C, D=None, state=None, chunk_size=256):
-        y, h = ssd.mamba_chunk_scan_combined(x, dt.to(x.dtype), A, B, C, chunk_size, D=D, return_final_states=True)
+        y, h = ssd.mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size, D=D, return_final_states=True)
         return y, h.float()
 
     tol = 2e-3 if dtype == torch.float32 else 3e-2
