@@ -264,13 +264,10 @@ def test_gpu_forward_and_backward_long(dtype):
 @compiled_gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_gpu_matches_mamba_ssm(dtype):
-    """Against mamba-ssm's ``mamba_chunk_scan_combined`` (dt already softplus'd: no dt_bias, no softplus)."""
-    ssd = pytest.importorskip("mamba_ssm.ops.triton.ssd_combined", reason="mamba_ssm is not installed")
-    inputs = make_inputs(2, 2048, 16, 64, 2, 128, dtype=dtype, device="cuda", with_state=False)
+    """Against mamba-ssm's ``mamba_chunk_scan_combined`` (the ``mamba_ssm`` SSD kernel), with an initial state."""
+    pytest.importorskip("mamba_ssm.ops.triton.ssd_combined", reason="mamba_ssm is not installed")
+    from hybrid_mllm.plugins.mixers.ssd_mamba_ssm import ssd_scan_mamba_ssm
 
-    def peer(x, dt, A, B, C, D=None, state=None, chunk_size=256):
-        y, h = ssd.mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size, D=D, return_final_states=True)
-        return y, h.float()
-
+    inputs = make_inputs(2, 2048, 16, 64, 2, 128, dtype=dtype, device="cuda")
     tol = 2e-3 if dtype == torch.float32 else 3e-2
-    check_forward(inputs, chunk_size=256, tol=tol, reference=peer)
+    check_forward(inputs, chunk_size=256, tol=tol, reference=ssd_scan_mamba_ssm)
