@@ -21,9 +21,11 @@
 # Steps: nvidia-smi; python/torch/triton versions; whether tensorrt and mamba_ssm import;
 # install this repo (pip install --no-deps --no-build-isolation -e ., or, when pip may not
 # install, a PYTHONPATH shim mapping core/, plugins/... to hybrid_mllm.*); pytest -m gpu;
-# the other tests of tests/test_scan_triton.py with compiled kernels on CUDA (TRITON_INTERPRET
-# unset); the benchmark; when tensorrt imports: tests/test_trt*.py (engines built and checked against
-# PyTorch) and benchmarks/bench_trt.py (engine vs PyTorch eager, prefill and decode, ratios).
+# the other tests of tests/test_scan_triton.py and tests/test_ssd_triton.py (Mamba-2's SSD) with
+# compiled kernels on CUDA (TRITON_INTERPRET unset), and the SSD plugin's kernel wrapper; the
+# benchmark; when tensorrt imports: tests/test_trt*.py and the gpu tests of tests/test_mamba2_export.py
+# (engines built and checked against PyTorch) and benchmarks/bench_trt.py (engine vs PyTorch eager,
+# prefill and decode, ratios).
 # Each step has a time limit (without TensorRT the whole script stays well under 10 minutes on an H100;
 # the two TensorRT steps may add up to 14 more);
 # a failing step is logged and the next one still runs; the exit status is 1 if any failed.
@@ -113,12 +115,19 @@ fi
 print('hybrid_mllm.core from', p); sys.exit(0 if p.startswith(os.path.realpath('$REPO')) else 1)" \
     || { echo "hybrid_mllm does not import from $REPO"; exit 1; }
 
-# (tests/test_trt.py has its own step below: engine builds take longer)
-step pytest_gpu 150 "$PY" -m pytest -m gpu -q -p no:cacheprovider --ignore tests/test_trt.py \
+# (tests/test_trt.py and tests/test_mamba2_export.py have their own steps below: engine builds take longer)
+step pytest_gpu 240 "$PY" -m pytest -m gpu -q -p no:cacheprovider --ignore tests/test_trt.py --ignore tests/test_mamba2_export.py \
     --junitxml "$OUT/pytest_gpu.xml"
 # The rest of the Triton tests, compiled on CUDA (its gpu-marked tests ran in the step above).
 step pytest_scan_triton 170 "$PY" -m pytest tests/test_scan_triton.py -m "not gpu" -q -p no:cacheprovider \
     --junitxml "$OUT/pytest_scan_triton.xml"
+# The SSD (Mamba-2) Triton kernel compiled on CUDA against the reference (values, gradients, the contract
+# cases; its gpu-marked tests, long sequences and mamba-ssm's mamba_chunk_scan_combined parity when
+# mamba_ssm imports, ran in pytest_gpu), and the SSDScan plugin's kernel wrapper compiled.
+step pytest_ssd_triton 240 "$PY" -m pytest tests/test_ssd_triton.py -m "not gpu" -q -p no:cacheprovider \
+    --junitxml "$OUT/pytest_ssd_triton.xml"
+step pytest_ssd_plugin 240 "$PY" -m pytest tests/test_mamba2_export.py -q -p no:cacheprovider \
+    -k "wrapper or aot or geometry" --junitxml "$OUT/pytest_ssd_plugin.xml"
 # shellcheck disable=SC2086  # BENCH_ARGS is a list of arguments
 step bench_scan 210 "$PY" benchmarks/bench_scan_gpu.py --json "$OUT/bench_scan.json" ${BENCH_ARGS:-}
 # Hybrid vs attention-only twin prefill at 8k / 32k / 100k tokens (bf16).
@@ -126,6 +135,9 @@ step bench_prefill 180 "$PY" benchmarks/bench_prefill_gpu.py --json "$OUT/bench_
 
 if "$PY" -c "import tensorrt" 2>/dev/null; then
     step pytest_trt 420 "$PY" -m pytest tests/test_trt.py tests/test_trt_plugins.py -q -p no:cacheprovider --junitxml "$OUT/pytest_trt.xml"
+    # Mamba-2 engines (hybrid::SSDScan plugin, AOT and JIT) against PyTorch.
+    step pytest_trt_mamba2 420 "$PY" -m pytest tests/test_mamba2_export.py -m gpu -q -p no:cacheprovider \
+        --junitxml "$OUT/pytest_trt_mamba2.xml"
     # shellcheck disable=SC2086  # BENCH_TRT_ARGS is a list of arguments
     step bench_trt 420 "$PY" benchmarks/bench_trt.py --json "$OUT/bench_trt.json" \
         ${BENCH_TRT_ARGS:---precision fp16 --lengths 1024 8192}

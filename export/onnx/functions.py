@@ -52,6 +52,8 @@ def as_function(model: onnx.ModelProto, domain: str, name: str, attributes: tupl
                                                       type=onnx.AttributeProto.INT))
         from_attributes += [constant, helper.make_node("Cast", [as_int], [attribute], to=types[attribute])]
     constants = [helper.make_node("Constant", [], [init.name], value=init) for init in graph.initializer]
+    for node in graph.node:
+        _drop_shape_annotations(node)
     return helper.make_function(
         domain, name,
         inputs=[i.name for i in graph.input if i.name not in attributes],
@@ -60,6 +62,18 @@ def as_function(model: onnx.ModelProto, domain: str, name: str, attributes: tupl
         opset_imports=list(model.opset_import),
         attributes=list(attributes),
     )
+
+
+def _drop_shape_annotations(node: onnx.NodeProto) -> None:
+    """Clear the inferred shapes (value_info) of the node's subgraphs (If / Scan branches), recursively.
+    Inlined into a model, a function's subgraphs keep their value names, which can be names of the
+    caller's values too (``view``), and a runtime then checks the caller's shape against the
+    annotation; the runtime infers the shapes again anyway."""
+    for attribute in node.attribute:
+        if attribute.type == onnx.AttributeProto.GRAPH:
+            del attribute.g.value_info[:]
+            for inner in attribute.g.node:
+                _drop_shape_annotations(inner)
 
 
 def attach_definitions(path: Path, nodes: dict[str, CustomNode], opset: int, dtype: torch.dtype) -> None:

@@ -1,4 +1,4 @@
-"""Built-in sequence mixers, selective-scan and SSD kernels and Mamba's export declaration, registered as a plugin."""
+"""Built-in sequence mixers, selective-scan and SSD kernels and the Mamba / Mamba-2 export declarations, registered as a plugin."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from ._scan_common import CHUNK
 from .attention import Attention
 from .mamba import Mamba
 from .mamba2 import Mamba2
+from .mamba2_export import MAMBA2_EXPORT
 from .mamba_export import MAMBA_EXPORT
 from .scan_chunked import selective_scan_chunked
 from .scan_cpu import CPU_FUSED
@@ -21,6 +22,7 @@ from .ssd_chunked import ssd_scan_chunked
 from .ssd_cpu import CPU_SSD
 from .ssd_mamba_ssm import MAMBA_SSM as SSD_MAMBA_SSM
 from .ssd_ref import ssd_scan_ref
+from .ssd_triton import TRITON_SSD
 
 ANY_DEVICE = ("cpu", "cuda", "mps", "xpu")
 
@@ -60,9 +62,11 @@ def register_ssd_kernels(register):
         description="the SSD matmul form over chunks of chunk_size tokens, all chunks at once, standard ops",
     ))
     register("cpu", CPU_SSD)
+    register("triton", TRITON_SSD)
     register("mamba_ssm", SSD_MAMBA_SSM)
 
 
 @hookimpl
 def register_exports(register):
     register(Mamba, MAMBA_EXPORT)
+    register(Mamba2, MAMBA2_EXPORT)
