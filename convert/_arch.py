@@ -109,3 +109,13 @@ def fit_period(hits: list[bool]) -> tuple[int, int] | None:
             if all(hit == (i % period == offset) for i, hit in enumerate(hits)):
                 return period, offset
     return None
+
+
+MULTIPLIERS = ("embedding_multiplier", "residual_multiplier", "logits_multiplier")
+
+
+def check_multipliers(m: ModelConfig, problems: list[str], arch: str, *, allowed: tuple[str, ...] = ()) -> None:
+    """A multiplier the architecture has no key for must be 1 (it would be lost on export)."""
+    for key in MULTIPLIERS:
+        if key not in allowed and getattr(m, key) != 1.0:
+            problems.append(f"{key} must be 1.0: {arch} has no such multiplier (got {getattr(m, key)})")
