@@ -27,7 +27,7 @@ def _parser() -> argparse.ArgumentParser:
 def _details(entry) -> str:
     if entry.kind == "export":
         return entry.obj.description
-    if entry.kind == "scan_kernel":
+    if entry.kind in ("scan_kernel", "ssd_kernel"):
         devices = ", ".join(f"{d}:{p}" for d, p in entry.obj.priority.items())
         return f"{entry.obj.description} [priority {devices}]"
     doc = (entry.obj.__doc__ or "").strip().splitlines()

@@ -4,7 +4,7 @@ Every hook receives a ``register`` callback and calls it once per component it
 provides: ``register(name, component)`` (``register(cls, exportable)`` for exports). The
 registry owns the names: a name that is already taken is an error naming both packages,
 so plugins never touch globals. Hooks: encoders, mixers, connectors, FFNs, scan kernels,
-and the export declarations of any of them.
+SSD kernels, and the export declarations of any of them.
 
 A third-party package exposes its hook implementations through an entry point::
 
@@ -71,6 +71,18 @@ def register_scan_kernels(register):
         ``kernel.fn`` has the signature of ``hybrid_mllm.core.scan.selective_scan``;
         ``kernel.available(device)`` says whether it can run on a device and, if not, why
         and how to install it; ``kernel.priority`` orders the ``auto`` choice per device type.
+    """
+
+
+@hookspec
+def register_ssd_kernels(register):
+    """Register SSD-scan implementations (Mamba-2's scan with a scalar decay per head).
+
+    :param register: ``register(name: str, kernel: hybrid_mllm.core.ssd.SSDKernel)``.
+        ``kernel.fn(x, dt, A, B, C, D, state, chunk_size)`` takes the shapes of
+        ``hybrid_mllm.core.ssd.ssd_scan``; ``kernel.available(device)`` says whether it can run
+        on a device and, if not, why and how to install it; ``kernel.priority`` orders the
+        ``auto`` choice per device type.
     """
 
 

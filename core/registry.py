@@ -1,4 +1,4 @@
-"""The component registry: every encoder, mixer, connector, FFN and scan kernel by name, and
+"""The component registry: every encoder, mixer, connector, FFN, scan and SSD kernel by name, and
 every component's export declaration by its class.
 
 Built-in plugins and third-party plugins register through the same hooks
@@ -37,6 +37,7 @@ KINDS = {
     "mixer": "register_mixers",
     "connector": "register_connectors",
     "scan_kernel": "register_scan_kernels",
+    "ssd_kernel": "register_ssd_kernels",
     "ffn": "register_ffns",
     "export": "register_exports",  # keyed by the component's class (`class_name`)
 }

@@ -9,6 +9,7 @@ from hybrid_mllm.testing import MIXER_CHECKS
 OPTIONS = {
     "attention": [{"n_head": 4, "n_kv_head": 2}, {"n_head": 4, "rope": True}],
     "mamba": [{"d_state": 8, "expand": 2}, {"d_state": 4, "inner_norms": True, "d_conv": 2}],
+    "mamba2": [{"d_state": 8, "headdim": 8, "chunk_size": 8}],
 }
 CASES = [(name, opts) for name in get_registry().names("mixer") for opts in OPTIONS.get(name, [{}])]
 

@@ -1,13 +1,15 @@
-"""Built-in sequence mixers, selective-scan kernels and Mamba's export declaration, registered as a plugin."""
+"""Built-in sequence mixers, selective-scan and SSD kernels and Mamba's export declaration, registered as a plugin."""
 
 from __future__ import annotations
 
 from hybrid_mllm.core.hookspecs import hookimpl
 from hybrid_mllm.core.scan import ScanKernel
+from hybrid_mllm.core.ssd import SSDKernel
 
 from ._scan_common import CHUNK
 from .attention import Attention
 from .mamba import Mamba
+from .mamba2 import Mamba2
 from .mamba_export import MAMBA_EXPORT
 from .scan_chunked import selective_scan_chunked
 from .scan_cpu import CPU_FUSED
@@ -15,6 +17,8 @@ from .scan_export import CHUNKED_EXPORT
 from .scan_mamba_ssm import MAMBA_SSM
 from .scan_ref import selective_scan_ref
 from .scan_triton import TRITON
+from .ssd_chunked import ssd_scan_chunked
+from .ssd_ref import ssd_scan_ref
 
 ANY_DEVICE = ("cpu", "cuda", "mps", "xpu")
 
@@ -23,6 +27,7 @@ ANY_DEVICE = ("cpu", "cuda", "mps", "xpu")
 def register_mixers(register):
     register("attention", Attention)
     register("mamba", Mamba)
+    register("mamba2", Mamba2)
 
 
 @hookimpl
@@ -40,6 +45,18 @@ def register_scan_kernels(register):
     register("chunked_export", CHUNKED_EXPORT)
     register("triton", TRITON)
     register("mamba_ssm", MAMBA_SSM)
+
+
+@hookimpl
+def register_ssd_kernels(register):
+    register("ref", SSDKernel(
+        fn=ssd_scan_ref, priority=dict.fromkeys(ANY_DEVICE, 0),
+        description="sequential float32 loop over time: the definition (slow)",
+    ))
+    register("chunked", SSDKernel(
+        fn=ssd_scan_chunked, priority=dict.fromkeys(ANY_DEVICE, 10), export_safe=True,
+        description="the SSD matmul form over chunks of chunk_size tokens, all chunks at once, standard ops",
+    ))
 
 
 @hookimpl
