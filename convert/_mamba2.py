@@ -68,8 +68,20 @@ def read_mamba2(r: HFConfigReader, keys: Mamba2Keys, d_model: int, d_inner: int)
     return {**out, "rmsnorm": True, "norm_before_gate": False}
 
 
+def _json_float(value: Any) -> Any:
+    """transformers 5 writes a non-finite float as ``{"__float__": "Infinity"}``."""
+    if isinstance(value, dict) and set(value) == {"__float__"} and isinstance(value["__float__"], str):
+        try:
+            return float(value["__float__"])
+        except ValueError:
+            return value
+    return value
+
+
 def _dt_limit(r: HFConfigReader, key: str) -> list[float]:
     value = r.hf.get(key, r.defaults[key])
+    if isinstance(value, (list, tuple)):
+        value = [_json_float(v) for v in value]
     if (not isinstance(value, (list, tuple)) or len(value) != 2
             or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
         r.problems.append(f"{key}: expected a pair of numbers [low, high], got {value!r}")

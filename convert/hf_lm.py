@@ -34,11 +34,15 @@ from ._hf_io import (
     write_hf_dir,
 )
 from ._plan import Plan, check_plan, fill_from_plan
+from .bamba import BAMBA
 from .jamba import JAMBA
 from .llama import LLAMA
 from .mamba import MAMBA
+from .mamba2 import MAMBA2
+from .nemotron_h import NEMOTRON_H
+from .unsupported import UNSUPPORTED
 
-ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (JAMBA, MAMBA, LLAMA)}
+ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (JAMBA, MAMBA, LLAMA, MAMBA2, NEMOTRON_H, BAMBA)}
 
 
 def load_hf(src: str | os.PathLike, *, dtype: torch.dtype | str | None = None,
@@ -105,6 +109,9 @@ def hf_to_config(hf: dict[str, Any], arch: Architecture, *, source: str, name: s
 def _architecture(hf: dict[str, Any], src: Path) -> Architecture:
     entries = hf.get("architectures") or []
     known = [ARCHITECTURES[e] for e in entries if isinstance(e, str) and e in ARCHITECTURES]
+    refused = [e for e in entries if isinstance(e, str) and e in UNSUPPORTED]
+    if not known and refused:
+        raise ConversionError(f"{src / HF_CONFIG_FILE}: {refused[0]} cannot be converted: {UNSUPPORTED[refused[0]]}")
     if not known:
         got = ", ".join(map(str, entries)) or "none (no 'architectures' entry)"
         raise ConversionError(f"{src / HF_CONFIG_FILE}: architectures {got} cannot be converted: "
