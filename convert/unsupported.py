@@ -8,9 +8,6 @@ UNSUPPORTED = {
         "fed the concatenation of the hidden state and the original embeddings, with per-layer LoRA "
         "adapters) do not fit our block model, where each block owns its mixer and FFN; Mamba2ForCausalLM, "
         "NemotronHForCausalLM and attention-free BambaForCausalLM convert"),
-    "GraniteMoeHybridForCausalLM": (
-        "not yet: its attention scale (attention_multiplier) is not an option of our attention mixer; "
-        "its shared-expert MoE (shared_moe) and multipliers (embedding, residual, logits) are ready"),
     "FalconH1ForCausalLM": (
         "Falcon-H1 runs attention and Mamba-2 side by side in every layer (parallel hybrid heads), and our "
         "blocks hold one mixer each; Mamba2ForCausalLM, NemotronHForCausalLM and attention-free "

@@ -24,13 +24,26 @@ NEMOTRON = {"ssm_state_size": 8, "mamba_head_dim": 16, "mamba_num_heads": 8, "n_
             "layers_block_type": ["linear_attention", "mlp", "full_attention", "mlp", "linear_attention"]}
 BAMBA = {"mamba_d_state": 8, "mamba_d_head": 16, "mamba_n_heads": 8, "mamba_n_groups": 2, "mamba_chunk_size": 16,
          "intermediate_size": 96, "num_hidden_layers": 3, "attn_layer_indices": None}
+GRANITE = {"mamba_d_state": 8, "mamba_d_head": 16, "mamba_n_heads": 8, "mamba_n_groups": 2, "mamba_chunk_size": 16,
+           "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 48, "shared_intermediate_size": 80,
+           "embedding_multiplier": 12.0, "residual_multiplier": 0.22, "attention_multiplier": 0.015625,
+           "logits_scaling": 8.0}
 FAMILIES = {
     "mamba2": lambda: transformers.Mamba2Config(**SMALL, num_hidden_layers=3, **MAMBA2),
     "mamba2-tied": lambda: transformers.Mamba2Config(**SMALL, num_hidden_layers=2, tie_word_embeddings=True,
                                                      use_conv_bias=False, **MAMBA2),
     "nemotron_h": lambda: transformers.NemotronHConfig(**SMALL, **NEMOTRON),
     "bamba": lambda: transformers.BambaConfig(**SMALL, **BAMBA),
+    # top-2 of 4 experts + a shared expert, no positional encoding (Granite 4.0 H), every multiplier
+    "granite": lambda: transformers.GraniteMoeHybridConfig(
+        **SMALL, **GRANITE, num_hidden_layers=4, num_local_experts=4, num_experts_per_tok=2,
+        layer_types=["linear_attention", "full_attention", "linear_attention", "linear_attention"]),
+    # the shared expert alone, RoPE, attention bias, tied head
+    "granite-dense-rope": lambda: transformers.GraniteMoeHybridConfig(
+        **SMALL, **GRANITE, num_hidden_layers=3, num_local_experts=0, position_embedding_type="rope",
+        attention_bias=True, tie_word_embeddings=True, layer_types=["full_attention", "linear_attention", "mamba"]),
 }
+SAVE_KWARGS = {"granite": {"save_original_format": False}}  # transformers' packed layout; the others: original
 
 
 @torch.no_grad()
@@ -71,7 +84,7 @@ def _decode_equals_full(ours):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_parity_decode_and_round_trip(tmp_path, family):
-    hf_model = _save_hf(tmp_path / "hf", FAMILIES[family]())
+    hf_model = _save_hf(tmp_path / "hf", FAMILIES[family](), **SAVE_KWARGS.get(family, {}))
     out, config = convert_hf(tmp_path / "hf", tmp_path / "ours")
     loaded = load_checkpoint(out)  # through our own checkpoint format
     assert loaded.config.model == config.model
@@ -91,6 +104,15 @@ def test_nemotron_h_layers_are_one_part_each(tmp_path):
     assert config.model.layers == ["mamba2", "none", "attention", "none", "mamba2"]
     assert config.model.ffn_layers == ["none", "relu2_mlp", "none", "relu2_mlp", "none"]
     assert config.model.mixers["mamba2"]["dt_limit"][0] == config.model.mixers["mamba2"]["dt_min"]
+
+
+def test_granite_multipliers_are_options_and_its_experts_a_shared_moe(tmp_path):
+    _save_hf(tmp_path / "hf", FAMILIES["granite"]())
+    _, config = load_hf(tmp_path / "hf")
+    m = config.model
+    assert (m.embedding_multiplier, m.residual_multiplier, m.logits_multiplier) == (12.0, 0.22, 1 / 8.0)
+    assert m.ffn_layers == ["shared_moe"] * 4 and m.ffns["shared_moe"]["shared_d_hidden"] == 80
+    assert not m.mixers["attention"]["rope"]
 
 
 def test_nemotron_h_legacy_pattern_is_read(tmp_path):
@@ -148,8 +170,7 @@ def test_bamba_attention_is_refused_naming_partial_rotary(dirs, tmp_path):
 
 
 @pytest.mark.parametrize("arch, says", [("Zamba2ForCausalLM", "shared attention blocks"),
-                                        ("FalconH1ForCausalLM", "side by side"),
-                                        ("GraniteMoeHybridForCausalLM", "attention_multiplier")])
+                                        ("FalconH1ForCausalLM", "side by side")])
 def test_known_unsupported_architectures_say_why(dirs, tmp_path, arch, says):
     src = edited(dirs["mamba2"], tmp_path, config=lambda hf: hf.update(architectures=[arch]))
     message = conversion_fails(convert_hf, src, tmp_path, f"{arch} cannot be converted: ", says)
