@@ -133,7 +133,10 @@ def hf_name(name: str, m: ModelConfig) -> str:
 
 
 def model_prefix(weights: HFWeights) -> None:
-    """Also read a checkpoint saved under transformers' module names (``model.`` for ``backbone.``)."""
+    """Also read a checkpoint saved under transformers' module names (``model.`` for ``backbone.``);
+    not a LLaVA's, whose ``model.`` is the multimodal model's."""
+    if "model.embeddings.weight" not in weights.names():
+        return
     for name in sorted(weights.names()):
         if name.startswith("model."):
             weights.unpack(name, {"backbone." + name.removeprefix("model."): ()})

@@ -150,7 +150,8 @@ def dirs(tmp_path_factory):
 
 def test_headdim_that_does_not_divide_the_width(dirs, tmp_path):
     src = edited(dirs["mamba2"], tmp_path, config=lambda hf: hf.update(head_dim=24))
-    conversion_fails(convert_hf, src, tmp_path, "num_heads: num_heads x head_dim (8 x 24) must equal the mixer width 128")
+    conversion_fails(convert_hf, src, tmp_path,
+                     "num_heads: num_heads x head_dim (8 x 24) must equal the mixer width 128")
 
 
 def test_groups_that_do_not_divide_the_heads(dirs, tmp_path):
