@@ -63,6 +63,20 @@ def _yaml(name, content, expect, names, what):
     return Case(name, bf.text("c.yaml", content), MODEL, expect, names, what)
 
 
+M2 = M.replace("[mamba,", "[mamba2,")  # d_inner 64 with the default expand 2
+MAMBA2_BAD = [  # (case, options, the problem, what the input is)
+    ("headdim", "headdim: 48", "headdim 48 must divide d_inner = expand * d_model = 64; use one of 64, 32",
+     "a Mamba-2 headdim that does not divide d_inner"),
+    ("ngroups", "headdim: 16, ngroups: 3", "ngroups 3 must divide nheads = d_inner / headdim = 4; use one of 4, 2, 1",
+     "Mamba-2 groups that do not divide the heads"),
+    ("d-state", "d_state: 0", "d_state must be >= 1, got 0", "a Mamba-2 d_state of 0"),
+    ("dt-limit", "dt_limit: [0.1, 0.01]", "dt_limit must be [low, high] with 0 <= low < high, got [0.1, 0.01]",
+     "a Mamba-2 dt_limit with low > high"),
+    ("impl", "impl: chunkd", "impl: unknown ssd kernel 'chunkd'. Did you mean 'chunked'?",
+     "a misspelt Mamba-2 kernel"),
+]
+
+
 YAML_CASES = [
     _yaml("yaml-empty", "", "the file is empty", "c.yaml", "an empty file"),
     _yaml("yaml-comments-only", "# nothing here\n", "the file is empty", "c.yaml", "only comments"),
@@ -83,6 +97,8 @@ YAML_CASES = [
           "must be <= 10,000, got 3,000,000,000", "model.n_layer", "n_layer: 3000000000 (a typo)"),
     _yaml("yaml-negative-option", M + ", mixers: {mamba: {d_state: -4}}}\n", "d_state must be >= 1, got -4",
           "model.mixers.mamba", "a negative mixer option"),
+    *[_yaml(f"yaml-mamba2-{name}", M2 + f", mixers: {{mamba2: {{{options}}}}}}}\n", expect, "model.mixers.mamba2", what)
+      for name, options, expect, what in MAMBA2_BAD],
     _yaml("yaml-alias-bomb", bf.BILLION_LAUGHS, "expands to more than 1,000,000 values", "c.yaml",
           "a 'billion laughs' alias bomb (600 bytes, 387M values)"),
     _yaml("yaml-python-tag", "model: !!python/object/apply:os.system [echo pwned]\n", "YAML tag not allowed",
@@ -94,6 +110,8 @@ YAML_CASES = [
     _yaml("yaml-unknown-section", bf.MODEL + "modle: {}\n", "unknown section", "modle", "an unknown top-level key"),
     _yaml("yaml-unknown-mixer", M.replace("attention]", "atention]") + "}\n",
           "unknown mixer 'atention'. Did you mean 'attention'?", "model.layers[1]", "a misspelt mixer name"),
+    _yaml("yaml-mamba2-ok", M2 + ", mixers: {mamba2: {d_state: 16, headdim: 16, ngroups: 2, dt_limit: [0.0, .inf]}}}\n",
+          None, "", "a valid Mamba-2 block"),
     _yaml("yaml-not-utf8", b"\xff\xfe\x00model: 1\n", "cannot read the file", "c.yaml", "bytes that are not UTF-8"),
     Case("yaml-missing-file", _nothing, MODEL, "file not found", "c.yaml", "a path to nothing"),
     Case("yaml-vision-zero-tiles", bf.tiny_config_with("c.yaml", "max_tiles: 4", "max_tiles: 0"), MODEL,

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from hybrid_mllm.core.errors import RegistryError
 from hybrid_mllm.core.registry import get_registry
 from hybrid_mllm.plugins.mixers.mamba2 import GatedRMSNorm, Mamba2
 from hybrid_mllm.testing import MIXER_CHECKS
@@ -77,3 +78,16 @@ def test_gated_rmsnorm(group, before):
         norm.weight.copy_(torch.linspace(0.5, 2, 8))
     y, z = torch.randn(3, 8), torch.randn(3, 8)
     torch.testing.assert_close(norm(y, z), _norm_by_hand(y, z, norm.weight.detach(), group, before))
+
+
+@pytest.mark.parametrize(("options", "error", "message"), [
+    ({"headdim": 12}, ValueError, r"headdim 12 must divide d_inner = expand \* d_model = 32; use one of 32, 16, 8"),
+    ({"headdim": 8, "ngroups": 3}, ValueError, "ngroups 3 must divide nheads = d_inner / headdim = 4; use one of 4, 2, 1"),
+    ({"d_state": 0}, ValueError, "d_state must be >= 1, got 0"),
+    ({"dt_limit": (0.5, 0.5)}, ValueError, r"dt_limit must be \[low, high\] with 0 <= low < high, got \[0.5, 0.5\]"),
+    ({"dt_limit": (0.1,)}, ValueError, "dt_limit must be"),
+    ({"impl": "chunkd"}, RegistryError, "impl: unknown ssd kernel 'chunkd'. Did you mean 'chunked'?"),
+])
+def test_bad_options_name_the_field(options, error, message):
+    with pytest.raises(error, match=message):
+        Mamba2(16, **{"headdim": 8, **options})

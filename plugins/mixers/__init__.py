@@ -18,6 +18,8 @@ from .scan_mamba_ssm import MAMBA_SSM
 from .scan_ref import selective_scan_ref
 from .scan_triton import TRITON
 from .ssd_chunked import ssd_scan_chunked
+from .ssd_cpu import CPU_SSD
+from .ssd_mamba_ssm import MAMBA_SSM as SSD_MAMBA_SSM
 from .ssd_ref import ssd_scan_ref
 
 ANY_DEVICE = ("cpu", "cuda", "mps", "xpu")
@@ -57,6 +59,8 @@ def register_ssd_kernels(register):
         fn=ssd_scan_chunked, priority=dict.fromkeys(ANY_DEVICE, 10), export_safe=True,
         description="the SSD matmul form over chunks of chunk_size tokens, all chunks at once, standard ops",
     ))
+    register("cpu", CPU_SSD)
+    register("mamba_ssm", SSD_MAMBA_SSM)
 
 
 @hookimpl

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hybrid_mllm.core.errors import RegistryError
 from hybrid_mllm.core.mixer import State, StateSpec, padding_mask_or_none
 from hybrid_mllm.core.registry import get_registry
 from hybrid_mllm.core.ssd import AUTO, ssd_scan
@@ -76,22 +77,10 @@ class Mamba2(nn.Module):
         dtype=None,
     ):
         super().__init__()
-        for name, value in (("d_state", d_state), ("d_conv", d_conv), ("expand", expand), ("headdim", headdim),
-                            ("ngroups", ngroups), ("chunk_size", chunk_size)):
-            if value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
+        _check_options(d_model, d_state=d_state, d_conv=d_conv, expand=expand, headdim=headdim, ngroups=ngroups,
+                       chunk_size=chunk_size, dt_min=dt_min, dt_max=dt_max, dt_limit=dt_limit, impl=impl)
         d_inner = expand * d_model
-        if d_inner % headdim:
-            raise ValueError(f"headdim {headdim} must divide d_inner = expand * d_model = {d_inner}")
         nheads = d_inner // headdim
-        if nheads % ngroups:
-            raise ValueError(f"ngroups {ngroups} must divide nheads = d_inner / headdim = {nheads}")
-        if not 0 < dt_min <= dt_max:
-            raise ValueError(f"need 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
-        if len(dt_limit) != 2 or not 0 <= dt_limit[0] < dt_limit[1]:
-            raise ValueError(f"dt_limit must be [low, high] with 0 <= low < high, got {list(dt_limit)}")
-        if impl != AUTO:
-            get_registry().get("ssd_kernel", impl)  # unknown name -> error with 'did you mean'
         factory = {"device": device, "dtype": dtype}
         self.d_model, self.d_state, self.d_conv, self.d_inner = d_model, d_state, d_conv, d_inner
         self.headdim, self.nheads, self.ngroups, self.chunk_size = headdim, nheads, ngroups, chunk_size
@@ -163,3 +152,36 @@ class Mamba2(nn.Module):
         y = y.flatten(-2)  # (B, L, d_inner)
         y = self.norm(y, z) if self.norm is not None else y * F.silu(z)
         return self.out_proj(y), (conv_state, ssm_state)
+
+
+def _check_options(d_model: int, *, d_state: int, d_conv: int, expand: int, headdim: int, ngroups: int,
+                   chunk_size: int, dt_min: float, dt_max: float, dt_limit, impl: str) -> None:
+    """ValueError (RegistryError for an unknown impl) naming the first bad option and how to fix it."""
+    for name, value in (("d_state", d_state), ("d_conv", d_conv), ("expand", expand), ("headdim", headdim),
+                        ("ngroups", ngroups), ("chunk_size", chunk_size)):
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+    d_inner = expand * d_model
+    if d_inner % headdim:
+        raise ValueError(f"headdim {headdim} must divide d_inner = expand * d_model = {d_inner}; "
+                         f"use one of {_divisors(d_inner)}")
+    nheads = d_inner // headdim
+    if nheads % ngroups:
+        raise ValueError(f"ngroups {ngroups} must divide nheads = d_inner / headdim = {nheads}; "
+                         f"use one of {_divisors(nheads)}")
+    if not 0 < dt_min <= dt_max:
+        raise ValueError(f"need 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
+    if len(dt_limit) != 2 or not 0 <= dt_limit[0] < dt_limit[1]:
+        raise ValueError(f"dt_limit must be [low, high] with 0 <= low < high, got {list(dt_limit)}; "
+                         f"[0.0, .inf] sets no limit")
+    if impl != AUTO:
+        try:
+            get_registry().get("ssd_kernel", impl)
+        except RegistryError as e:  # unknown name: 'did you mean', with the option named
+            raise RegistryError(f"impl: {e} (or auto)") from None
+
+
+def _divisors(n: int, most: int = 6) -> str:
+    """The largest divisors of n, e.g. '64, 32, 16, 8, 4, 2'."""
+    found = [d for d in range(n, 0, -1) if n % d == 0][:most]
+    return ", ".join(map(str, found))
