@@ -9,6 +9,7 @@ for both models and is left out). Each measurement runs in a fresh process so th
 peak memory (ru_maxrss above the process's size before the prefill) is its own.
 
     python benchmarks/bench_scaling.py --json benchmarks/scaling.json --plot benchmarks/scaling.png
+    python benchmarks/bench_scaling.py --hybrid nemotron-h-small --sides 336 --frames 8 --contexts 8192
 """
 
 from __future__ import annotations
@@ -104,9 +105,13 @@ def main(argv=None) -> int:
     p.add_argument("--frames", type=int, nargs="*", default=list(FRAMES))
     p.add_argument("--contexts", type=int, nargs="*", default=[8192, 32768, 100_000], help="decode context lengths")
     p.add_argument("--timeout", type=float, default=600, help="per measurement; longer ones are reported as skipped")
+    p.add_argument("--hybrid", default=MODELS["hybrid"], help="the hybrid preset or YAML (default jamba-small; "
+                                                                "e.g. nemotron-h-small)")
+    p.add_argument("--twin", default=MODELS["attention"], help="its attention-only twin (default attention-small)")
     p.add_argument("--json", help="write the figures here")
     p.add_argument("--plot", help="write a PNG plot here")
     args = p.parse_args(argv)
+    MODELS.update(hybrid=args.hybrid, attention=args.twin)
     rows = [("image", f"{s}x{s}", image_tokens(s)) for s in args.sides]
     rows += [("video", f"{f} frames", f * FRAME_TOKENS) for f in args.frames]
     results = {"prefill": [], "decode": []}
@@ -167,7 +172,7 @@ def plot(results: dict, path: str) -> None:
         ax.set(title=title, xlabel="tokens", ylabel=ylabel, xscale="log", yscale="log")
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.suptitle("jamba-small (1 attention : 7 Mamba) vs attention-only twin, CPU")
+    fig.suptitle(f"{MODELS['hybrid']} vs attention-only twin {MODELS['attention']}, CPU")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 

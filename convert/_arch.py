@@ -38,6 +38,11 @@ class Architecture:
     hf_name(our_tensor_name, model_config) -> the tensor's name in their checkpoint
     adapt: rewrite a checkpoint's tensor layout to the one `hf_name` expects (None: as stored)
     ignored: suffixes of tensors their loader drops too (e.g. a saved rotary inv_freq buffer)
+    fold(hf, model_config) -> {our tensor: factor}: a constant their forward multiplies a
+        projection by and ours has no option for, folded into the weight when read (to_hf then
+        writes the multiplier as 1, or as what ours computes)
+    pack(tensors): the inverse of `adapt` on export: fuse the tensors `hf_name` names separately
+        into their checkpoint's packed ones, in place
     """
 
     name: str
@@ -47,6 +52,8 @@ class Architecture:
     hf_name: Callable[[str, ModelConfig], str]
     adapt: Callable[[HFWeights], None] | None = None
     ignored: tuple[str, ...] = ()
+    fold: Callable[[dict[str, Any], ModelConfig], dict[str, float]] | None = None
+    pack: Callable[[dict[str, Any]], None] | None = None
 
 
 def hf_shape(our_name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -109,3 +116,13 @@ def fit_period(hits: list[bool]) -> tuple[int, int] | None:
             if all(hit == (i % period == offset) for i, hit in enumerate(hits)):
                 return period, offset
     return None
+
+
+MULTIPLIERS = ("embedding_multiplier", "residual_multiplier", "logits_multiplier")
+
+
+def check_multipliers(m: ModelConfig, problems: list[str], arch: str, *, allowed: tuple[str, ...] = ()) -> None:
+    """A multiplier the architecture has no key for must be 1 (it would be lost on export)."""
+    for key in MULTIPLIERS:
+        if key not in allowed and getattr(m, key) != 1.0:
+            problems.append(f"{key} must be 1.0: {arch} has no such multiplier (got {getattr(m, key)})")

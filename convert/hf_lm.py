@@ -34,11 +34,17 @@ from ._hf_io import (
     write_hf_dir,
 )
 from ._plan import Plan, check_plan, fill_from_plan
+from .bamba import BAMBA
+from .granite_hybrid import GRANITE_HYBRID
 from .jamba import JAMBA
 from .llama import LLAMA
 from .mamba import MAMBA
+from .mamba2 import MAMBA2
+from .nemotron_h import NEMOTRON_H
+from .unsupported import UNSUPPORTED
 
-ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (JAMBA, MAMBA, LLAMA)}
+ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (JAMBA, MAMBA, LLAMA, MAMBA2, NEMOTRON_H, BAMBA,
+                                                                 GRANITE_HYBRID)}
 
 
 def load_hf(src: str | os.PathLike, *, dtype: torch.dtype | str | None = None,
@@ -62,6 +68,11 @@ def load_hf(src: str | os.PathLike, *, dtype: torch.dtype | str | None = None,
         if config.model.tie_embeddings:  # to_empty gives each module its own new tensor: tie again
             model.lm_head.weight = model.embed.weight
         fill_from_plan(model.state_dict(), plan, weights)
+    if arch.fold is not None:
+        params = model.state_dict()
+        with torch.no_grad():
+            for name, factor in arch.fold(hf, config.model).items():
+                params[name].mul_(factor)
     return model.eval(), config
 
 
@@ -86,6 +97,8 @@ def save_hf(model: HybridLM, config: Config, out: str | os.PathLike, *, dtype: t
     for name, tensor in unique_state_dict(model).items():  # a tied head is stored once, as HF does
         tensor = tensor.detach().to("cpu", dtype).contiguous()
         tensors[arch.hf_name(name, config.model)] = tensor.view(hf_shape(name, tuple(tensor.shape)))
+    if arch.pack is not None:
+        arch.pack(tensors)
     hf = {"architectures": [arch.name], "model_type": arch.model_type, "dtype": dtype_name(dtype), **hf}
     return write_hf_dir(tensors, hf, Path(out), overwrite=overwrite, max_shard_bytes=max_shard_bytes), arch.name
 
@@ -105,6 +118,9 @@ def hf_to_config(hf: dict[str, Any], arch: Architecture, *, source: str, name: s
 def _architecture(hf: dict[str, Any], src: Path) -> Architecture:
     entries = hf.get("architectures") or []
     known = [ARCHITECTURES[e] for e in entries if isinstance(e, str) and e in ARCHITECTURES]
+    refused = [e for e in entries if isinstance(e, str) and e in UNSUPPORTED]
+    if not known and refused:
+        raise ConversionError(f"{src / HF_CONFIG_FILE}: {refused[0]} cannot be converted: {UNSUPPORTED[refused[0]]}")
     if not known:
         got = ", ".join(map(str, entries)) or "none (no 'architectures' entry)"
         raise ConversionError(f"{src / HF_CONFIG_FILE}: architectures {got} cannot be converted: "

@@ -4,7 +4,8 @@
 LlavaForConditionalGeneration / LlavaNextForConditionalGeneration   ours
 vision_tower (CLIP or SigLIP), hidden_states[vision_feature_layer]  encoder: timm, feature_layer
 multi_modal_projector linear_1 -> gelu -> linear_2                  connector: mlp2x_gelu (fc1, fc2)
-language_model (Llama)                                              lm: attention-only HybridLM
+language_model (Llama, or any causal LM hf_lm converts: Mamba-2,     lm: HybridLM
+  Nemotron-H, Bamba, Granite-4.0-H, Jamba, Mamba; by its model_type)
 image_newline (NeXT)                                                image_newline
 image_grid_pinpoints (NeXT, [height, width] as transformers reads)  vision.pinpoints ([width, height])
 ```
@@ -36,12 +37,13 @@ from hybrid_mllm.core.schema import is_int
 from hybrid_mllm.core.text import Tokenizer
 
 from ._hf_io import HF_CONFIG_FILE, ConversionError, HFWeights, parse_dtype, read_hf_config
+from ._arch import Architecture
 from ._plan import Plan, check_plan, fill_from_plan
-from .hf_lm import lm_ignorable, lm_plan
+from .hf_lm import ARCHITECTURES, lm_ignorable, lm_plan
 from .hf_vision import encoder_options, family_of, timm_plan, vision_ignorable
-from .llama import LLAMA
 
 LLAVA_ARCHITECTURES = {"LlavaForConditionalGeneration": "llava", "LlavaNextForConditionalGeneration": "llava_next"}
+TEXT_ARCHITECTURES = {a.model_type: a for a in ARCHITECTURES.values()}  # text_config.model_type -> its converter
 TOKENIZER_FILE = "tokenizer.json"
 VIDEO_CONNECTOR = {"name": "pool", "stride": 2}
 # where each part lives: transformers 4.x layout first, then 5.x
@@ -63,7 +65,7 @@ def load_llava(src: str | os.PathLike, *, dtype: torch.dtype | str | None = None
     except ConfigError as e:  # e.g. a tokenizer larger than the LM's vocabulary
         raise ConversionError(f"{src} does not give a valid model:", e.problems) from None
     with HFWeights(src) as weights:
-        plan, ignorable = _plan(meta, config, weights)
+        plan, ignorable = _plan(meta, config, weights, _text_arch(hf))
         check_plan(plan, weights, f"{src} does not match its {HF_CONFIG_FILE} ({arch}):", ignorable=ignorable)
         dtype = parse_dtype(dtype) or weights.stored_dtype(plan["lm.embed.weight"][0][0])
         model, _ = build_mllm(config, device="meta", dtype=dtype, base_dir=src)
@@ -71,6 +73,12 @@ def load_llava(src: str | os.PathLike, *, dtype: torch.dtype | str | None = None
         if config.model.tie_embeddings:  # to_empty gives each module its own new tensor: tie again
             model.lm.lm_head.weight = model.lm.embed.weight
         fill_from_plan(model.state_dict(), plan, weights)
+    text_arch = _text_arch(hf)
+    if text_arch.fold is not None:
+        params = model.state_dict()
+        with torch.no_grad():
+            for name, factor in text_arch.fold(hf.get("text_config") or {}, config.model).items():
+                params[f"lm.{name}"].mul_(factor)
     with torch.no_grad():  # the one tensor LLaVA has no counterpart of, initialised as HybridMLLM does
         generator = torch.Generator(model.frame_separator.device).manual_seed(0)
         model.frame_separator.normal_(0.0, 0.02, generator=generator)
@@ -98,11 +106,11 @@ def llava_config(hf: dict[str, Any], src: Path) -> tuple[Config, str]:
                               f"LLaVA: supported are {', '.join(LLAVA_ARCHITECTURES)}")
     problems: list[str] = []
     text, vision = hf.get("text_config") or {}, hf.get("vision_config") or {}
-    if text.get("model_type", "llama") != "llama":
+    if text.get("model_type", "llama") not in TEXT_ARCHITECTURES:
         problems.append(f"text_config.model_type: {text['model_type']!r} is not supported: the language model "
-                        "must be Llama")
+                        f"must be one of {', '.join(TEXT_ARCHITECTURES)}")
     text_problems: list[str] = []
-    model = LLAMA.to_ours(text, text_problems)
+    model = _text_arch(hf).to_ours(text, text_problems)
     problems += [f"text_config.{p}" for p in text_problems]
     _check_feature_select(hf, family_of(vision, source).class_token, problems)
     layer = hf.get("vision_feature_layer", -2)
@@ -127,6 +135,12 @@ def llava_config(hf: dict[str, Any], src: Path) -> tuple[Config, str]:
         raise ConversionError(f"{source} ({arch}) does not give a valid model:", e.problems) from None
 
 
+def _text_arch(hf: dict[str, Any]) -> Architecture:
+    """The converter of the LLaVA's language model (Llama when its model_type is unknown: reported)."""
+    model_type = (hf.get("text_config") or {}).get("model_type", "llama")
+    return TEXT_ARCHITECTURES.get(model_type, TEXT_ARCHITECTURES["llama"])
+
+
 def _check_feature_select(hf: dict[str, Any], has_cls: bool, problems: list[str]) -> None:
     """``vision_feature_select_strategy`` must leave patch tokens only (our ``keep_cls: false``):
     "default" drops the first token, which is CLIP's CLS; "full" keeps every token, which
@@ -147,18 +161,21 @@ def _vision_section(hf: dict[str, Any], arch: str, encoder: dict[str, Any]) -> d
     return {**common, "pinpoints": pinpoints, "newline": True, "unpad": "llava"}
 
 
-def _plan(meta: HybridMLLM, config: Config, weights: HFWeights):
+def _plan(meta: HybridMLLM, config: Config, weights: HFWeights, text_arch: Architecture):
     """(plan of every tensor but the frame separator, their tensors we may skip)."""
+    if text_arch.adapt is not None:  # e.g. packed experts: read as separate tensors, as hf_lm does
+        text_arch.adapt(weights)
     names = weights.names()
     vision = _first(VISION_PREFIXES, lambda p: f"{p}embeddings.patch_embedding.weight" in names)
-    lm = _first(LM_PREFIXES, lambda p: f"{p}embed_tokens.weight" in names)
+    embed = text_arch.hf_name("embed.weight", config.model).split(".", 1)[1]  # under the base model's prefix
+    lm = _first(LM_PREFIXES, lambda p: f"{p}{embed}" in names)
     projector = _first(PROJECTOR_PREFIXES, lambda p: f"{p}linear_1.weight" in names)
     head = LM_PREFIXES[lm]
 
-    def rename(name: str) -> str:  # the Llama name -> this checkpoint's
-        return lm + name.removeprefix("model.") if name.startswith("model.") else head + name.removeprefix("lm_head.")
+    def rename(name: str) -> str:  # the causal LM's name (model. / backbone. + ...) -> this checkpoint's
+        return head + name.removeprefix("lm_head.") if name.startswith("lm_head.") else lm + name.split(".", 1)[1]
 
-    plan: Plan = {f"lm.{k}": v for k, v in lm_plan(meta.lm, config, LLAMA, rename).items()}
+    plan: Plan = {f"lm.{k}": v for k, v in lm_plan(meta.lm, config, text_arch, rename).items()}
     plan |= timm_plan(meta.encoder.vit, vision, ours="encoder.vit.")
     shapes = {name: tuple(t.shape) for name, t in meta.state_dict().items()}
     for connector in ("connector", "video_connector"):  # both start from the projector
@@ -169,7 +186,7 @@ def _plan(meta: HybridMLLM, config: Config, weights: HFWeights):
     if meta.image_newline is not None:
         newline = "model.image_newline" if lm.startswith("model.") else "image_newline"
         plan["image_newline"] = [(newline, tuple(meta.image_newline.shape))]
-    in_tower, in_lm = vision_ignorable(meta.encoder.vit, vision), lm_ignorable(config, LLAMA, rename)
+    in_tower, in_lm = vision_ignorable(meta.encoder.vit, vision), lm_ignorable(config, text_arch, rename)
     return plan, lambda n: in_tower(n) or in_lm(n)
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from .config import NO_FFN, Config
+from .config import NO_FFN, NO_MIXER, Config
 from .errors import ConfigError
 from .mllm import HybridMLLM
 from .model import Block, HybridLM
@@ -24,11 +24,13 @@ def build_model(config: Config, *, registry: Registry | None = None, device=None
     factory = {"device": device, "dtype": dtype}
     blocks = []
     for mixer_name, ffn_kind in zip(m.layers, m.ffn_layers, strict=True):
-        mixer = registry.get("mixer", mixer_name)(m.d_model, **m.mixers[mixer_name], **factory)
+        mixer = None if mixer_name == NO_MIXER else registry.get("mixer", mixer_name)(
+            m.d_model, **m.mixers[mixer_name], **factory)
         ffn = None if ffn_kind == NO_FFN else registry.get("ffn", ffn_kind)(m.d_model, **m.ffns[ffn_kind], **factory)
-        blocks.append(Block(m.d_model, mixer, ffn, norm_eps=m.norm_eps, **factory))
-    return HybridLM(m.vocab_size, m.d_model, blocks, norm_eps=m.norm_eps,
-                    tie_embeddings=m.tie_embeddings, embedding_multiplier=m.embedding_multiplier, **factory)
+        blocks.append(Block(m.d_model, mixer, ffn, norm_eps=m.norm_eps, residual_multiplier=m.residual_multiplier,
+                            **factory))
+    return HybridLM(m.vocab_size, m.d_model, blocks, norm_eps=m.norm_eps, tie_embeddings=m.tie_embeddings,
+                    embedding_multiplier=m.embedding_multiplier, logits_multiplier=m.logits_multiplier, **factory)
 
 
 def build_mllm(config: Config, *, registry: Registry | None = None, device=None, dtype: torch.dtype | None = None,

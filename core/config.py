@@ -15,7 +15,11 @@ model:
   mlp: {d_hidden: 512}         # options per FFN kind (register_ffns), checked against its constructor
   moe: {n_experts: 4, top_k: 2}
   embedding_multiplier: 1.0   # token embeddings times this (Gemma: sqrt(d_model); Granite's option)
+  residual_multiplier: 1.0    # each block adds this times its mixer's / FFN's output (Granite)
+  logits_multiplier: 1.0      # the logits times this (Granite: 1 / logits_scaling; Falcon-H1: lm_head_multiplier)
 ```
+Nemotron-H's one-symbol-per-layer plan, ``layer_pattern: "M-M*-"``, is `config_pattern`'s; a
+layer without mixer says ``none`` in ``layers`` (an FFN-only layer).
 The resolved config (explicit per-layer lists, every default filled in) saves back to
 YAML with `save_config` and rebuilds the same model.
 """
@@ -31,6 +35,7 @@ from typing import Any
 import yaml
 
 from .atomic import write_atomic
+from .config_pattern import NONE, PATTERN_KEYS, check_pattern_keys, pattern_plan
 from .config_text import TextConfig, parse_text
 from .config_vision import VisionConfig, parse_vision
 from .errors import ConfigError
@@ -39,10 +44,11 @@ from .schema import check_options, component_options, describe, is_int, options_
 from .suggest import did_you_mean, unknown
 from .yaml_io import read_yaml
 
-NO_FFN = "none"  # a block without FFN (pure Mamba)
+NO_FFN = NONE  # a block without FFN (pure Mamba)
+NO_MIXER = NONE  # a block without mixer (Nemotron-H's MLP layers)
 TOP_LEVEL_KEYS = ("name", "model", "vision", "text", "train")
 PLAN_KEYS = ("attn_layer_period", "attn_layer_offset", "expert_layer_period", "expert_layer_offset",
-             "attn_mixer", "ssm_mixer")
+             "attn_mixer", "ssm_mixer", *PATTERN_KEYS)
 MAX_LAYERS = 10_000
 
 
@@ -60,6 +66,8 @@ class ModelConfig:
     norm_eps: float = 1e-6
     tie_embeddings: bool = True
     embedding_multiplier: float = 1.0  # token embeddings are multiplied by this (e.g. sqrt(d_model))
+    residual_multiplier: float = 1.0  # a block adds this times its mixer's and FFN's outputs
+    logits_multiplier: float = 1.0  # the LM head's logits are multiplied by this
 
     def to_dict(self) -> dict[str, Any]:
         """As YAML writes it: each FFN kind's options under its own key."""
@@ -123,12 +131,24 @@ def parse_config(raw: Any, *, source: str = "<config>", registry: Registry | Non
 
 
 def _parse_model(raw: dict, registry: Registry, problems: list[str]) -> ModelConfig | None:
+    pattern = raw.get("layer_pattern")
+    if isinstance(pattern, str) and "n_layer" not in raw:  # the pattern says how many layers
+        raw = {**raw, "n_layer": len(pattern)}
     scalars = _scalars(raw, registry, problems)
     if "n_layer" not in scalars:
         return None
     n_layer, d_model = scalars["n_layer"], scalars.get("d_model")
-    layers = _layer_plan(raw, n_layer, registry.names("mixer"), problems)
-    ffn_layers = _ffn_plan(raw, n_layer, [*registry.names("ffn"), NO_FFN], problems)
+    if "layer_pattern" in raw:
+        check_pattern_keys(raw, problems)
+        layers, ffn_layers = pattern_plan(raw, registry.names("mixer"), registry.names("ffn"), problems)
+        if isinstance(pattern, str) and len(pattern) != n_layer:
+            problems.append(f"model.layer_pattern: has {len(pattern)} symbols but n_layer is {n_layer}")
+    else:
+        layers = _layer_plan(raw, n_layer, [*registry.names("mixer"), NO_MIXER], problems)
+        ffn_layers = _ffn_plan(raw, n_layer, [*registry.names("ffn"), NO_FFN], problems)
+        for i, pair in enumerate(zip(layers, ffn_layers, strict=False)):
+            if pair == (NO_MIXER, NO_FFN):
+                problems.append(f"model.layers[{i}]: a layer needs a mixer or an FFN, not none and none")
     mixers = _used_options(registry, "mixer", raw.get("mixers"), layers, "model.mixers.", d_model, problems)
     ffns = _used_options(registry, "ffn", {k: raw[k] for k in registry.names("ffn") if k in raw}, ffn_layers,
                          "model.", d_model, problems)

@@ -25,26 +25,51 @@ class LMOutput(NamedTuple):
     aux_loss: Tensor  # () float32: the MoE load-balancing losses, summed over layers
 
 
-class Block(nn.Module):
-    """Pre-norm residual block: ``x + mixer(norm(x))``, then ``x + ffn(norm(x))`` unless the
-    block has no FFN (``ffn=None``, as in pure Mamba models)."""
+class NoMixer(nn.Module):
+    """The mixer of an FFN-only layer (Nemotron-H's MLP and MoE layers): no parameters, no state."""
 
-    def __init__(self, d_model: int, mixer: nn.Module, ffn: nn.Module | None, *, norm_eps: float = 1e-6,
-                 device=None, dtype=None):
+    state_specs = ()
+
+    def init_state(self, batch_size: int, *, device=None, dtype=None) -> State:
+        return ()
+
+    def forward(self, x: Tensor, state: State | None = None, mask: Tensor | None = None):
+        """x: (B, L, d_model) -> zeros, (): it adds nothing (its Block skips it)."""
+        return torch.zeros_like(x), ()
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: ``x + r * mixer(norm(x))``, then ``x + r * ffn(norm(x))``.
+
+    Either part may be absent: ``ffn=None`` (pure Mamba models) or ``mixer=None`` (an FFN-only
+    layer, whose mixer is a stateless `NoMixer`); r is ``residual_multiplier`` (Granite's).
+    """
+
+    def __init__(self, d_model: int, mixer: nn.Module | None, ffn: nn.Module | None, *, norm_eps: float = 1e-6,
+                 residual_multiplier: float = 1.0, device=None, dtype=None):
         super().__init__()
-        self.mixer_norm = RMSNorm(d_model, eps=norm_eps, device=device, dtype=dtype)
-        self.mixer = mixer
+        if mixer is None and ffn is None:
+            raise ValueError("a block needs a mixer or an FFN")
+        self.mixer_norm = RMSNorm(d_model, eps=norm_eps, device=device, dtype=dtype) if mixer is not None else None
+        self.mixer = mixer if mixer is not None else NoMixer()
         self.ffn_norm = RMSNorm(d_model, eps=norm_eps, device=device, dtype=dtype) if ffn is not None else None
         self.ffn = ffn
+        self.residual_multiplier = residual_multiplier
+
+    def _residual(self, x: Tensor, y: Tensor) -> Tensor:
+        return x + (y if self.residual_multiplier == 1.0 else y * self.residual_multiplier)
 
     def forward(self, x: Tensor, state: State | None = None, mask: Tensor | None = None):
         """x: (B, L, d_model) -> (x, new_state, aux_loss)."""
-        y, state = self.mixer(self.mixer_norm(x), state, mask)
-        x = x + y
+        if self.mixer_norm is not None:
+            y, state = self.mixer(self.mixer_norm(x), state, mask)
+            x = self._residual(x, y)
+        else:
+            state = ()
         if self.ffn is None:
             return x, state, x.new_zeros((), dtype=torch.float32)
         y, aux = self.ffn(self.ffn_norm(x))
-        return x + y, state, aux
+        return self._residual(x, y), state, aux
 
 
 class ScaledEmbedding(nn.Embedding):
@@ -66,11 +91,15 @@ class ScaledEmbedding(nn.Embedding):
 
 
 class HybridLM(nn.Module):
-    """Token embedding, blocks, final RMSNorm and LM head (optionally tied to the embedding)."""
+    """Token embedding, blocks, final RMSNorm and LM head (optionally tied to the embedding);
+    the logits are multiplied by `logits_multiplier` (Granite's 1 / logits_scaling, Falcon-H1's
+    lm_head_multiplier)."""
 
     def __init__(self, vocab_size: int, d_model: int, blocks: list[Block], *, norm_eps: float = 1e-6,
-                 tie_embeddings: bool = True, embedding_multiplier: float = 1.0, device=None, dtype=None):
+                 tie_embeddings: bool = True, embedding_multiplier: float = 1.0, logits_multiplier: float = 1.0,
+                 device=None, dtype=None):
         super().__init__()
+        self.logits_multiplier = logits_multiplier
         self.embed = ScaledEmbedding(vocab_size, d_model, multiplier=embedding_multiplier, device=device, dtype=dtype)
         self.blocks = nn.ModuleList(blocks)
         self.norm = RMSNorm(d_model, eps=norm_eps, device=device, dtype=dtype)
@@ -116,7 +145,10 @@ class HybridLM(nn.Module):
             aux = aux + layer_aux
         if num_logits is not None:
             x = x[:, x.shape[1] - num_logits:]
-        return LMOutput(self.lm_head(self.norm(x)), tuple(new_states), aux)
+        logits = self.lm_head(self.norm(x))
+        if self.logits_multiplier != 1.0:
+            logits = logits * self.logits_multiplier
+        return LMOutput(logits, tuple(new_states), aux)
 
     @torch.no_grad()
     def prefill(self, input_ids: Tensor | None = None, *, inputs_embeds: Tensor | None = None,

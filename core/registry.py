@@ -29,6 +29,7 @@ BUILTIN_PLUGINS = (
     "hybrid_mllm.plugins.encoders",
     "hybrid_mllm.plugins.mixers",
     "hybrid_mllm.plugins.connectors",
+    "hybrid_mllm.plugins.ffns",
 )
 # kind -> hook name
 KINDS = {

@@ -64,6 +64,7 @@ def _yaml(name, content, expect, names, what):
 
 
 M2 = M.replace("[mamba,", "[mamba2,")  # d_inner 64 with the default expand 2
+P = "model: {vocab_size: 263, d_model: 32, mixers: {mamba2: {headdim: 16}}, "  # a layer_pattern follows
 MAMBA2_BAD = [  # (case, options, the problem, what the input is)
     ("headdim", "headdim: 48", "headdim 48 must divide d_inner = expand * d_model = 64; use one of 64, 32",
      "a Mamba-2 headdim that does not divide d_inner"),
@@ -112,6 +113,13 @@ YAML_CASES = [
           "unknown mixer 'atention'. Did you mean 'attention'?", "model.layers[1]", "a misspelt mixer name"),
     _yaml("yaml-mamba2-ok", M2 + ", mixers: {mamba2: {d_state: 16, headdim: 16, ngroups: 2, dt_limit: [0.0, .inf]}}}\n",
           None, "", "a valid Mamba-2 block"),
+    _yaml("yaml-layer-pattern-symbol", P + 'layer_pattern: "M-X*"}\n',
+          "unknown symbol 'X' (valid: 'M' (mamba2), '*' (attention), '-' (mlp), 'E' (moe))",
+          "model.layer_pattern[2]", "a layer pattern with an unknown symbol"),
+    _yaml("yaml-layer-neither", M.replace("[mamba, attention]", "[mamba, none], ffn_layers: [mlp, none]") + "}\n",
+          "a layer needs a mixer or an FFN, not none and none", "model.layers[1]", "a layer with no mixer and no FFN"),
+    _yaml("yaml-layer-pattern-ok", P + 'layer_pattern: "M-*-", pattern_mlp: relu2_mlp}\n', None, "",
+          "a valid Nemotron-H-style pattern"),
     _yaml("yaml-not-utf8", b"\xff\xfe\x00model: 1\n", "cannot read the file", "c.yaml", "bytes that are not UTF-8"),
     Case("yaml-missing-file", _nothing, MODEL, "file not found", "c.yaml", "a path to nothing"),
     Case("yaml-vision-zero-tiles", bf.tiny_config_with("c.yaml", "max_tiles: 4", "max_tiles: 0"), MODEL,

@@ -77,7 +77,7 @@ def test_a_plugin_adds_an_ffn_kind_used_from_yaml():
 
     module.register_ffns = register_ffns
     reg = Registry.load(autoload=False, extra_plugins=(module,))
-    assert reg.names("ffn") == ["geglu", "mlp", "moe"] and reg.entry("ffn", "geglu").package == "ffn_pkg"
+    assert reg.names("ffn") == ["geglu", "mlp", "moe", "relu2_mlp", "shared_moe"] and reg.entry("ffn", "geglu").package == "ffn_pkg"
     raw = {"model": {"vocab_size": 16, "d_model": 8, "n_layer": 2, "layers": ["mamba", "mamba"],
                      "ffn_layers": ["geglu", "none"], "geglu": {"d_hidden": 12}}}
     config = parse_config(raw, registry=reg)
