@@ -126,9 +126,9 @@ def _print(result: dict) -> None:
     print("| " + " | ".join(head) + " |")
     print("|" + "|".join("---" for _ in head) + "|")
     for f in result["families"]:
-        n_m = f["layers"].count("mamba2")
+        n_m, diff = f["layers"].count("mamba2"), f["logits_max_abs_diff_256_tokens"]
         print(f"<!-- {f['family']}: {len(f['layers'])} layers ({n_m} Mamba-2), d_model {f['d_model']}, "
-              f"{f['parameters'] / 1e6:.1f}M parameters, logits max |diff| {f['logits_max_abs_diff_256_tokens']:.1e} -->")
+              f"{f['parameters'] / 1e6:.1f}M parameters, logits max |diff| {diff:.1e} -->")
         for r in f["rows"]:
             for part, label in (("model", "whole model"), ("mamba2_mixer", "one Mamba-2 mixer")):
                 t = r[part]

@@ -22,7 +22,7 @@ import torch
 
 from hybrid_mllm.core.config import ModelConfig
 
-from ._arch import Architecture, HFConfigReader, check_multipliers
+from ._arch import Architecture, HFConfigReader
 from ._hf_io import HFWeights
 from ._mamba2 import Mamba2Keys, check_mamba2, mixer_name, read_mamba2, write_mamba2
 from .jamba import unpack_experts
@@ -108,10 +108,8 @@ def fold(hf: dict[str, Any], m: ModelConfig) -> dict[str, float]:
 
 
 def to_hf(m: ModelConfig, problems: list[str]) -> dict[str, Any]:
-    check_multipliers(m, problems, "GraniteMoeHybridForCausalLM", allowed=("embedding_multiplier",
-                                                                         "residual_multiplier", "logits_multiplier"))
-    if set(m.layers) - {"mamba2", "attention"} or len(set(m.ffn_layers)) != 1 or m.ffn_layers[0] not in ("mlp",
-                                                                                                        "shared_moe"):
+    ffn_kinds = set(m.ffn_layers)  # Granite's three multipliers are all ours: nothing to check
+    if set(m.layers) - {"mamba2", "attention"} or len(ffn_kinds) != 1 or ffn_kinds - {"mlp", "shared_moe"}:
         problems.append("each layer must be mamba2 or attention, all with the same FFN: shared_moe or mlp")
         return {}
     ffn_kind = m.ffn_layers[0]

@@ -3,6 +3,8 @@ production converter, compared on logits (fp32, <= 1e-4), on 20 greedy tokens (o
 state vs their cache), on decoding through our state vs our full forward, and after a round
 trip back to transformers. Refused architectures and options: one line naming them."""
 
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -12,7 +14,7 @@ transformers = pytest.importorskip("transformers")
 from _hf_dirs import conversion_fails, edited
 from test_convert_hf import ATOL, NEW_TOKENS, SMALL, VOCAB, _check_parity, _greedy, _ids, _round_trip, _save_hf
 
-from hybrid_mllm.convert import convert_hf, load_hf, save_hf
+from hybrid_mllm.convert import cli, convert_hf, load_hf, save_hf
 from hybrid_mllm.core.build import build_model
 from hybrid_mllm.core.checkpoint import load_checkpoint
 from hybrid_mllm.core.config import load_config
@@ -184,3 +186,18 @@ def test_model_that_fits_no_mamba2_family_lists_why(tmp_path):
     with pytest.raises(Exception, match="residual_multiplier must be 1.0: NemotronHForCausalLM has no such"):
         save_hf(build_model(config, device="meta"), config, tmp_path / "hf")
     assert not (tmp_path / "hf").exists()
+
+
+def test_cli_converts_nemotron_h_both_ways(dirs, tmp_path, capsys):
+    assert cli.main([str(dirs["nemotron_h"]), str(tmp_path / "ours")]) == 0
+    assert "2 mamba2 + 2 none + 1 attention; ffn 3 none + 2 relu2_mlp" in capsys.readouterr().out
+    assert cli.main([str(tmp_path / "ours"), str(tmp_path / "back")]) == 0
+    assert "NemotronHForCausalLM" in capsys.readouterr().out
+
+
+def test_cli_refusal_is_one_line_without_traceback(dirs, tmp_path):
+    src = edited(dirs["mamba2"], tmp_path, config=lambda hf: hf.update(architectures=["Zamba2ForCausalLM"]))
+    r = subprocess.run([sys.executable, "-m", "hybrid_mllm.convert.cli", str(src), str(tmp_path / "out")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Zamba2ForCausalLM cannot be converted" in r.stderr

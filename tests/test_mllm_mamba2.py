@@ -97,3 +97,14 @@ def test_mllm_mamba2_preset_assembles_and_decodes():
         for t in range(8, 12):
             out = lm(ids[:, t:t + 1], state=out.state)
     torch.testing.assert_close(out.logits[:, -1], full, atol=1e-4, rtol=1e-4)
+
+
+def test_hybrid_run_answers_from_the_mllm_mamba2_preset(tmp_path):
+    path = tmp_path / "photo.png"
+    Image.fromarray((torch.rand(48, 64, 3, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
+                    .numpy()).save(path)
+    r = subprocess.run([sys.executable, "-m", "hybrid_mllm.runtime.cli_run", "--config", "mllm-mamba2", "--image",
+                        str(path), "--prompt", "What is shown?", "--max-new-tokens", "4", "-v"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "visual): prefill" in r.stderr and "new tokens" in r.stderr
