@@ -37,9 +37,10 @@ from hybrid_mllm.core.ssd import SSDKernel
 triton = None
 tl = None
 
-# Tokens per chunk at most. With headdim 64 and d_state 128, compiled for sm_90: the forward
-# takes 98 KiB of shared memory at 64 tokens; the backward 322 KiB at 64 (over the 227 KiB an
-# H100 has) and 84 KiB at 32, so a forward that stores states for the backward uses 32.
+# Tokens per chunk at most. Shared memory with headdim 64 and d_state 128, compiled for sm_90
+# (bf16 / float32 inputs): the forward 98 / 210 KiB at 64 tokens; the backward 121 / 201 KiB at
+# 32, but 322 KiB (float32) at 64, over the 227 KiB of an H100 block: so a forward that stores
+# states for the backward uses chunks of 32.
 MAX_CHUNK, MAX_CHUNK_GRAD = 64, 32
 FWD_BLOCK_P, NUM_WARPS = 64, 4
 INSTALL_HINT = "pip install triton"
