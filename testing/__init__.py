@@ -27,13 +27,24 @@ from .mixer_contract import (
     check_shapes,
     check_step_equals_full,
 )
-from .scan_contract import SCAN_CASES, SCAN_EDGE_CHECKS, check_scan_gradients, check_scan_matches_ref
-from .ssd_contract import SSD_CASES, SSD_EDGE_CHECKS, check_ssd_gradients, check_ssd_matches_ref
+from .scan_contract import (
+    SCAN_CASES,
+    SCAN_EDGE_CHECKS,
+    check_scan_gradients,
+    check_scan_matches_ref,
+)
+from .ssd_contract import (
+    SSD_CASES,
+    SSD_EDGE_CHECKS,
+    check_ssd_gradients,
+    check_ssd_matches_ref,
+    check_ssd_nan,
+)
 from .vision_contract import CONNECTOR_CHECKS, ENCODER_CHECKS
 
 __all__ = [
     "CONNECTOR_CHECKS", "ENCODER_CHECKS", "MIXER_CHECKS", "SCAN_CASES", "SCAN_EDGE_CHECKS", "SSD_CASES", "SSD_EDGE_CHECKS",
     "check_causality", "check_chunked_equals_full", "check_export", "check_gradients", "check_padding",
-    "check_scan_gradients", "check_scan_matches_ref", "check_shapes", "check_ssd_gradients", "check_ssd_matches_ref",
+    "check_scan_gradients", "check_scan_matches_ref", "check_shapes", "check_ssd_gradients", "check_ssd_matches_ref", "check_ssd_nan",
     "check_step_equals_full",
 ]

@@ -3,7 +3,8 @@
 A kernel is a function ``fn(x, dt, A, B, C, D, state, chunk_size)`` with the shapes of
 `hybrid_mllm.core.ssd.ssd_scan`. `check_ssd_matches_ref` and `check_ssd_gradients` run on the
 cases of `SSD_CASES`; `SSD_EDGE_CHECKS` hold inputs a kernel must also survive: an empty
-sequence and spikes in dt (compared with a float64 loop).
+sequence and spikes in dt (compared with a float64 loop). `check_ssd_nan`: a NaN input spoils
+no earlier output.
 """
 
 from __future__ import annotations
@@ -122,6 +123,23 @@ def check_ssd_empty(fn: Callable, *, device: str = "cpu") -> None:
     y, h = fn(**inputs)
     assert tuple(y.shape) == (2, 0, 4, 3), f"y has shape {tuple(y.shape)} for an empty sequence, expected (2, 0, 4, 3)"
     assert torch.equal(h.float().cpu(), inputs["state"].float().cpu()), "the last state of an empty sequence is the initial one"
+
+
+def check_ssd_nan(fn: Callable, *, device: str = "cpu") -> None:
+    """A NaN in x at step 40 of 64 (chunks of 16) and one in B at step 50: NaN exactly where `ref`
+    has NaN, and every earlier output as without them (no 0 * NaN into earlier tokens)."""
+    inputs = ssd_inputs(1, 64, 4, 4, 2, 8, True, True, 16, device=device)
+    clean_y, _ = fn(**inputs)
+    inputs["x"], inputs["B"] = inputs["x"].clone(), inputs["B"].clone()
+    inputs["x"][0, 40, 1, 2] = float("nan")
+    inputs["B"][0, 50, 1, 3] = float("nan")
+    y, h = fn(**inputs)
+    y_ref, h_ref = _ref()(**_cpu(inputs))
+    for name, a, b in (("y", y, y_ref), ("last_state", h, h_ref)):
+        where = torch.isnan(a.detach().cpu()) != torch.isnan(b)
+        assert not where.any(), f"{name}: NaN where ref has none, or none where ref has one, at {where.nonzero()[:3].tolist()}"
+    early = (y[:, :40].detach().float().cpu() - clean_y[:, :40].detach().float().cpu()).abs().max().item()
+    assert early <= 1e-5, f"outputs before the NaN changed by {early:.3e}"
 
 
 SSD_EDGE_CHECKS = (check_ssd_empty, check_ssd_spiky_dt)

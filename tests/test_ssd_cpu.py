@@ -81,12 +81,3 @@ def test_gradients_do_not_depend_on_the_thread_count():
         torch.set_num_threads(before)
     for name in grads[0]:
         assert torch.equal(grads[0][name], grads[1][name]), f"grad '{name}' differs between 1 and 2 threads"
-
-
-def test_a_nan_spoils_no_earlier_output():
-    inputs = ssd_inputs(1, 30, 2, 4, 1, 4, False, True)
-    clean, _ = FN(**inputs)
-    inputs["x"][0, 20, 1, 2] = float("nan")
-    y, h = FN(**inputs)
-    torch.testing.assert_close(y[:, :20], clean[:, :20])
-    assert torch.isnan(y[0, 20, 1]).any() and torch.isnan(h).any()

@@ -6,7 +6,13 @@ import torch
 from hybrid_mllm.core.errors import KernelUnavailableError, RegistryError
 from hybrid_mllm.core.registry import get_registry
 from hybrid_mllm.core.ssd import auto_kernel_name, ssd_scan
-from hybrid_mllm.testing import SSD_CASES, SSD_EDGE_CHECKS, check_ssd_gradients, check_ssd_matches_ref
+from hybrid_mllm.testing import (
+    SSD_CASES,
+    SSD_EDGE_CHECKS,
+    check_ssd_gradients,
+    check_ssd_matches_ref,
+    check_ssd_nan,
+)
 from hybrid_mllm.testing.ssd_contract import ssd_inputs
 
 REG = get_registry()
@@ -34,6 +40,11 @@ def test_gradients_match_ref(name, case):
 @pytest.mark.parametrize("name", CPU_KERNELS)
 def test_edge_cases(name, check):
     check(REG.get("ssd_kernel", name).fn)
+
+
+@pytest.mark.parametrize("name", CPU_KERNELS)
+def test_a_nan_spoils_no_earlier_output(name):
+    check_ssd_nan(REG.get("ssd_kernel", name).fn)
 
 
 def test_ref_matches_closed_form():

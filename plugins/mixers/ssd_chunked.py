@@ -7,7 +7,9 @@ state each chunk leaves is a matmul as well, and the states are passed from chun
 through the chunk-level decays, all chunks at once. Every segment sum is summed term by term
 (never the difference of two running sums, which loses every digit after a spike in dt) and
 only those sums, never positive, are exponentiated. No Python loop over chunks: the graph
-does not depend on L, so it traces with a dynamic sequence axis.
+does not depend on L, so it traces with a dynamic sequence axis. A matmul sums 0 times a later
+token's NaN or inf into earlier outputs, so in eager mode such inputs take the sequential
+definition (`ssd_ref`) instead, where they spoil the outputs from their token on only.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from .ssd_ref import ssd_scan_ref
 
 
 def segsum(a: Tensor) -> Tensor:
@@ -41,8 +45,10 @@ def ssd_scan_chunked(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: 
     """
     batch, length, nheads, headdim = x.shape
     ngroups, d_state = B.shape[2], B.shape[3]
-    if not torch.compiler.is_exporting():  # eager: a short input (decoding) is one short chunk
-        chunk_size = max(1, min(chunk_size, length))
+    if not torch.compiler.is_exporting():
+        if not all(bool(torch.isfinite(t).all()) for t in (x, dt, B)):
+            return ssd_scan_ref(x, dt, A, B, C, D, state)
+        chunk_size = max(1, min(chunk_size, length))  # a short input (decoding) is one short chunk
     pad = (-length) % chunk_size
     # (b, c, Q, ...) chunks; heads split as (G, R): head g * R + r reads group g
     x32 = F.pad(x.float(), (0, 0, 0, 0, 0, pad)).unflatten(1, (-1, chunk_size))

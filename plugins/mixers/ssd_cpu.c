@@ -23,7 +23,10 @@
 
 #define LANES 16           /* floats per vector */
 #define GROUP_V 4          /* vectors of headdim a unit walks together (64 floats) */
-#define BLOCK 32           /* time steps per checkpoint of the backward */
+#define BLOCK 32           /* time steps per checkpoint of the backward, a multiple of TSTEP */
+#ifndef TSTEP
+#define TSTEP 2            /* time steps of the forward per pass over the state */
+#endif
 
 typedef float vf __attribute__((vector_size(4 * LANES)));
 
@@ -62,32 +65,32 @@ static inline float vsum(vf v)
     return s;
 }
 
-int ssd_lanes(void) { return LANES; }
+typedef int32_t vi __attribute__((vector_size(4 * LANES)));
+#ifdef __clang__
+#define SHUFFLE(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
+#else
+#define SHUFFLE(a, b, ...) __builtin_shuffle(a, b, (vi){__VA_ARGS__})
+#endif
 
-/* One step of the recurrence on a unit: h (N rows of nv vectors, row stride hs) advances
- * by token (xt, dtt, Bt, Ct); y_t (nv vectors, without D x) goes to yt unless NULL. */
-static inline __attribute__((always_inline)) void step(float *h, int64_t hs, const float *xt, float dtt, float a,
-                                                       const float *Bt, const float *Ct, int64_t N, float *yt,
-                                                       const int nv)
+/* Lane j of the result is the sum of v[j]'s lanes: four rounds of pairing vectors and adding
+ * their halves (16 sums in 30 shuffles and 15 adds, where one vsum each costs 15 adds). */
+static inline vf sums_of(const vf v[LANES])
 {
-    vf cx[GROUP_V], acc[GROUP_V];
-    for (int i = 0; i < nv; i++) {
-        cx[i] = vload(xt + i * LANES) * dtt;
-        acc[i] = (vf){0};
-    }
-    for (int64_t n = 0; n < N; n++) {
-        const float bn = Bt[n], cn = Ct[n];
-        float *hn = h + n * hs;
-        for (int i = 0; i < nv; i++) {
-            const vf hv = vload(hn + i * LANES) * a + cx[i] * bn;
-            vstore(hn + i * LANES, hv);
-            acc[i] += hv * cn;
-        }
-    }
-    if (yt)
-        for (int i = 0; i < nv; i++)
-            vstore(yt + i * LANES, acc[i]);
+    vf halves[8], quarters[4], eighths[2];
+    for (int i = 0; i < 8; i++)
+        halves[i] = SHUFFLE(v[2 * i], v[2 * i + 1], 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23)
+                  + SHUFFLE(v[2 * i], v[2 * i + 1], 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
+    for (int i = 0; i < 4; i++)
+        quarters[i] = SHUFFLE(halves[2 * i], halves[2 * i + 1], 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27)
+                    + SHUFFLE(halves[2 * i], halves[2 * i + 1], 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31);
+    for (int i = 0; i < 2; i++)
+        eighths[i] = SHUFFLE(quarters[2 * i], quarters[2 * i + 1], 0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29)
+                   + SHUFFLE(quarters[2 * i], quarters[2 * i + 1], 2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31);
+    return SHUFFLE(eighths[0], eighths[1], 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30)
+         + SHUFFLE(eighths[0], eighths[1], 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
 }
+
+int ssd_lanes(void) { return LANES; }
 
 typedef struct { int64_t b, h, p0; } unit_t;
 
@@ -96,6 +99,51 @@ typedef struct { int64_t b, h, p0; } unit_t;
 #define TOFF(a, u, t) (((u).b * (a)->len + (t)) * (a)->nheads + (u).h)
 #define BOFF(a, u, t) ((((u).b * (a)->len + (t)) * (a)->ngroups + (u).h / ((a)->nheads / (a)->ngroups)) * (a)->nstate)
 #define SOFF(a, u) (((u).b * (a)->nheads + (u).h) * (a)->nstate * (a)->headdim + (u).p0)
+
+/* Steps t .. t + T - 1 of the recurrence on unit u's state: from `from` to h (N rows of nv
+ * vectors, row stride hs; `from` may be h). The state is read and written once per T steps;
+ * the states in between stay in registers. With write_y, y_t = h_t C_t + D x_t of each step
+ * goes to a->y. */
+static inline __attribute__((always_inline)) void steps(const ssd_args *a, unit_t u, int64_t t, const float *from,
+                                                        float *h, int64_t hs, const int T, const int write_y,
+                                                        const int nv)
+{
+    vf cx[TSTEP][GROUP_V], acc[TSTEP][GROUP_V];
+    float decay[TSTEP];
+    const float *Bt[TSTEP], *Ct[TSTEP];
+    for (int k = 0; k < T; k++) {
+        const float dtt = a->dt[TOFF(a, u, t + k)];
+        const float *xt = a->x + XOFF(a, u, t + k);
+        decay[k] = expf(dtt * a->A[u.h]);
+        Bt[k] = a->B + BOFF(a, u, t + k);
+        Ct[k] = a->C + BOFF(a, u, t + k);
+        for (int i = 0; i < nv; i++) {
+            cx[k][i] = vload(xt + i * LANES) * dtt;
+            acc[k][i] = (vf){0};
+        }
+    }
+    for (int64_t n = 0; n < a->nstate; n++) {
+        float *hn = h + n * hs;
+        for (int i = 0; i < nv; i++) {
+            vf hv = vload(from + n * hs + i * LANES);
+            for (int k = 0; k < T; k++) {
+                hv = hv * decay[k] + cx[k][i] * Bt[k][n];
+                if (write_y)
+                    acc[k][i] += hv * Ct[k][n];
+            }
+            vstore(hn + i * LANES, hv);
+        }
+    }
+    if (!write_y)
+        return;
+    const float D = a->D ? a->D[u.h] : 0.0f;
+    for (int k = 0; k < T; k++) {
+        const float *xt = a->x + XOFF(a, u, t + k);
+        float *yt = a->y + XOFF(a, u, t + k);
+        for (int i = 0; i < nv; i++)
+            vstore(yt + i * LANES, acc[k][i] + vload(xt + i * LANES) * D);
+    }
+}
 
 static inline __attribute__((always_inline)) void forward_unit(const ssd_args *a, unit_t u, const int nv)
 {
@@ -107,15 +155,11 @@ static inline __attribute__((always_inline)) void forward_unit(const ssd_args *a
         else
             memset(h + n * P, 0, width * sizeof(float));
     }
-    const float A = a->A[u.h], D = a->D ? a->D[u.h] : 0.0f;
-    for (int64_t t = 0; t < a->len; t++) {
-        const float *xt = a->x + XOFF(a, u, t);
-        const float dtt = a->dt[TOFF(a, u, t)];
-        float *yt = a->y + XOFF(a, u, t);
-        step(h, P, xt, dtt, expf(dtt * A), a->B + BOFF(a, u, t), a->C + BOFF(a, u, t), N, yt, nv);
-        for (int i = 0; i < nv; i++)
-            vstore(yt + i * LANES, vload(yt + i * LANES) + vload(xt + i * LANES) * D);
-    }
+    int64_t t = 0;
+    for (; t + TSTEP <= a->len; t += TSTEP)
+        steps(a, u, t, h, h, P, TSTEP, 1, nv);
+    for (; t < a->len; t++)
+        steps(a, u, t, h, h, P, 1, 1, nv);
 }
 
 static unit_t unit_of(const ssd_args *a, int64_t index, int *nv)
@@ -166,22 +210,30 @@ static inline __attribute__((always_inline)) float adjoint_step(const ssd_grad_a
         xdy += xv[i] * dyv[i];
     }
     float xgB = 0.0f;  /* sum over p, n of g x B */
-    for (int64_t n = 0; n < N; n++) {
-        const float bn = Bt[n], cn = Ct[n];
-        float *gn = g + n * W;
-        vf dc = (vf){0}, gx = (vf){0};
-        for (int i = 0; i < nv; i++) {
-            const vf gv = vload(gn + i * LANES) + dyv[i] * cn;  /* dL/dh_t */
-            dc += dyv[i] * vload(hcur + n * W + i * LANES);
-            gx += gv * xv[i];
-            dxv[i] += gv * bn;
-            hg += gv * vload(hprev + n * W + i * LANES);
-            vstore(gn + i * LANES, gv * decay);
+    for (int64_t n0 = 0; n0 < N; n0 += LANES) {  /* LANES entries at a time: their sums over p in one sums_of */
+        const int count = N - n0 < LANES ? (int)(N - n0) : LANES;
+        vf dc[LANES], gx[LANES];
+        for (int j = 0; j < LANES; j++)
+            dc[j] = gx[j] = (vf){0};
+        for (int j = 0; j < count; j++) {
+            const int64_t n = n0 + j;
+            const float bn = Bt[n], cn = Ct[n];
+            float *gn = g + n * W;
+            for (int i = 0; i < nv; i++) {
+                const vf gv = vload(gn + i * LANES) + dyv[i] * cn;  /* dL/dh_t */
+                dc[j] += dyv[i] * vload(hcur + n * W + i * LANES);
+                gx[j] += gv * xv[i];
+                dxv[i] += gv * bn;
+                hg += gv * vload(hprev + n * W + i * LANES);
+                vstore(gn + i * LANES, gv * decay);
+            }
         }
-        const float q = vsum(gx);
-        dCt[n] += vsum(dc);
-        dBt[n] += dtt * q;
-        xgB += bn * q;
+        const vf dcs = sums_of(dc), q = sums_of(gx);
+        for (int j = 0; j < count; j++) {
+            dCt[n0 + j] += dcs[j];
+            dBt[n0 + j] += dtt * q[j];
+            xgB += Bt[n0 + j] * q[j];
+        }
     }
     float *dxt = ga->dx + XOFF(a, u, t);
     for (int i = 0; i < nv; i++)
@@ -197,7 +249,6 @@ static inline __attribute__((always_inline)) void backward_unit(const ssd_grad_a
 {
     const ssd_args *a = &ga->fwd;
     const int64_t P = a->headdim, N = a->nstate, W = nv * LANES, L = a->len, S = N * W;
-    const float A = a->A[u.h];
     /* pass 1: the state at the start of every block (compact rows of W floats) */
     float *h = w.states;
     for (int64_t n = 0; n < N; n++) {
@@ -206,11 +257,16 @@ static inline __attribute__((always_inline)) void backward_unit(const ssd_grad_a
         else
             memset(h + n * W, 0, W * sizeof(float));
     }
-    for (int64_t t = 0; t < L; t++) {
+    for (int64_t t = 0; t < L; ) {  /* TSTEP steps at a time where they fit: BLOCK is a multiple of TSTEP */
         if (t % BLOCK == 0)
             memcpy(w.ckpt + t / BLOCK * S, h, S * sizeof(float));
-        const float dtt = a->dt[TOFF(a, u, t)];
-        step(h, W, a->x + XOFF(a, u, t), dtt, expf(dtt * A), a->B + BOFF(a, u, t), a->C + BOFF(a, u, t), N, NULL, nv);
+        if (t + TSTEP <= L) {
+            steps(a, u, t, h, h, W, TSTEP, 0, nv);
+            t += TSTEP;
+        } else {
+            steps(a, u, t, h, h, W, 1, 0, nv);
+            t++;
+        }
     }
     /* pass 2: blocks last to first */
     for (int64_t n = 0; n < N; n++) {
@@ -226,10 +282,7 @@ static inline __attribute__((always_inline)) void backward_unit(const ssd_grad_a
         const int64_t t0 = k * BLOCK, count = (L - t0) < BLOCK ? (L - t0) : BLOCK;
         memcpy(w.states, w.ckpt + k * S, S * sizeof(float));
         for (int64_t j = 0; j < count; j++) {  /* states[j + 1] = h_{t0 + j} */
-            memcpy(w.states + (j + 1) * S, w.states + j * S, S * sizeof(float));
-            const float dtt = a->dt[TOFF(a, u, t0 + j)];
-            step(w.states + (j + 1) * S, W, a->x + XOFF(a, u, t0 + j), dtt, expf(dtt * A),
-                 a->B + BOFF(a, u, t0 + j), a->C + BOFF(a, u, t0 + j), N, NULL, nv);
+            steps(a, u, t0 + j, w.states + j * S, w.states + (j + 1) * S, W, 1, 0, nv);
         }
         for (int64_t j = count - 1; j >= 0; j--) {
             const int64_t t = t0 + j, row = (t * G + gi) * N;
