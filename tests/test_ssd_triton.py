@@ -32,6 +32,7 @@ from hybrid_mllm.testing import (
     SSD_EDGE_CHECKS,
     check_ssd_gradients,
     check_ssd_matches_ref,
+    check_ssd_nan,
 )
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0").lower() in {"1", "true", "on", "yes"}
@@ -171,6 +172,16 @@ def test_strong_decay_and_zero_dt_stay_exact():
     check_backward(inputs)
 
 
+def test_nan_in_dt_poisons_what_ref_poisons():
+    """NaN in dt at step 20 of 37 (the second chunk of 16): NaN from there on and in the state, as in ref."""
+    inputs = make_inputs(1, 37, 2, 4, 1, 4)
+    inputs["dt"][0, 20, 1] = float("nan")
+    y, h = ssd_scan_triton(**inputs, chunk_size=16)
+    y_ref, h_ref = ssd_scan_ref(**inputs)
+    assert torch.equal(torch.isnan(y.cpu()), torch.isnan(y_ref)) and torch.equal(torch.isnan(h.cpu()), torch.isnan(h_ref))
+    assert torch.isnan(y[0, 20:, 1]).all() and not torch.isnan(y[0, :20]).any()
+
+
 def test_empty_sequence_returns_initial_state():
     inputs = make_inputs(2, 0, 2, 4, 1, 4)
     state = inputs["state"].clone().requires_grad_()
@@ -193,7 +204,7 @@ def test_contract_forward(case):
     check_ssd_matches_ref(ssd_scan_triton, case, device=DEVICE)
 
 
-@pytest.mark.parametrize("check", SSD_EDGE_CHECKS, ids=lambda c: c.__name__)
+@pytest.mark.parametrize("check", (*SSD_EDGE_CHECKS, check_ssd_nan), ids=lambda c: c.__name__)
 def test_contract_edge_cases(check):
     check(ssd_scan_triton, device=DEVICE)
 
