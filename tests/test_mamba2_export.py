@@ -36,13 +36,15 @@ from hybrid_mllm.plugins.mixers import ssd_trt_kernels as kernels
 from hybrid_mllm.plugins.mixers import trt_shapes as shapes
 from hybrid_mllm.plugins.mixers.mamba2 import Mamba2
 from hybrid_mllm.plugins.mixers.mamba2_export import MAMBA2_EXPORT
+from hybrid_mllm.plugins.mixers.ssd_export import ssd_scan_export
 from hybrid_mllm.plugins.mixers.ssd_ops_torch import ssd_scan_op
 from hybrid_mllm.plugins.mixers.ssd_ref import ssd_scan_ref
 from hybrid_mllm.plugins.mixers.ssd_trt_shapes import SSD
 from hybrid_mllm.runtime import cli_run
 from hybrid_mllm.runtime.generate import GenerationConfig, TorchDecoder, generate
 from hybrid_mllm.runtime.onnx import load_onnx
-from hybrid_mllm.testing import check_export
+from hybrid_mllm.testing import SSD_CASES, check_export
+from hybrid_mllm.testing.ssd_contract import ssd_inputs
 
 CONFIG = """
 model:
@@ -87,6 +89,21 @@ def test_registered_and_listed():
 def test_export_contract(flavour):
     measured = check_export(Mamba2, d_model=16, options=OPTIONS, flavour=flavour)
     assert max(measured.values()) < 1e-4
+
+
+@pytest.mark.parametrize("case", SSD_CASES, ids=str)
+def test_export_kernel_matches_ref(case):
+    """The standard-op SSD the node's body traces, run eagerly (L = 1: the one-step branch)."""
+    inputs = ssd_inputs(*case)
+    inputs.pop("chunk_size")
+    batch, _, nheads, headdim = inputs["x"].shape
+    inputs["D"] = inputs["D"] if inputs["D"] is not None else torch.zeros(nheads)
+    if inputs["state"] is None:
+        inputs["state"] = torch.zeros(batch, nheads, headdim, inputs["B"].shape[3])
+    y, h = ssd_scan_export(**inputs)
+    y_ref, h_ref = ssd_scan_ref(**inputs)
+    torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(h, h_ref, atol=1e-5, rtol=1e-5)
 
 
 def _generate_like_pytorch(checkpoint, out_dir):

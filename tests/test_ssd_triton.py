@@ -32,6 +32,7 @@ from hybrid_mllm.testing import (
     SSD_EDGE_CHECKS,
     check_ssd_gradients,
     check_ssd_matches_ref,
+    check_ssd_nan,
 )
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0").lower() in {"1", "true", "on", "yes"}
@@ -171,6 +172,16 @@ def test_strong_decay_and_zero_dt_stay_exact():
     check_backward(inputs)
 
 
+def test_nan_in_dt_poisons_what_ref_poisons():
+    """NaN in dt at step 20 of 37 (the second chunk of 16): NaN from there on and in the state, as in ref."""
+    inputs = make_inputs(1, 37, 2, 4, 1, 4)
+    inputs["dt"][0, 20, 1] = float("nan")
+    y, h = ssd_scan_triton(**inputs, chunk_size=16)
+    y_ref, h_ref = ssd_scan_ref(**inputs)
+    assert torch.equal(torch.isnan(y.cpu()), torch.isnan(y_ref)) and torch.equal(torch.isnan(h.cpu()), torch.isnan(h_ref))
+    assert torch.isnan(y[0, 20:, 1]).all() and not torch.isnan(y[0, :20]).any()
+
+
 def test_empty_sequence_returns_initial_state():
     inputs = make_inputs(2, 0, 2, 4, 1, 4)
     state = inputs["state"].clone().requires_grad_()
@@ -193,7 +204,7 @@ def test_contract_forward(case):
     check_ssd_matches_ref(ssd_scan_triton, case, device=DEVICE)
 
 
-@pytest.mark.parametrize("check", SSD_EDGE_CHECKS, ids=lambda c: c.__name__)
+@pytest.mark.parametrize("check", (*SSD_EDGE_CHECKS, check_ssd_nan), ids=lambda c: c.__name__)
 def test_contract_edge_cases(check):
     check(ssd_scan_triton, device=DEVICE)
 
@@ -232,12 +243,13 @@ def test_kernels_compile_for_sm90_within_shared_memory():
         out = {}
         for name, fn, chunk, extra in (("fwd", kernels.fwd, s.MAX_CHUNK, {"HAS_H0": True, "STORE_CKPT": True}),
                                        ("bwd", kernels.bwd, s.MAX_CHUNK_GRAD, {})):
-            const = {"HAS_D": True, "DOT": "tf32", "BLOCK_Q": chunk, "BLOCK_P": 64, "BLOCK_N": 128, **extra}
-            sig = {a: ("*bf16" if a in ("x_ptr", "B_ptr", "C_ptr", "y_ptr", "dy_ptr", "dx_ptr") else "*fp32")
-                   if a.endswith("_ptr") else "constexpr" if a in const else "i32" for a in fn.arg_names}
-            compiled = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=const),
-                                      target=GPUTarget("cuda", 90, 32), options={"num_warps": s.NUM_WARPS})
-            out[name] = compiled.metadata.shared
+            for act, dot in (("*bf16", "tf32"),):  # float32 (ieee dots) fits too, but compiles for minutes
+                const = {"HAS_D": True, "DOT": dot, "BLOCK_Q": chunk, "BLOCK_P": 64, "BLOCK_N": 128, **extra}
+                sig = {a: (act if a in ("x_ptr", "B_ptr", "C_ptr", "y_ptr", "dy_ptr", "dx_ptr") else "*fp32")
+                       if a.endswith("_ptr") else "constexpr" if a in const else "i32" for a in fn.arg_names}
+                compiled = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=const),
+                                          target=GPUTarget("cuda", 90, 32), options={"num_warps": s.NUM_WARPS})
+                out[f"{name} {act}"] = compiled.metadata.shared
         print(json.dumps(out))
     """)
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}

@@ -1,9 +1,9 @@
 """The SSD scan for ONNX export: standard ops, one graph for every sequence length.
 
-A prefill runs the SSD matmul form (the math of `ssd_chunked`, written so that every dim stays
-dynamic: the node's body is traced once and serves every model) over chunks of `EXPORT_CHUNK` tokens; a single token (decode) takes one recurrence step instead,
-through ``torch.cond`` (an ONNX ``If`` on ``L == 1``), so decoding does not pay for a padded
-chunk. `ssd_ops_onnx` traces this once, on its own, as the body of the ``hybrid::SSDScan`` node.
+A prefill runs the SSD matmul form over chunks of `EXPORT_CHUNK` tokens (the math of
+`ssd_chunked`, written so that every dim stays dynamic: the node's body is traced once and
+serves every model); a single token (decode) takes one recurrence step instead, through
+``torch.cond`` (an ONNX ``If`` on ``L == 1``), so decoding does not pay for a padded chunk. `ssd_ops_onnx` traces this once, on its own, as the body of the ``hybrid::SSDScan`` node.
 """
 
 from __future__ import annotations

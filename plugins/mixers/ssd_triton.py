@@ -37,9 +37,10 @@ from hybrid_mllm.core.ssd import SSDKernel
 triton = None
 tl = None
 
-# Tokens per chunk at most. With headdim 64 and d_state 128, compiled for sm_90: the forward
-# takes 98 KiB of shared memory at 64 tokens; the backward 322 KiB at 64 (over the 227 KiB an
-# H100 has) and 84 KiB at 32, so a forward that stores states for the backward uses 32.
+# Tokens per chunk at most. Shared memory with headdim 64 and d_state 128, compiled for sm_90
+# (bf16 / float32 inputs): the forward 98 / 210 KiB at 64 tokens; the backward 121 / 201 KiB at
+# 32, but 322 KiB (float32) at 64, over the 227 KiB of an H100 block: so a forward that stores
+# states for the backward uses chunks of 32.
 MAX_CHUNK, MAX_CHUNK_GRAD = 64, 32
 FWD_BLOCK_P, NUM_WARPS = 64, 4
 INSTALL_HINT = "pip install triton"
@@ -61,6 +62,23 @@ def _chunk_decay(a, BLOCK_Q: tl.constexpr):
     decay = tl.exp(tl.where(q[:, None] >= q[None, :], seg, float("-inf")))
     rest = tl.exp(tl.sum(a_after, axis=0))
     return tl.cumsum(a, axis=0), decay, rest
+
+
+def _without_nan(x, dt, Bc):
+    """A chunk's x (Q, P), dt (Q,) and B (Q, N) with NaN replaced by 0, and where the recurrence
+    puts NaN: y_nan (Q, P) from each NaN on (x's row p; every row for dt or B), row_nan (P,) and
+    col_nan (N,) in the state. The matmuls would also carry ``0 * NaN`` into earlier tokens."""
+    x_nan = x != x  # noqa: PLR0124  (the NaN test: Triton has no portable isnan)
+    B_nan = Bc != Bc  # noqa: PLR0124
+    dt_nan = dt != dt  # noqa: PLR0124
+    token_nan = dt_nan | (tl.max(B_nan.to(tl.int32), axis=1) > 0)
+    step_nan = (x_nan | token_nan[:, None]).to(tl.int32)
+    y_nan = tl.cumsum(step_nan, axis=0) > 0
+    any_dt = tl.max(dt_nan.to(tl.int32), axis=0) > 0
+    row_nan = (tl.max(x_nan.to(tl.int32), axis=0) > 0) | any_dt
+    col_nan = (tl.max(B_nan.to(tl.int32), axis=0) > 0) | any_dt
+    return (tl.where(x_nan, 0.0, x), tl.where(dt_nan, 0.0, dt), tl.where(B_nan, 0.0, Bc),
+            y_nan, row_nan, col_nan)
 
 
 def _ssd_fwd_kernel(
@@ -110,6 +128,7 @@ def _ssd_fwd_kernel(
                      mask=t_ok[:, None] & n_ok[None, :], other=0.0).to(tl.float32)
         Cc = tl.load(C_ptr + b * s_Cb + t[:, None] * s_Cl + grp * s_Cg + n[None, :] * s_Cn,
                      mask=t_ok[:, None] & n_ok[None, :], other=0.0).to(tl.float32)
+        x, dt, Bc, y_nan, row_nan, col_nan = _without_nan(x, dt, Bc)
         a = dt * A  # padding tokens: dt = 0, so they neither decay nor add
         cs, decay, rest = _chunk_decay(a, BLOCK_Q)
 
@@ -118,11 +137,13 @@ def _ssd_fwd_kernel(
         y += tl.exp(cs)[:, None] * tl.dot(Cc, tl.trans(state), input_precision=DOT)
         if HAS_D:
             y += skip * x
+        y = tl.where(y_nan, float("nan"), y)
         tl.store(y_ptr + b * s_yb + t[:, None] * s_yl + h * s_yh + p[None, :] * s_yp,
                  y.to(y_ptr.dtype.element_ty), mask=t_ok[:, None] & p_ok[None, :])
 
         w = rest * dt
         state = tl.exp(tl.sum(a, axis=0)) * state + tl.dot(tl.trans(x * w[:, None]), Bc, input_precision=DOT)
+        state = tl.where(row_nan[:, None] | col_nan[None, :], float("nan"), state)
     tl.store(h_last_ptr + state_off, state, mask=pn_ok)
 
 
@@ -235,11 +256,11 @@ def _ssd_bwd_kernel(
 @functools.cache
 def _kernels() -> SimpleNamespace:
     """Import Triton and compile-wrap the kernels (first call only)."""
-    global triton, tl, _chunk_decay
+    global triton, tl, _chunk_decay, _without_nan
     import triton
     import triton.language as tl
 
-    _chunk_decay = triton.jit(_chunk_decay)
+    _chunk_decay, _without_nan = triton.jit(_chunk_decay), triton.jit(_without_nan)
     return SimpleNamespace(fwd=triton.jit(_ssd_fwd_kernel), bwd=triton.jit(_ssd_bwd_kernel))
 
 
