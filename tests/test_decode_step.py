@@ -6,6 +6,10 @@ expert loop, bf16 against fp32, and a batch stepping together against one sequen
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -198,3 +202,14 @@ def test_batched_decode_equals_one_sequence_at_a_time():
     for i in range(3):
         err = (together[i] - alone[i][0, 1:]).abs().max().item()
         assert err < 1e-4, f"sequence {i}: batched differs from alone by {err}"
+
+
+def test_cli_entries_choose_passive_openmp_waiting_before_torch_loads():
+    code = ("import os, sys; from hybrid_mllm.core.openmp import prefer_passive_wait; "
+            "first = prefer_passive_wait(); import torch; print(first, prefer_passive_wait(), os.environ['OMP_WAIT_POLICY'])")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
+    assert out.split() == ["True", "False", "PASSIVE"]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**env, "OMP_WAIT_POLICY": "ACTIVE"}).stdout
+    assert out.split() == ["True", "False", "ACTIVE"]  # the user's setting wins
