@@ -1,7 +1,9 @@
 """The switch between the one-token decode paths and the general forward.
 
 Mixers and FFNs may take a path built for decoding (one token, no padding mask, no
-gradients: Mamba's fused C step, attention's in-place KV cache, MoE's direct expert loop).
+gradients: Mamba's fused C step, attention's in-place KV cache, MoE's direct expert loop),
+and their linear layers `linear`, which hands a few rows to a registered linear kernel
+(``register_linear_kernels``: the built-in bfloat16 CPU one) that accepts them.
 Each is tested against the general path, which stays reachable for comparison:
 ``HYBRID_MLLM_DECODE=generic`` in the environment, or `decode_paths(fast=False)` in code
 (benchmarks time both in one process).
@@ -10,10 +12,14 @@ Each is tested against the general path, which stays reachable for comparison:
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
+from torch import Tensor
 
 from .errors import HybridError
 
@@ -47,3 +53,35 @@ def decode_paths(*, fast: bool) -> Iterator[None]:
         yield
     finally:
         _fast = saved
+
+
+@dataclass(frozen=True)
+class LinearKernel:
+    """A fast ``F.linear`` for some inputs: ``fn(x, weight, bias) -> y`` with F.linear's shapes,
+    used when ``accepts(x, weight, bias)`` (dtype, device, few rows, kernel built)."""
+
+    fn: Callable[[Tensor, Tensor, Tensor | None], Tensor]
+    accepts: Callable[[Tensor, Tensor, Tensor | None], bool]
+    description: str = ""
+
+
+@functools.cache
+def _linear_kernels() -> tuple[LinearKernel, ...]:
+    from .registry import get_registry  # the registry loads this module's importers: import late
+
+    return tuple(entry.obj for entry in get_registry().entries("linear_kernel"))
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``F.linear(x, weight, bias)``; while decoding, through the first registered kernel that
+    accepts the inputs. x: (..., K), weight: (N, K), bias: (N,) -> (..., N)."""
+    if fast_decode() and x.dtype != torch.float32:
+        for kernel in _linear_kernels():
+            if kernel.accepts(x, weight, bias):
+                return kernel.fn(x, weight, bias)
+    return F.linear(x, weight, bias)
+
+
+def dense(layer: torch.nn.Linear, x: Tensor) -> Tensor:
+    """``layer(x)`` through `linear`."""
+    return linear(x, layer.weight, layer.bias)

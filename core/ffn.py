@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .decode import fast_decode
+from .decode import dense, fast_decode
 from .exportable import Exportable
 from .hookspecs import hookimpl
 
@@ -29,7 +29,7 @@ class SwiGLU(nn.Module):
         self.down = nn.Linear(d_hidden, d_model, bias=bias, **factory)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        return self.down(F.silu(self.gate(x)) * self.up(x)), x.new_zeros((), dtype=torch.float32)
+        return dense(self.down, F.silu(dense(self.gate, x)) * dense(self.up, x)), x.new_zeros((), dtype=torch.float32)
 
 
 class MoE(nn.Module):
@@ -64,7 +64,7 @@ class MoE(nn.Module):
     def route(self, tokens: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """tokens (T, d) -> router probabilities (T, E) float32, each token's top-k weights (T, k)
         and experts (T, k)."""
-        probs = torch.softmax(self.router(tokens).float(), dim=-1)  # (T, E)
+        probs = torch.softmax(dense(self.router, tokens).float(), dim=-1)  # (T, E)
         weights, chosen = probs.topk(self.top_k, dim=-1)  # (T, k)
         if self.normalize_top_k:
             weights = weights / weights.sum(-1, keepdim=True)

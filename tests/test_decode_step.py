@@ -6,6 +6,7 @@ expert loop, bf16 against fp32, and a batch stepping together against one sequen
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -15,15 +16,16 @@ import torch
 
 from hybrid_mllm.core.build import build_model
 from hybrid_mllm.core.config import load_config
-from hybrid_mllm.core.decode import decode_paths, fast_decode
+from hybrid_mllm.core.decode import decode_paths, fast_decode, linear
 from hybrid_mllm.core.ffn import MoE
 from hybrid_mllm.core.presets import resolve_config_path
-from hybrid_mllm.plugins.mixers import kv_cache, step_cpu
+from hybrid_mllm.plugins.mixers import gemv_cpu, kv_cache, step_cpu
 from hybrid_mllm.plugins.mixers.attention import Attention
 from hybrid_mllm.plugins.mixers.mamba import Mamba
 from hybrid_mllm.runtime.generate import GenerationConfig, TorchDecoder, generate
 from hybrid_mllm.serve.slots import join, state_specs
 
+needs_gemv = pytest.mark.skipif(gemv_cpu.available() is not None, reason=str(gemv_cpu.available()))
 needs_step = pytest.mark.skipif(step_cpu.available() is not None, reason=str(step_cpu.available()))
 TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2}
 
@@ -48,6 +50,48 @@ def test_fast_decode_is_off_with_gradients_and_in_generic_mode():
         with decode_paths(fast=False):
             assert not fast_decode()
     assert not fast_decode()  # gradients enabled: training takes the general forward
+
+
+@needs_gemv
+@pytest.mark.parametrize(("rows", "n", "k"), [(1, 1024, 256), (3, 4097, 1000), (16, 6, 33), (2, 1 << 18, 8)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_bf16_linear_kernel_matches_float32_matmul(rows, n, k, threads):
+    """Against the float32 product of the same bf16 values: within the one rounding to bf16
+    of the output (torch's own bf16 linear is no closer)."""
+    gen = torch.Generator().manual_seed(0)
+    x, w, b = (torch.randn(*shape, generator=gen).bfloat16() for shape in ((rows, k), (n, k), (n,)))
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for bias in (b, None):
+            ref = x.float() @ w.float().t() + (0 if bias is None else bias.float())
+            y = gemv_cpu.linear_bf16(x, w, bias)
+            assert y.dtype == torch.bfloat16 and y.shape == (rows, n)
+            err = ((y.float() - ref).abs() / (ref.abs() + 1e-3)).max().item()
+            assert err <= 2**-8, f"relative error {err} (bf16 rounding is 2^-9)"
+    finally:
+        torch.set_num_threads(saved)
+
+
+@needs_gemv
+def test_linear_uses_the_registered_kernel_only_when_decoding(monkeypatch):
+    from hybrid_mllm.core import decode
+
+    assert gemv_cpu.CPU_BF16 in decode._linear_kernels()  # registered through register_linear_kernels
+    calls = []
+    spy = dataclasses.replace(gemv_cpu.CPU_BF16, fn=lambda *a: calls.append(1) or gemv_cpu.linear_bf16(*a))
+    monkeypatch.setattr(decode, "_linear_kernels", lambda: (spy,))
+    x, w = torch.randn(2, 64).bfloat16(), torch.randn(32, 64).bfloat16()
+    with torch.no_grad():
+        fast = linear(x, w)
+        assert calls == [1]
+        linear(x.float(), w.float())  # float32: torch's own matmul
+        with decode_paths(fast=False):
+            generic = linear(x, w)
+    linear(x, w)  # gradients enabled: torch's
+    assert calls == [1]
+    torch.testing.assert_close(fast.float(), generic.float(), atol=0.05, rtol=0.01)
+    assert not gemv_cpu.accepts(torch.randn(gemv_cpu.MAX_ROWS + 1, 64).bfloat16(), w, None)
 
 
 @needs_step

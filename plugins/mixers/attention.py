@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hybrid_mllm.core.decode import fast_decode
+from hybrid_mllm.core.decode import dense, fast_decode
 from hybrid_mllm.core.mixer import State, StateSpec, padding_mask_or_none
 
 from . import kv_cache
@@ -69,9 +69,9 @@ class Attention(nn.Module):
         if mask is None:
             mask = torch.ones(batch, length, dtype=torch.bool, device=x.device)
         past_k, past_v, past_mask = state if state is not None else self.init_state(batch, device=x.device)
-        q = self.q_proj(x).view(batch, length, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, L, hd)
-        k = self.k_proj(x).view(batch, length, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, Hkv, L, hd)
-        v = self.v_proj(x).view(batch, length, self.n_kv_head, self.head_dim).transpose(1, 2)
+        q = dense(self.q_proj, x).view(batch, length, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, L, hd)
+        k = dense(self.k_proj, x).view(batch, length, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, Hkv, L, hd)
+        v = dense(self.v_proj, x).view(batch, length, self.n_kv_head, self.head_dim).transpose(1, 2)
         if self.rope:
             # positions count real tokens only, so left padding does not shift them
             pos = past_mask.sum(-1, keepdim=True) + mask.cumsum(-1) - 1  # (B, L)
@@ -82,7 +82,7 @@ class Attention(nn.Module):
         kmask = append(past_mask, mask, 1)  # (B, S)
         if one_token:
             y = _attend_one(q, k, v, kmask)
-            return self.o_proj(y.reshape(batch, 1, -1)), (k, v, kmask)
+            return dense(self.o_proj, y.reshape(batch, 1, -1)), (k, v, kmask)
         k_all, v_all = _repeat_kv(k, self.n_head), _repeat_kv(v, self.n_head)
         if plain:
             y = F.scaled_dot_product_attention(q, k_all, v_all, is_causal=True)

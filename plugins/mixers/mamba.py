@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hybrid_mllm.core.decode import fast_decode
+from hybrid_mllm.core.decode import fast_decode, linear
 from hybrid_mllm.core.mixer import State, StateSpec, padding_mask_or_none
 from hybrid_mllm.core.norm import RMSNorm
 from hybrid_mllm.core.registry import get_registry
@@ -127,9 +127,9 @@ class Mamba(nn.Module):
     def _fused_step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         """x: (B, 1, d_model) -> y: (B, 1, d_model), (conv_state, ssm_state), through one C call
         between in_proj and out_proj."""
-        xz = F.linear(x[:, 0], self.in_proj.weight, self.in_proj.bias)  # (B, 2 * d_inner)
+        xz = linear(x[:, 0], self.in_proj.weight, self.in_proj.bias)  # (B, 2 * d_inner)
         y, conv_state, ssm_state = step_cpu.mamba_step_cpu(self._step_weights(), xz, *state)
-        return F.linear(y, self.out_proj.weight, self.out_proj.bias)[:, None], (conv_state, ssm_state)
+        return linear(y, self.out_proj.weight, self.out_proj.bias)[:, None], (conv_state, ssm_state)
 
     def _step_weights(self) -> step_cpu.StepWeights:
         """The fused step's float32 copies of the parameters, rebuilt when one of them changes."""

@@ -40,20 +40,20 @@ class StepArgs(ctypes.Structure):
         ("norm_eps", ctypes.c_float), ("dtype", ctypes.c_int32)]
 
 
-def build_library(compiler: str | None, cache: Path) -> Path:
-    """Compile `SOURCE` into `cache` once per source, compiler, flags and CPU (atomic rename)."""
+def build_library(compiler: str | None, cache: Path, source: Path = SOURCE) -> Path:
+    """Compile `source` into `cache` once per source, compiler, flags and CPU (atomic rename)."""
     if compiler is None:
         raise BuildError("no C compiler found (looked for $CC, cc, gcc, clang)")
     key = hashlib.sha256(b"\0".join([
-        SOURCE.read_bytes(), compiler.encode(), _compiler_version(compiler).encode(), " ".join(FLAGS).encode(),
+        source.read_bytes(), compiler.encode(), _compiler_version(compiler).encode(), " ".join(FLAGS).encode(),
         _cpu_id().encode(), platform.machine().encode(),
     ])).hexdigest()[:20]
-    target = cache / f"step_cpu_{key}.so"
+    target = cache / f"{source.stem}_{key}.so"
     if target.exists():
         return target
     cache.mkdir(parents=True, exist_ok=True)
     with replacing(target) as tmp:
-        result = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(tmp), "-lm"],
+        result = subprocess.run([compiler, *FLAGS, str(source), "-o", str(tmp), "-lm"],
                                 capture_output=True, text=True, timeout=300, check=False)
         if result.returncode != 0:
             raise BuildError(f"{compiler} failed: {_error_line(result.stderr)}")
