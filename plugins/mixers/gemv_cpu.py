@@ -24,7 +24,7 @@ from .scan_cpu import BuildError, _first_line, _run, _split, cache_dir, find_com
 from .step_cpu import build_library
 
 SOURCE = Path(__file__).with_name("gemv_cpu.c")
-MAX_ROWS = 16  # beyond this a blocked matmul (oneDNN) reuses each weight load better
+MAX_ROWS = 4  # from 8 rows on, oneDNN's blocked bf16 matmul is faster (RESULTS.md, "CPU decode")
 THREADED_WEIGHTS = 1 << 20  # elements of W from which the columns are split over threads
 
 _load_lock = threading.Lock()
@@ -74,4 +74,4 @@ def linear_bf16(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor
 
 
 CPU_BF16 = LinearKernel(fn=linear_bf16, accepts=accepts,
-                        description="AVX512-BF16 dot products for up to 16 rows (decoding), float32 accumulation")
+                        description=f"AVX512-BF16 dot products for up to {MAX_ROWS} rows (decoding), float32 accumulation")
