@@ -155,12 +155,18 @@ def test_kv_cache_is_written_in_place_and_old_states_stay_valid(dtype):
     torch.testing.assert_close(y_first, y_ref[:, :1], atol=0, rtol=0)
 
 
-def test_kv_append_grows_its_buffer_and_copies_foreign_tensors():
+@pytest.mark.parametrize("mode", [torch.no_grad, torch.inference_mode])
+def test_kv_append_grows_its_buffer_and_copies_foreign_tensors(mode):
+    with mode():
+        _check_kv_append()
+
+
+def _check_kv_append():
     past = torch.randn(1, 2, 3, 4)
     grown = kv_cache.append(past, torch.randn(1, 2, 1, 4), 2)
     assert grown.shape == (1, 2, 4, 4) and grown.data_ptr() != past.data_ptr()
     assert torch.equal(grown[:, :, :3], past)
-    room = grown._base.shape[2] - grown.shape[2]
+    room = grown._kv_buffer.shape[2] - grown.shape[2]
     assert room >= kv_cache.MIN_ROOM
     ptr = grown.data_ptr()
     for _ in range(room):

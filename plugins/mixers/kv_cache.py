@@ -21,20 +21,21 @@ GROWTH = 8  # ... or 1/GROWTH of the new length: reallocations amortise to O(1) 
 def append(past: Tensor, new: Tensor, dim: int) -> Tensor:
     """past (..., S, ...) and new (..., L, ...) along `dim` -> the (..., S + L, ...) concatenation."""
     filled, length = past.shape[dim], new.shape[dim]
-    base = past._base
-    if (base is not None and getattr(base, "_kv_filled", None) == filled and base.shape[dim] >= filled + length
-            and past.data_ptr() == base.data_ptr() and past.stride() == base.stride()
-            and _same_but(past.shape, base.shape, dim)):
-        base.narrow(dim, filled, length).copy_(new)
-        base._kv_filled = filled + length
-        return base.narrow(dim, 0, filled + length)
-    shape = list(past.shape)
-    shape[dim] = filled + length + max(MIN_ROOM, (filled + length) // GROWTH)
-    buffer = past.new_empty(shape)
-    buffer.narrow(dim, 0, filled).copy_(past)
-    buffer.narrow(dim, filled, length).copy_(new)
+    buffer = getattr(past, "_kv_buffer", None)  # set on the views this function returns
+    if (buffer is not None and buffer._kv_filled == filled and buffer.shape[dim] >= filled + length
+            and past.data_ptr() == buffer.data_ptr() and past.stride() == buffer.stride()
+            and _same_but(past.shape, buffer.shape, dim)):
+        buffer.narrow(dim, filled, length).copy_(new)
+    else:
+        shape = list(past.shape)
+        shape[dim] = filled + length + max(MIN_ROOM, (filled + length) // GROWTH)
+        buffer = past.new_empty(shape)
+        buffer.narrow(dim, 0, filled).copy_(past)
+        buffer.narrow(dim, filled, length).copy_(new)
     buffer._kv_filled = filled + length
-    return buffer.narrow(dim, 0, filled + length)
+    view = buffer.narrow(dim, 0, filled + length)
+    view._kv_buffer = buffer  # an attribute, not `view._base`: inference mode keeps no view base
+    return view
 
 
 def _same_but(a: torch.Size, b: torch.Size, dim: int) -> bool:
