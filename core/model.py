@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from .decode import dense
 from .mixer import State
 from .norm import RMSNorm
 
@@ -145,7 +146,7 @@ class HybridLM(nn.Module):
             aux = aux + layer_aux
         if num_logits is not None:
             x = x[:, x.shape[1] - num_logits:]
-        logits = self.lm_head(self.norm(x))
+        logits = dense(self.lm_head, self.norm(x))
         if self.logits_multiplier != 1.0:
             logits = logits * self.logits_multiplier
         return LMOutput(logits, tuple(new_states), aux)

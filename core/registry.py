@@ -38,6 +38,7 @@ KINDS = {
     "connector": "register_connectors",
     "scan_kernel": "register_scan_kernels",
     "ssd_kernel": "register_ssd_kernels",
+    "linear_kernel": "register_linear_kernels",
     "ffn": "register_ffns",
     "export": "register_exports",  # keyed by the component's class (`class_name`)
 }

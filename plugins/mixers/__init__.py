@@ -1,4 +1,5 @@
-"""Built-in sequence mixers, selective-scan and SSD kernels and the Mamba / Mamba-2 export declarations, registered as a plugin."""
+"""Built-in sequence mixers, selective-scan and SSD kernels, the bfloat16 CPU linear kernel of
+decoding and the Mamba / Mamba-2 export declarations, registered as a plugin."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from hybrid_mllm.core.ssd import SSDKernel
 
 from ._scan_common import CHUNK
 from .attention import Attention
+from .gemv_cpu import CPU_BF16
 from .mamba import Mamba
 from .mamba2 import Mamba2
 from .mamba2_export import MAMBA2_EXPORT
@@ -71,3 +73,8 @@ def register_ssd_kernels(register):
 def register_exports(register):
     register(Mamba, MAMBA_EXPORT)
     register(Mamba2, MAMBA2_EXPORT)
+
+
+@hookimpl
+def register_linear_kernels(register):
+    register("cpu_bf16", CPU_BF16)
