@@ -6,17 +6,19 @@ import argparse
 import sys
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .cli import run_cli
 from .registry import AUTOLOAD_ENV, KINDS, get_registry
 from .scan import auto_kernel_name
+from .ssd import auto_kernel_name as auto_ssd_kernel_name
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="hybrid-plugins",
-        description="List the registered encoders, mixers, connectors, FFNs, scan kernels and export declarations, "
+        description="List the registered encoders, mixers, connectors, FFNs, scan and SSD kernels and export declarations, "
                     f"with the package that provides each. Set {AUTOLOAD_ENV}=1 to see the built-ins only.",
     )
     p.add_argument("--kind", choices=list(KINDS), help="only this kind of component")
@@ -43,10 +45,11 @@ def main(argv: list[str] | None = None) -> int:
     for kind in [args.kind] if args.kind else KINDS:
         for name in registry.names(kind, args.pattern):
             entry = registry.entry(kind, name)
-            table.add_row(kind, name, entry.package, _details(entry))
+            table.add_row(kind, name, entry.package, escape(_details(entry)))  # '[priority ...]' is not markup
     console = Console(width=max(120, Console().width))
     console.print(table)
-    console.print(f"scan kernel 'auto' on cpu: {auto_kernel_name('cpu')}")
+    console.print(f"scan kernel 'auto' on cpu: {auto_kernel_name('cpu')}; "
+                  f"ssd kernel 'auto' on cpu: {auto_ssd_kernel_name('cpu')}")
     return 0
 
 

@@ -118,3 +118,28 @@ def test_a_model_yaml_with_mamba2_round_trips_and_runs(tmp_path):
             state = out.state
             steps.append(out.logits)
     torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("ngroups", [1, 2])
+def test_matches_transformers_mamba2_mixer(ngroups):
+    """Same weights, same outputs as transformers' Mamba2Mixer (its PyTorch path on CPU), parameters mapped 1:1."""
+    modeling = pytest.importorskip("transformers.models.mamba2.modeling_mamba2")
+    from transformers import Mamba2Config
+
+    torch.manual_seed(0)
+    config = Mamba2Config(hidden_size=32, state_size=8, expand=2, head_dim=16, n_groups=ngroups, num_heads=4,
+                          conv_kernel=4, chunk_size=8, use_bias=False, use_conv_bias=True, layer_norm_epsilon=1e-5,
+                          num_hidden_layers=1)
+    hf = modeling.Mamba2Mixer(config, layer_idx=0).float().eval()
+    ours = Mamba2(32, d_state=8, expand=2, headdim=16, ngroups=ngroups, d_conv=4, chunk_size=8, norm_eps=1e-5)
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.copy_(torch.randn_like(p) * 0.3)
+        hf.A_log.copy_(torch.log(torch.rand(4) * 5 + 1))
+        weights = dict(hf.state_dict())
+        weights["conv_weight"], weights["conv_bias"] = weights.pop("conv1d.weight")[:, 0], weights.pop("conv1d.bias")
+        ours.load_state_dict(weights)
+        x = torch.randn(2, 21, 32)
+        expected = hf(x)
+        y, _ = ours(x)
+    torch.testing.assert_close(y, expected, atol=1e-5, rtol=1e-5)

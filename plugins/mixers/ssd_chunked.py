@@ -6,8 +6,10 @@ nothing and adds nothing). Inside a chunk, y is a masked attention-like product
 state each chunk leaves is a matmul as well, and the states are passed from chunk to chunk
 through the chunk-level decays, all chunks at once. Every segment sum is summed term by term
 (never the difference of two running sums, which loses every digit after a spike in dt) and
-only those sums, never positive, are exponentiated. No Python loop over chunks: the graph
-does not depend on L, so it traces with a dynamic sequence axis. A matmul sums 0 times a later
+only those sums, never positive, are exponentiated. No Python loop over chunks; but
+torch.export (torch 2.14) with a dynamic L does not trace it yet: reshaping the padded sequence
+into (chunks, chunk_size) adds guards on L that it cannot prove for every L (divisibility by
+the traced chunk count, a chunk count other than 1), so it is not marked export_safe. A matmul sums 0 times a later
 token's NaN or inf into earlier outputs, so in eager mode such inputs take the sequential
 definition (`ssd_ref`) instead, where they spoil the outputs from their token on only.
 """

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from hybrid_mllm.core.atomic import replacing
 from hybrid_mllm.core.errors import KernelUnavailableError
-from hybrid_mllm.core.ssd import SSDKernel
+from hybrid_mllm.core.ssd import SSDKernel, check_shapes
 
 from . import scan_cpu
 from .scan_cpu import BuildError
@@ -124,6 +124,7 @@ def _padded_p(t: Tensor | None, width: int) -> Tensor | None:
 def _kernel_inputs(x, dt, A, B, C, D, state) -> dict:
     """The inputs as the kernel reads them: contiguous float32, headdim padded to the vector
     width, the state transposed to (batch, H, N, P); "P" keeps the true headdim."""
+    check_shapes(x, dt, A, B, C, D, state)  # the C kernel trusts them with raw pointers
     for name, t in (("x", x), ("dt", dt), ("A", A), ("B", B), ("C", C), ("D", D), ("state", state)):
         if t is not None and t.device.type != "cpu":
             raise ValueError(f"ssd kernel 'cpu' needs CPU tensors; {name} is on {t.device}")
