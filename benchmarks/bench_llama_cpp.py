@@ -31,12 +31,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 import _peer_models  # this folder's helper, not a package
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 KV_TYPES = {"float32": 0, "bfloat16": 30}  # ggml.h: GGML_TYPE_F32, GGML_TYPE_BF16
 
 
@@ -45,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--llama-cpp", help="llama.cpp sources with convert_hf_to_gguf.py (default: $LLAMA_CPP_DIR)")
     p.add_argument("--sizes", nargs="+", choices=list(_peer_models.SIZES), default=["small"])
     p.add_argument("--contexts", type=int, nargs="+", default=[512, 2048, 8192], help="prompt lengths")
-    p.add_argument("--dtypes", nargs="+", choices=list(DTYPES), default=list(DTYPES))
+    p.add_argument("--dtypes", nargs="+", choices=list(KV_TYPES), default=list(KV_TYPES))
     p.add_argument("--decode", type=int, default=32, help="single-token steps timed after each prefill (default 32)")
     p.add_argument("--repeats", type=int, default=3, help="rounds per row, medians reported (default 3)")
     p.add_argument("--threads", type=int, default=2)
@@ -53,6 +51,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", type=Path, default=Path("/tmp/bench_llama_cpp"), help="models, kept between runs")
     p.add_argument("--rebuild", action="store_true", help="rebuild the models in --workdir")
     p.add_argument("--json-out", type=Path, help="also write the rows as JSON")
+    p.add_argument("--worker", choices=["ours", "llama.cpp"], help=argparse.SUPPRESS)
+    p.add_argument("--model", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--dtype", help=argparse.SUPPRESS)
+    p.add_argument("--n-ctx", type=int, help=argparse.SUPPRESS)
     return p
 
 
@@ -60,26 +62,32 @@ class Ours:
     """Our runtime as hybrid-run uses it: the checkpoint at a dtype, TorchDecoder's prefill and step."""
 
     def __init__(self, path: Path, dtype: str):
+        import torch
+
         from hybrid_mllm.core.checkpoint import load_checkpoint
         from hybrid_mllm.runtime.alloc import keep_freed_memory
         from hybrid_mllm.runtime.generate import TorchDecoder
         from hybrid_mllm.runtime.pipeline import PREFILL_CHUNK
 
         self.malloc = keep_freed_memory()
-        self.lm = load_checkpoint(path, dtype=DTYPES[dtype]).model.lm.eval()
+        self.lm = load_checkpoint(path, dtype=getattr(torch, dtype)).model.lm.eval()
         self.decoder = TorchDecoder(self.lm, prefill_chunk=PREFILL_CHUNK)
         self.state = None
 
-    @torch.inference_mode()
     def prefill(self, ids: list[int]) -> np.ndarray:
-        x = torch.tensor([ids])
-        logits, self.state = self.decoder.prefill(self.lm.embed(x), torch.ones_like(x, dtype=torch.bool))
-        return logits[0].numpy()
+        import torch
 
-    @torch.inference_mode()
+        with torch.inference_mode():
+            x = torch.tensor([ids])
+            logits, self.state = self.decoder.prefill(self.lm.embed(x), torch.ones_like(x, dtype=torch.bool))
+        return logits[0].float().numpy()
+
     def step(self, token: int) -> np.ndarray:
-        logits, self.state = self.decoder.step(torch.tensor([[token]]), self.state)
-        return logits[0].numpy()
+        import torch
+
+        with torch.inference_mode():
+            logits, self.state = self.decoder.step(torch.tensor([[token]]), self.state)
+        return logits[0].float().numpy()
 
 
 class Peer:
@@ -116,8 +124,62 @@ def _greedy(engine, ids: list[int], n: int) -> list[int]:
     return out
 
 
+class Remote:
+    """One engine in a process of its own (its own OpenMP runtime and environment, as its own
+    command line would have), driven over stdin / stdout one JSON line at a time."""
+
+    def __init__(self, kind: str, model: Path, dtype: str, n_ctx: int, args):
+        cmd = [sys.executable, __file__, "--worker", kind, "--model", str(model), "--dtype", dtype,
+               "--n-ctx", str(n_ctx), "--threads", str(args.threads)] + ["--flash-attn"] * args.flash_attn
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.info = self._read()
+
+    def _read(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            sys.exit(f"the benchmark's worker died (exit {self.proc.wait()}): see its output above")
+        return json.loads(line)
+
+    def call(self, **request) -> dict:
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait()
+
+
+def _worker(args) -> None:
+    """Serve timing and greedy requests for one engine until stdin closes."""
+    if args.worker == "ours":
+        try:  # hybrid-run's thread settings, where this version has them (before torch loads)
+            from hybrid_mllm.core.openmp import prefer_passive_wait
+            prefer_passive_wait()
+        except ImportError:
+            pass
+        import torch
+
+        torch.set_num_threads(args.threads)
+        engine = Ours(args.model, args.dtype)
+        info = {"malloc": engine.malloc, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY")}
+    else:
+        engine = Peer(args.model, args.dtype, args.n_ctx, args.threads, args.flash_attn)
+        info = {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY")}
+    print(json.dumps(info), flush=True)
+    for line in sys.stdin:
+        req = json.loads(line)
+        if "greedy" in req:
+            reply = {"tokens": _greedy(engine, req["greedy"], req["n"])}
+        else:
+            reply = dict(zip(("prefill_s", "decode_s"), _timed(engine, req["prompt"], req["steps"]), strict=True))
+        print(json.dumps(reply), flush=True)
+
+
 def parity(forms, args) -> dict:
-    """fp32: logits over a 64-token prompt vs transformers; 16 greedy tokens ours vs llama.cpp."""
+    """fp32: logits over a 64-token prompt vs transformers (in this process); 16 greedy tokens
+    of the two engines as they are timed (in their workers)."""
+    import torch
     import transformers
 
     hf = transformers.JambaForCausalLM.from_pretrained(forms.hf).eval()
@@ -130,10 +192,15 @@ def parity(forms, args) -> dict:
     peer.llm.reset()
     peer.llm.eval(ids[0].tolist())
     theirs = np.array(peer.llm.scores[:64])
-    a, b = _greedy(ours, ids[0].tolist(), 16), _greedy(peer, ids[0].tolist(), 16)
+    del hf, ours, peer
+    greedy = []
+    for kind, model in (("ours", forms.ours), ("llama.cpp", forms.gguf["float32"])):
+        worker = Remote(kind, model, "float32", 256, args)
+        greedy.append(worker.call(greedy=ids[0].tolist(), n=16)["tokens"])
+        worker.close()
     return {"ours_vs_transformers": float(np.abs(mine - ref).max()),
             "llama_cpp_vs_transformers": float(np.abs(theirs - ref).max()),
-            "logit_scale": float(np.abs(ref).max()), "greedy_match": sum(x == y for x, y in zip(a, b))}
+            "logit_scale": float(np.abs(ref).max()), "greedy_match": sum(x == y for x, y in zip(*greedy))}
 
 
 def _timed(engine, prompt: list[int], steps: list[int]) -> tuple[float, float]:
@@ -146,28 +213,32 @@ def _timed(engine, prompt: list[int], steps: list[int]) -> tuple[float, float]:
 
 
 def measure(forms, size: str, dtype: str, args) -> list[dict]:
-    """Rows for one size and dtype: prefill and decode at each context, interleaved rounds."""
+    """Rows for one size and dtype: prefill and decode at each context, rounds alternating
+    between the two engines' processes."""
+    rng = np.random.default_rng(2)
     vocab = _peer_models.SIZES[size][1]
-    gen = torch.Generator().manual_seed(2)
-    ours = Ours(forms.ours, dtype)
-    peer = Peer(forms.gguf[dtype], dtype, max(args.contexts) + args.decode + 16, args.threads, args.flash_attn)
+    n_ctx = max(args.contexts) + args.decode + 16
+    engines = {"ours": Remote("ours", forms.ours, dtype, n_ctx, args),
+               "llama.cpp": Remote("llama.cpp", forms.gguf[dtype], dtype, n_ctx, args)}
     rows = []
     for ctx in args.contexts:
-        prompt = torch.randint(3, vocab, (ctx,), generator=gen).tolist()
-        steps = torch.randint(3, vocab, (args.decode,), generator=gen).tolist()
-        for engine in (ours, peer):  # warm-up
-            _timed(engine, prompt[:64], steps[:2])
-        times = {"ours": [], "llama.cpp": []}
+        prompt, steps = rng.integers(3, vocab, ctx).tolist(), rng.integers(3, vocab, args.decode).tolist()
+        for engine in engines.values():  # warm-up
+            engine.call(prompt=prompt[:64], steps=steps[:2])
+        times = {name: [] for name in engines}
         for _ in range(args.repeats):
-            for name, engine in (("ours", ours), ("llama.cpp", peer)):
-                times[name].append(_timed(engine, prompt, steps))
+            for name, engine in engines.items():
+                times[name].append(engine.call(prompt=prompt, steps=steps))
         load = os.getloadavg()[0]
-        for phase, i, n in (("prefill", 0, ctx), ("decode", 1, args.decode)):
-            tps = {k: n / statistics.median(t[i] for t in v) for k, v in times.items()}
+        for phase, n in (("prefill", ctx), ("decode", args.decode)):
+            tps = {k: n / statistics.median(t[f"{phase}_s"] for t in v) for k, v in times.items()}
             rows.append({"size": size, "dtype": dtype, "phase": phase, "context": ctx, "ours_tok_s": tps["ours"],
                          "llama_cpp_tok_s": tps["llama.cpp"], "ratio": tps["ours"] / tps["llama.cpp"],
-                         "ours_ms_per_token": 1000 / tps["ours"], "load": load, "malloc": ours.malloc})
+                         "ours_ms_per_token": 1000 / tps["ours"], "load": load})
             _print_row(rows[-1])
+    print(f"workers: {', '.join(f'{k} {e.info}' for k, e in engines.items())}")
+    for engine in engines.values():
+        engine.close()
     return rows
 
 
@@ -181,11 +252,16 @@ def _print_row(r: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.worker:
+        _worker(args)
+        return 0
     try:
         import llama_cpp
         import transformers  # noqa: F401
     except ImportError as e:
         sys.exit(f"this benchmark needs llama-cpp-python and transformers ({e.name} is missing): see the docstring")
+    import torch
+
     converter = _peer_models.find_converter(args.llama_cpp)
     torch.set_num_threads(args.threads)
     print(subprocess.run(["uptime"], check=False, capture_output=True, text=True).stdout.strip())
