@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .decode import dense, fast_decode
 from .exportable import Exportable
 from .hookspecs import hookimpl
 
@@ -28,7 +29,7 @@ class SwiGLU(nn.Module):
         self.down = nn.Linear(d_hidden, d_model, bias=bias, **factory)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        return self.down(F.silu(self.gate(x)) * self.up(x)), x.new_zeros((), dtype=torch.float32)
+        return dense(self.down, F.silu(dense(self.gate, x)) * dense(self.up, x)), x.new_zeros((), dtype=torch.float32)
 
 
 class MoE(nn.Module):
@@ -63,7 +64,7 @@ class MoE(nn.Module):
     def route(self, tokens: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """tokens (T, d) -> router probabilities (T, E) float32, each token's top-k weights (T, k)
         and experts (T, k)."""
-        probs = torch.softmax(self.router(tokens).float(), dim=-1)  # (T, E)
+        probs = torch.softmax(dense(self.router, tokens).float(), dim=-1)  # (T, E)
         weights, chosen = probs.topk(self.top_k, dim=-1)  # (T, k)
         if self.normalize_top_k:
             weights = weights / weights.sum(-1, keepdim=True)
@@ -73,7 +74,9 @@ class MoE(nn.Module):
         """x: (B, L, d_model) -> y: (B, L, d_model), aux_loss: () float32."""
         tokens = x.reshape(-1, x.shape[-1])  # (T, d)
         probs, weights, chosen = self.route(tokens)
-        y = self._dispatch(tokens, chosen).view(*chosen.shape, -1)  # (T, k, d): each slot's expert output
+        few = fast_decode() and tokens.shape[0] * self.top_k <= self.n_experts
+        dispatch = self._each_slot if few else self._dispatch
+        y = dispatch(tokens, chosen).view(*chosen.shape, -1)  # (T, k, d): each slot's expert output
         y = (y * weights[..., None].to(y.dtype)).sum(1)
         routed = F.one_hot(chosen, self.n_experts).float().sum(1)  # (T, E): 1 where chosen
         aux = self.n_experts * (routed.mean(0) / self.top_k * probs.mean(0)).sum()
@@ -86,8 +89,14 @@ class MoE(nn.Module):
         order = flat.argsort(stable=True)
         counts = torch.bincount(flat, minlength=self.n_experts).tolist()
         grouped = tokens[order // self.top_k]  # (T*k, d), grouped by expert
-        outputs = torch.cat([expert(part)[0] for expert, part in zip(self.experts, grouped.split(counts))])
+        outputs = torch.cat([expert(part)[0] for expert, part, count in zip(self.experts, grouped.split(counts), counts)
+                             if count])
         return torch.empty_like(outputs).index_copy_(0, order, outputs)
+
+    def _each_slot(self, tokens: Tensor, chosen: Tensor) -> Tensor:
+        """`_dispatch` for a few tokens (decoding): each (token, slot) straight through its
+        expert, no sort or scatter. tokens: (T, d), chosen: (T, k) -> (T * k, d) in slot order."""
+        return torch.cat([self.experts[e](tokens[t:t + 1])[0] for t, row in enumerate(chosen.tolist()) for e in row])
 
 
 def _trace_moe(moe: MoE, flavour: str) -> nn.Module:

@@ -75,6 +75,17 @@ def register_scan_kernels(register):
 
 
 @hookspec
+def register_linear_kernels(register):
+    """Register fast linear layers for decoding (a few rows per weight).
+
+    :param register: ``register(name: str, kernel: hybrid_mllm.core.decode.LinearKernel)``.
+        ``kernel.fn`` has ``torch.nn.functional.linear``'s signature; ``kernel.accepts(x,
+        weight, bias)`` says whether it takes these inputs. `hybrid_mllm.core.decode.linear`
+        uses the first that accepts, while decoding only, and ``F.linear`` otherwise.
+    """
+
+
+@hookspec
 def register_ffns(register):
     """Register feed-forward layers (the FFN kinds of ``model.ffn_layers``; built in: ``mlp``, ``moe``).
 

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from .decode import dense
 from .mixer import State
 from .norm import RMSNorm
 
@@ -116,7 +117,7 @@ class HybridLM(nn.Module):
             aux = aux + layer_aux
         if num_logits is not None:
             x = x[:, x.shape[1] - num_logits:]
-        return LMOutput(self.lm_head(self.norm(x)), tuple(new_states), aux)
+        return LMOutput(dense(self.lm_head, self.norm(x)), tuple(new_states), aux)
 
     @torch.no_grad()
     def prefill(self, input_ids: Tensor | None = None, *, inputs_embeds: Tensor | None = None,

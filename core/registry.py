@@ -36,6 +36,7 @@ KINDS = {
     "mixer": "register_mixers",
     "connector": "register_connectors",
     "scan_kernel": "register_scan_kernels",
+    "linear_kernel": "register_linear_kernels",
     "ffn": "register_ffns",
     "export": "register_exports",  # keyed by the component's class (`class_name`)
 }

@@ -1,4 +1,5 @@
-"""Built-in sequence mixers, selective-scan kernels and Mamba's export declaration, registered as a plugin."""
+"""Built-in sequence mixers, selective-scan kernels, the bfloat16 CPU linear kernel of decoding and
+Mamba's export declaration, registered as a plugin."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from hybrid_mllm.core.scan import ScanKernel
 
 from ._scan_common import CHUNK
 from .attention import Attention
+from .gemv_cpu import CPU_BF16
 from .mamba import Mamba
 from .mamba_export import MAMBA_EXPORT
 from .scan_chunked import selective_scan_chunked
@@ -45,3 +47,8 @@ def register_scan_kernels(register):
 @hookimpl
 def register_exports(register):
     register(Mamba, MAMBA_EXPORT)
+
+
+@hookimpl
+def register_linear_kernels(register):
+    register("cpu_bf16", CPU_BF16)

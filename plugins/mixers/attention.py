@@ -6,14 +6,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hybrid_mllm.core.decode import dense, fast_decode
 from hybrid_mllm.core.mixer import State, StateSpec, padding_mask_or_none
+
+from . import kv_cache
 
 
 class Attention(nn.Module):
     """Multi-head attention with ``n_kv_head`` key/value heads (GQA), PyTorch SDPA, optional RoPE.
 
     State: ``k, v: (B, n_kv_head, S, head_dim)`` and ``kmask: (B, S)`` bool (which cached
-    positions are real tokens); S grows by L on every call.
+    positions are real tokens); S grows by L on every call. Decoding (`fast_decode`) appends
+    to them in place (`kv_cache`) and reads the cache once per step, without repeating its
+    heads for the query groups.
     """
 
     state_specs = (StateSpec("k", seq_dim=2), StateSpec("v", seq_dim=2), StateSpec("kmask", seq_dim=1))
@@ -60,24 +65,48 @@ class Attention(nn.Module):
         batch, length, _ = x.shape
         mask = padding_mask_or_none(mask, x)
         plain = mask is None and state is None  # no cache, no padding: SDPA's causal fast path
+        one_token = length == 1 and mask is None and fast_decode()  # a decode step: `_attend_one`
         if mask is None:
             mask = torch.ones(batch, length, dtype=torch.bool, device=x.device)
         past_k, past_v, past_mask = state if state is not None else self.init_state(batch, device=x.device)
-        q = self.q_proj(x).view(batch, length, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, L, hd)
-        k = self.k_proj(x).view(batch, length, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, Hkv, L, hd)
-        v = self.v_proj(x).view(batch, length, self.n_kv_head, self.head_dim).transpose(1, 2)
+        q = dense(self.q_proj, x).view(batch, length, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, L, hd)
+        k = dense(self.k_proj, x).view(batch, length, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, Hkv, L, hd)
+        v = dense(self.v_proj, x).view(batch, length, self.n_kv_head, self.head_dim).transpose(1, 2)
         if self.rope:
             # positions count real tokens only, so left padding does not shift them
             pos = past_mask.sum(-1, keepdim=True) + mask.cumsum(-1) - 1  # (B, L)
             q, k = _rotate(q, pos, self.rope_theta), _rotate(k, pos, self.rope_theta)
-        k, v = torch.cat([past_k, k.to(past_k.dtype)], 2), torch.cat([past_v, v.to(past_v.dtype)], 2)
-        kmask = torch.cat([past_mask, mask], dim=1)  # (B, S)
+        fast = fast_decode()
+        append = kv_cache.append if fast else lambda past, new, dim: torch.cat([past, new], dim)
+        k, v = append(past_k, k.to(past_k.dtype), 2), append(past_v, v.to(past_v.dtype), 2)
+        kmask = append(past_mask, mask, 1)  # (B, S)
+        if one_token:
+            y = _attend_one(q, k, v, kmask)
+            return dense(self.o_proj, y.reshape(batch, 1, -1)), (k, v, kmask)
         k_all, v_all = _repeat_kv(k, self.n_head), _repeat_kv(v, self.n_head)
         if plain:
             y = F.scaled_dot_product_attention(q, k_all, v_all, is_causal=True)
         else:
             y = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=_allowed(kmask, length))
         return self.o_proj(y.transpose(1, 2).reshape(batch, length, -1)), (k, v, kmask)
+
+
+def _attend_one(q: Tensor, k: Tensor, v: Tensor, kmask: Tensor) -> Tensor:
+    """One query per sequence over its cache, each KV head read once for its group of query heads.
+
+    q: (B, H, 1, hd)  k, v: (B, Hkv, S, hd), views into the cache's buffer  kmask: (B, S), True
+    at the query's own (last) position -> (B, H, hd). float32: two grouped matmuls; other
+    dtypes: SDPA with ``enable_gqa`` (bf16 matmuls copy such strided views first: 5x slower at 8k).
+    """
+    batch, n_head, _, hd = q.shape
+    n_kv = k.shape[1]
+    if q.dtype != torch.float32:
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=kmask[:, None, None, :], enable_gqa=True)
+        return y.reshape(batch, n_head, hd)
+    q = q.reshape(batch, n_kv, n_head // n_kv, hd)  # (B, Hkv, G, hd): query heads grouped by KV head
+    scores = torch.matmul(q, k.transpose(2, 3)) * hd**-0.5  # (B, Hkv, G, S)
+    scores = scores.masked_fill(~kmask[:, None, None, :], float("-inf"))
+    return torch.matmul(scores.softmax(-1), v).reshape(batch, n_head, hd)
 
 
 def _allowed(kmask: Tensor, length: int) -> Tensor:

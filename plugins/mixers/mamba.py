@@ -10,12 +10,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hybrid_mllm.core.decode import fast_decode, linear
 from hybrid_mllm.core.mixer import State, StateSpec, padding_mask_or_none
 from hybrid_mllm.core.norm import RMSNorm
 from hybrid_mllm.core.registry import get_registry
 from hybrid_mllm.core.scan import AUTO, selective_scan
 
+from . import step_cpu
 from .conv import causal_conv1d
+
+_STEP_DTYPES = (torch.float32, torch.bfloat16)
 
 
 class Mamba(nn.Module):
@@ -109,7 +113,31 @@ class Mamba(nn.Module):
 
     def forward(self, x: Tensor, state: State | None = None, mask: Tensor | None = None) -> tuple[Tensor, State]:
         """x: (B, L, d_model), mask: (B, L) -> y: (B, L, d_model), (conv_state, ssm_state)."""
+        if self._fused_step_applies(x, state, mask):
+            return self._fused_step(x, state)
         return self.mix(x, state, mask, conv=causal_conv1d, scan=functools.partial(selective_scan, impl=self.impl))
+
+    def _fused_step_applies(self, x: Tensor, state: State | None, mask: Tensor | None) -> bool:
+        """One token on the CPU from a given state, no padding, no gradients, the default scan
+        (or the fused CPU one), and the C step built: `step_cpu`'s fused step."""
+        return (x.shape[1] == 1 and state is not None and mask is None and x.device.type == "cpu"
+                and self.impl in (AUTO, "cpu_fused") and x.dtype in _STEP_DTYPES and fast_decode()
+                and state[0].dtype == x.dtype and state[1].dtype == torch.float32 and step_cpu.available() is None)
+
+    def _fused_step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        """x: (B, 1, d_model) -> y: (B, 1, d_model), (conv_state, ssm_state), through one C call
+        between in_proj and out_proj."""
+        xz = linear(x[:, 0], self.in_proj.weight, self.in_proj.bias)  # (B, 2 * d_inner)
+        y, conv_state, ssm_state = step_cpu.mamba_step_cpu(self._step_weights(), xz, *state)
+        return linear(y, self.out_proj.weight, self.out_proj.bias)[:, None], (conv_state, ssm_state)
+
+    def _step_weights(self) -> step_cpu.StepWeights:
+        """The fused step's float32 copies of the parameters, rebuilt when one of them changes."""
+        key = tuple((p.data_ptr(), p._version) for p in self.parameters())
+        cached = getattr(self, "_step_cache", None)
+        if cached is None or cached[0] != key:
+            cached = self._step_cache = (key, step_cpu.StepWeights(self))
+        return cached[1]
 
     def mix(self, x: Tensor, state: State | None, mask: Tensor | None, *, conv: Callable,
             scan: Callable) -> tuple[Tensor, State]:

@@ -1,0 +1,87 @@
+"""The switch between the one-token decode paths and the general forward.
+
+Mixers and FFNs may take a path built for decoding (one token, no padding mask, no
+gradients: Mamba's fused C step, attention's in-place KV cache, MoE's direct expert loop),
+and their linear layers `linear`, which hands a few rows to a registered linear kernel
+(``register_linear_kernels``: the built-in bfloat16 CPU one) that accepts them.
+Each is tested against the general path, which stays reachable for comparison:
+``HYBRID_MLLM_DECODE=generic`` in the environment, or `decode_paths(fast=False)` in code
+(benchmarks time both in one process).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .errors import HybridError
+
+DECODE_ENV = "HYBRID_MLLM_DECODE"
+_CHOICES = ("fast", "generic")
+
+
+def _from_env() -> bool:
+    value = os.environ.get(DECODE_ENV, "fast")
+    if value not in _CHOICES:
+        raise HybridError(f"${DECODE_ENV}={value!r}: expected one of {', '.join(_CHOICES)}")
+    return value == "fast"
+
+
+_fast = _from_env()
+
+
+def fast_decode() -> bool:
+    """True when the one-token paths are on and the call is not traced for export or compiled
+    or recording gradients (those take the general forward)."""
+    return (_fast and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
+            and not torch.compiler.is_exporting() and not torch.jit.is_tracing())
+
+
+@contextlib.contextmanager
+def decode_paths(*, fast: bool) -> Iterator[None]:
+    """Turn the one-token paths on or off inside the block (not thread-local: for benchmarks and tests)."""
+    global _fast
+    saved, _fast = _fast, fast
+    try:
+        yield
+    finally:
+        _fast = saved
+
+
+@dataclass(frozen=True)
+class LinearKernel:
+    """A fast ``F.linear`` for some inputs: ``fn(x, weight, bias) -> y`` with F.linear's shapes,
+    used when ``accepts(x, weight, bias)`` (dtype, device, few rows, kernel built)."""
+
+    fn: Callable[[Tensor, Tensor, Tensor | None], Tensor]
+    accepts: Callable[[Tensor, Tensor, Tensor | None], bool]
+    description: str = ""
+
+
+@functools.cache
+def _linear_kernels() -> tuple[LinearKernel, ...]:
+    from .registry import get_registry  # the registry loads this module's importers: import late
+
+    return tuple(entry.obj for entry in get_registry().entries("linear_kernel"))
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``F.linear(x, weight, bias)``; while decoding, through the first registered kernel that
+    accepts the inputs. x: (..., K), weight: (N, K), bias: (N,) -> (..., N)."""
+    if fast_decode() and x.dtype != torch.float32:
+        for kernel in _linear_kernels():
+            if kernel.accepts(x, weight, bias):
+                return kernel.fn(x, weight, bias)
+    return F.linear(x, weight, bias)
+
+
+def dense(layer: torch.nn.Linear, x: Tensor) -> Tensor:
+    """``layer(x)`` through `linear`."""
+    return linear(x, layer.weight, layer.bias)

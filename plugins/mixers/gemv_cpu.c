@@ -1,0 +1,75 @@
+/* y = x W^T (+ bias) for a few rows of x and a bfloat16 W: the linear layers of a decode step.
+ *
+ * x: (M, K) bf16, W: (N, K) bf16 row-major, bias: (N) bf16 or NULL -> y: (M, N) bf16,
+ * accumulated in float32 and rounded to nearest even once. With few rows the product is
+ * bound by reading W; AVX512-BF16's dot-product instruction takes 32 pairs per step, four
+ * rows of W at a time share each load of x. Threads take disjoint ranges of N. Without
+ * AVX512-BF16 a scalar loop computes the same (the Python side checks which one was built).
+ */
+#include <stdint.h>
+#include <string.h>
+
+static inline float bf16_load(uint16_t v) {
+    uint32_t bits = (uint32_t)v << 16;
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+static inline uint16_t bf16_store(float f) {
+    uint32_t bits;
+    memcpy(&bits, &f, 4);
+    if ((bits & 0x7FFFFFFF) > 0x7F800000) return 0x7FC0;  /* NaN */
+    bits += 0x7FFF + ((bits >> 16) & 1);
+    return (uint16_t)(bits >> 16);
+}
+
+#if defined(__AVX512BF16__) && defined(__AVX512BW__)
+#include <immintrin.h>
+
+int gemv_bf16_vectorized(void) { return 1; }
+
+/* Dot products of one x row with 4 (or fewer: `rows`) W rows. */
+static inline void dot4(const uint16_t *x, const uint16_t *w, int64_t K, int rows, float *out) {
+    __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+    int64_t k = 0;
+    for (; k + 32 <= K; k += 32) {
+        const __m512bh xv = (__m512bh)_mm512_loadu_si512(x + k);
+        for (int r = 0; r < rows; r++)
+            acc[r] = _mm512_dpbf16_ps(acc[r], xv, (__m512bh)_mm512_loadu_si512(w + r * K + k));
+    }
+    if (k < K) {
+        const __mmask32 m = (__mmask32)((1ULL << (K - k)) - 1);
+        const __m512bh xv = (__m512bh)_mm512_maskz_loadu_epi16(m, x + k);
+        for (int r = 0; r < rows; r++)
+            acc[r] = _mm512_dpbf16_ps(acc[r], xv, (__m512bh)_mm512_maskz_loadu_epi16(m, w + r * K + k));
+    }
+    for (int r = 0; r < rows; r++) out[r] = _mm512_reduce_add_ps(acc[r]);
+}
+#else
+int gemv_bf16_vectorized(void) { return 0; }
+
+static inline void dot4(const uint16_t *x, const uint16_t *w, int64_t K, int rows, float *out) {
+    for (int r = 0; r < rows; r++) {
+        float acc = 0.0f;
+        for (int64_t k = 0; k < K; k++) acc += bf16_load(x[k]) * bf16_load(w[r * K + k]);
+        out[r] = acc;
+    }
+}
+#endif
+
+/* Output columns n0 .. n1 - 1 of every row. */
+void gemv_bf16(const uint16_t *x, const uint16_t *w, const uint16_t *bias, uint16_t *y,
+               int64_t M, int64_t N, int64_t K, int64_t n0, int64_t n1) {
+    float out[4];
+    for (int64_t n = n0; n < n1; n += 4) {
+        const int rows = (int)(n1 - n < 4 ? n1 - n : 4);
+        for (int64_t m = 0; m < M; m++) {
+            dot4(x + m * K, w + n * K, K, rows, out);
+            for (int r = 0; r < rows; r++) {
+                const float b = bias ? bf16_load(bias[n + r]) : 0.0f;
+                y[m * N + n + r] = bf16_store(out[r] + b);
+            }
+        }
+    }
+}

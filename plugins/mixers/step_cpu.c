@@ -1,0 +1,147 @@
+/* One Mamba-1 decode step for one token, fused: everything between in_proj and out_proj.
+ *
+ * Per batch row b, with x, z = xz[b, :d_inner], xz[b, d_inner:]:
+ *   conv:   xc[d] = silu(bias[d] + sum_k<K-1 conv_state[b,d,k] w[d,k] + x[d] w[d,K-1]);
+ *           new_conv_state[b,d] = (conv_state[b,d,1:], x[d])
+ *   x_proj: (dt_in, B, C) = W_x xc            (R + 2N outputs; optional RMSNorms on each)
+ *   dt:     dt[d] = softplus(W_dt[d] . dt_in + dt_bias[d])
+ *   scan:   h[d,n] = exp(dt[d] A[d,n]) h[d,n] + dt[d] B[n] xc[d];  y[d] = C . h[d] + D[d] xc[d]
+ *   gate:   y[d] *= silu(z[d])
+ * as selective_state_update does in mamba-ssm, with the conv and the projections' epilogue
+ * folded in. Activations (xz, conv state, y) are float32 or bfloat16; weights arrive as
+ * float32 copies; the SSM state and all arithmetic are float32.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+enum { F32 = 0, BF16 = 1 };
+
+typedef struct {
+    const void *xz;            /* (batch, 2 * d_inner), row stride xz_stride */
+    const void *conv_state;    /* (batch, d_inner, d_conv - 1), contiguous */
+    void *new_conv_state;      /* same shape */
+    const float *ssm_state;    /* (batch, d_inner, d_state), contiguous */
+    float *new_ssm_state;      /* same shape */
+    void *y;                   /* (batch, d_inner), contiguous */
+    const float *conv_w;       /* (d_inner, d_conv) */
+    const float *conv_b;       /* (d_inner) or NULL */
+    const float *x_proj_w;     /* (dt_rank + 2 d_state, d_inner) */
+    const float *dt_norm_w;    /* (dt_rank) or NULL: no inner norms */
+    const float *B_norm_w;     /* (d_state) */
+    const float *C_norm_w;     /* (d_state) */
+    const float *dt_proj_w;    /* (d_inner, dt_rank) */
+    const float *dt_bias;      /* (d_inner) */
+    const float *A;            /* (d_inner, d_state), A = -exp(A_log) */
+    const float *D;            /* (d_inner) */
+    float *work;               /* (batch, d_inner + dt_rank + 2 d_state) scratch */
+    int64_t xz_stride, batch, d_inner, d_conv, dt_rank, d_state;
+    float norm_eps;
+    int32_t dtype;             /* of xz, the conv state and y */
+} StepArgs;
+
+static inline float bf16_load(uint16_t v) {
+    uint32_t bits = (uint32_t)v << 16;
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+static inline uint16_t bf16_store(float f) {  /* round to nearest even, as torch does */
+    uint32_t bits;
+    memcpy(&bits, &f, 4);
+    if (isnan(f)) return 0x7FC0;
+    bits += 0x7FFF + ((bits >> 16) & 1);
+    return (uint16_t)(bits >> 16);
+}
+
+static inline float load(const void *p, int64_t i, int32_t dtype) {
+    return dtype == F32 ? ((const float *)p)[i] : bf16_load(((const uint16_t *)p)[i]);
+}
+
+static inline void store(void *p, int64_t i, float v, int32_t dtype) {
+    if (dtype == F32) ((float *)p)[i] = v;
+    else ((uint16_t *)p)[i] = bf16_store(v);
+}
+
+static inline float silu(float v) { return v / (1.0f + expf(-v)); }
+
+static inline float softplus(float v) { return fmaxf(v, 0.0f) + log1pf(expf(-fabsf(v))); }
+
+static void rms_norm(float *v, const float *w, int64_t n, float eps) {
+    float ss = 0.0f;
+    for (int64_t i = 0; i < n; i++) ss += v[i] * v[i];
+    float scale = 1.0f / sqrtf(ss / (float)n + eps);
+    for (int64_t i = 0; i < n; i++) v[i] = v[i] * scale * w[i];
+}
+
+/* conv + SiLU of one row into xc (d_inner floats); shifts the conv state. */
+static void conv_row(const StepArgs *a, int64_t b, float *xc) {
+    const int64_t K = a->d_conv, S = K - 1, D = a->d_inner;
+    for (int64_t d = 0; d < D; d++) {
+        const float x = load(a->xz, b * a->xz_stride + d, a->dtype);
+        const float *w = a->conv_w + d * K;
+        const int64_t base = (b * D + d) * S;
+        float acc = a->conv_b ? a->conv_b[d] : 0.0f;
+        for (int64_t k = 0; k < S; k++) {
+            const float past = load(a->conv_state, base + k, a->dtype);
+            acc += past * w[k];
+            if (k > 0) store(a->new_conv_state, base + k - 1, past, a->dtype);
+        }
+        acc += x * w[S];
+        if (S > 0) store(a->new_conv_state, base + S - 1, x, a->dtype);
+        xc[d] = silu(acc);
+    }
+}
+
+/* (dt_in, B, C) = W_x xc, then the optional RMSNorms. */
+static void x_proj_row(const StepArgs *a, const float *xc, float *dbc) {
+    const int64_t D = a->d_inner, R = a->dt_rank, N = a->d_state;
+    for (int64_t j = 0; j < R + 2 * N; j++) {
+        const float *w = a->x_proj_w + j * D;
+        float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+        for (int64_t d = 0; d < D; d++) acc += w[d] * xc[d];
+        dbc[j] = acc;
+    }
+    if (a->dt_norm_w) {
+        rms_norm(dbc, a->dt_norm_w, R, a->norm_eps);
+        rms_norm(dbc + R, a->B_norm_w, N, a->norm_eps);
+        rms_norm(dbc + R + N, a->C_norm_w, N, a->norm_eps);
+    }
+}
+
+/* dt_proj, softplus, the state update, D skip and the gate of one row. */
+static void scan_row(const StepArgs *a, int64_t b, const float *xc, const float *dbc) {
+    const int64_t D = a->d_inner, R = a->dt_rank, N = a->d_state;
+    const float *Bv = dbc + R, *Cv = dbc + R + N;
+    for (int64_t d = 0; d < D; d++) {
+        const float *wd = a->dt_proj_w + d * R;
+        float dt = a->dt_bias[d];
+        for (int64_t r = 0; r < R; r++) dt += wd[r] * dbc[r];
+        dt = softplus(dt);
+        const float *h0 = a->ssm_state + (b * D + d) * N, *A = a->A + d * N;
+        float *h = a->new_ssm_state + (b * D + d) * N;
+        const float dtx = dt * xc[d];
+        float y = 0.0f;
+        for (int64_t n = 0; n < N; n++) {
+            const float hn = expf(dt * A[n]) * h0[n] + dtx * Bv[n];
+            h[n] = hn;
+            y += Cv[n] * hn;
+        }
+        y += a->D[d] * xc[d];
+        const float z = load(a->xz, b * a->xz_stride + D + d, a->dtype);
+        store(a->y, b * D + d, y * silu(z), a->dtype);
+    }
+}
+
+/* Rows b0 .. b1 - 1 of the batch (threads take disjoint ranges). */
+void mamba_step(const StepArgs *a, int64_t b0, int64_t b1) {
+    const int64_t width = a->d_inner + a->dt_rank + 2 * a->d_state;
+    for (int64_t b = b0; b < b1; b++) {
+        float *xc = a->work + b * width, *dbc = xc + a->d_inner;
+        conv_row(a, b, xc);
+        x_proj_row(a, xc, dbc);
+        scan_row(a, b, xc, dbc);
+    }
+}
