@@ -24,8 +24,6 @@ import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 # name -> (d_model, vocab_size, intermediate_size, attention heads): 15.6M and 366M parameters
 SIZES = {"small": (256, 1024, 768, 8), "large": (1024, 32000, 4096, 16)}
 SPECIALS = ["<unk>", "<s>", "</s>"]
@@ -78,6 +76,7 @@ def train_tokenizer(vocab_size: int):
 
 def build_hf(size: str, out: Path, seed: int = 0):
     """Save a random JambaForCausalLM of `size` with its tokenizer in `out`; returns the model."""
+    import torch  # not at the top: the benchmark's workers set OpenMP's policy before torch loads
     import transformers
 
     d_model, vocab, d_ff, heads = SIZES[size]
