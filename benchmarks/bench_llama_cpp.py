@@ -47,6 +47,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--decode", type=int, default=32, help="single-token steps timed after each prefill (default 32)")
     p.add_argument("--repeats", type=int, default=3, help="rounds per row, medians reported (default 3)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--peer-omp-wait", default="PASSIVE",
+                   help="OMP_WAIT_POLICY of llama.cpp's process (default PASSIVE, what hybrid-run sets for ours; "
+                        "'native': leave it unset, as llama.cpp's own CLI does)")
     p.add_argument("--flash-attn", action="store_true", help="llama.cpp's flash attention (default off: exact f32)")
     p.add_argument("--workdir", type=Path, default=Path("/tmp/bench_llama_cpp"), help="models, kept between runs")
     p.add_argument("--rebuild", action="store_true", help="rebuild the models in --workdir")
@@ -131,7 +134,10 @@ class Remote:
     def __init__(self, kind: str, model: Path, dtype: str, n_ctx: int, args):
         cmd = [sys.executable, __file__, "--worker", kind, "--model", str(model), "--dtype", dtype,
                "--n-ctx", str(n_ctx), "--threads", str(args.threads)] + ["--flash-attn"] * args.flash_attn
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        env = dict(os.environ)
+        if kind == "llama.cpp" and args.peer_omp_wait != "native":  # the same OpenMP waiting as ours
+            env["OMP_WAIT_POLICY"] = args.peer_omp_wait
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
         self.info = self._read()
 
     def _read(self) -> dict:
@@ -266,7 +272,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     print(subprocess.run(["uptime"], check=False, capture_output=True, text=True).stdout.strip())
     print(f"torch {torch.__version__}, llama-cpp-python {llama_cpp.__version__}, {args.threads} threads, "
-          f"{args.repeats} rounds, {args.decode} decode steps, llama.cpp flash attention {args.flash_attn}")
+          f"{args.repeats} rounds, {args.decode} decode steps, llama.cpp flash attention {args.flash_attn}, "
+          f"llama.cpp OMP_WAIT_POLICY {args.peer_omp_wait}")
     result = {"args": {k: str(v) for k, v in vars(args).items()}, "parity": {}, "rows": []}
     for size in args.sizes:
         forms = _peer_models.build(size, args.workdir / size, converter, args.rebuild)
