@@ -9,11 +9,13 @@ The peer is llama-cpp-python built from source (an optional benchmark dependency
 converter, from the unpacked sdist's ``vendor/llama.cpp``) and our checkpoint
 (``hybrid-convert``). fp32 parity comes first: logits of a 64-token prompt against
 transformers, and 16 greedy tokens ours vs llama.cpp. Then, per context, prefill of the
-prompt and ``--decode`` single-token steps after it, timed ours / llama.cpp alternating,
-medians of ``--repeats``, ``--threads`` threads each; ratios are ours / llama.cpp in the
-same round. Ours runs as ``hybrid-run`` does (``load_checkpoint(dtype=...)``,
-``TorchDecoder``, the runtime's prefill chunk, ``runtime.alloc``'s malloc settings);
-llama.cpp through ``Llama.eval`` with an f32 KV cache for f32 and bf16 for bf16.
+prompt and ``--decode`` single-token steps after it, rounds alternating ours / llama.cpp,
+``--threads`` threads each; a row gives the medians of ``--repeats`` rounds and their ratio.
+Each engine runs in a worker process of its own (its own OpenMP runtime): ours as
+``hybrid-run`` runs it (its OpenMP wait policy where this version sets one,
+``load_checkpoint(dtype=...)``, ``TorchDecoder``, the runtime's prefill chunk and malloc
+settings), llama.cpp through ``Llama.eval`` with an f32 KV cache for f32 and bf16 for bf16
+and ``--peer-omp-wait`` as its ``OMP_WAIT_POLICY``.
 
     python benchmarks/bench_llama_cpp.py --llama-cpp /tmp/llama_cpp_python-0.3.36/vendor/llama.cpp
     python benchmarks/bench_llama_cpp.py --llama-cpp DIR --sizes large --contexts 512 2048 --repeats 3
