@@ -68,8 +68,9 @@ def test_keep_reuses_freed_big_blocks():
     system, keep = _run(_ROUNDS, "system"), _run(_ROUNDS, "keep")
     assert (system["applied"], keep["applied"]) == ("system", "keep")
     # glibc's default maps (and faults) every round afresh; kept, rounds 2-4 reuse the heap
-    assert min(system["faults"][1:]) > 0.9 * pages, system["faults"]
+    # (the comparison, not a page count, for the control: huge pages would fault fewer times)
     assert max(keep["faults"][1:]) < 0.05 * pages, keep["faults"]
+    assert max(keep["faults"][1:]) * 10 < min(system["faults"][1:]), (system["faults"], keep["faults"])
 
 
 @pytest.mark.skipif(not GLIBC, reason="the malloc settings are glibc's")
