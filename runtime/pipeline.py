@@ -18,6 +18,7 @@ from hybrid_mllm.core.errors import HybridError, InputError
 from hybrid_mllm.core.text import IMAGE_TOKEN, VIDEO_TOKEN, Tokenizer, get_template
 from hybrid_mllm.core.vision import Visual
 
+from .alloc import keep_freed_memory
 from .generate import Decoder, GenerationConfig, GenerationResult, TorchDecoder, generate
 from .memory import check_prefill_memory
 from .splice import Batch, Multimodal, embed
@@ -53,6 +54,7 @@ PREFILL_CHUNK = 8192  # tokens per prefill step of the PyTorch runtime
 
 class Pipeline:
     def __init__(self, model: Multimodal, tokenizer: Tokenizer, config: Config):
+        keep_freed_memory()  # big freed activations stay in the heap for the next op (runtime/alloc.py)
         self.model, self.tokenizer, self.config = model, tokenizer, config
         self.template = get_template(config.text.template)
         self.visuals = VisualLoader(model, config.vision)
