@@ -3,7 +3,7 @@
 Mixers and FFNs may take a path built for decoding (one token, no padding mask, no
 gradients: Mamba's fused C step, attention's in-place KV cache, MoE's direct expert loop),
 and their linear layers `linear`, which hands a few rows to a registered linear kernel
-(``register_linear_kernels``: the built-in bfloat16 CPU one) that accepts them.
+(``register_linear_kernels``: the built-in float32 / bfloat16 CPU one) that accepts them.
 Each is tested against the general path, which stays reachable for comparison:
 ``HYBRID_MLLM_DECODE=generic`` in the environment, or `decode_paths(fast=False)` in code
 (benchmarks time both in one process).
@@ -75,7 +75,7 @@ def _linear_kernels() -> tuple[LinearKernel, ...]:
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """``F.linear(x, weight, bias)``; while decoding, through the first registered kernel that
     accepts the inputs. x: (..., K), weight: (N, K), bias: (N,) -> (..., N)."""
-    if fast_decode() and x.dtype != torch.float32:
+    if fast_decode():
         for kernel in _linear_kernels():
             if kernel.accepts(x, weight, bias):
                 return kernel.fn(x, weight, bias)

@@ -38,7 +38,8 @@ class MoE(nn.Module):
     The router's softmax over all experts gives each token's top-k experts and weights
     (renormalised over the k when ``normalize_top_k``; Jamba does not). The auxiliary
     load-balancing loss (Switch Transformer) is ``n_experts * sum_e f_e * P_e``, f_e the
-    fraction of routed slots sent to expert e, P_e its mean router probability.
+    fraction of routed slots sent to expert e, P_e its mean router probability; decoding a few
+    tokens (`fast_decode`) it is 0, since it only trains the router.
     """
 
     def __init__(
@@ -78,6 +79,8 @@ class MoE(nn.Module):
         dispatch = self._each_slot if few else self._dispatch
         y = dispatch(tokens, chosen).view(*chosen.shape, -1)  # (T, k, d): each slot's expert output
         y = (y * weights[..., None].to(y.dtype)).sum(1)
+        if few:  # decoding: the aux loss only trains the router
+            return y.view_as(x), x.new_zeros((), dtype=torch.float32)
         routed = F.one_hot(chosen, self.n_experts).float().sum(1)  # (T, E): 1 where chosen
         aux = self.n_experts * (routed.mean(0) / self.top_k * probs.mean(0)).sum()
         return y.view_as(x), aux

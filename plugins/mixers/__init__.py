@@ -9,7 +9,7 @@ from hybrid_mllm.core.ssd import SSDKernel
 
 from ._scan_common import CHUNK
 from .attention import Attention
-from .gemv_cpu import CPU_BF16
+from .gemv_cpu import CPU_FEW_ROWS
 from .mamba import Mamba
 from .mamba2 import Mamba2
 from .mamba2_export import MAMBA2_EXPORT
@@ -77,4 +77,4 @@ def register_exports(register):
 
 @hookimpl
 def register_linear_kernels(register):
-    register("cpu_bf16", CPU_BF16)
+    register("cpu_few_rows", CPU_FEW_ROWS)

@@ -1,10 +1,11 @@
-/* y = x W^T (+ bias) for a few rows of x and a bfloat16 W: the linear layers of a decode step.
+/* y = x W^T (+ bias) for a few rows of x: the linear layers of a decode step.
  *
- * x: (M, K) bf16, W: (N, K) bf16 row-major, bias: (N) bf16 or NULL -> y: (M, N) bf16,
- * accumulated in float32 and rounded to nearest even once. With few rows the product is
- * bound by reading W; AVX512-BF16's dot-product instruction takes 32 pairs per step, four
- * rows of W at a time share each load of x. Threads take disjoint ranges of N. Without
- * AVX512-BF16 a scalar loop computes the same (the Python side checks which one was built).
+ * gemv_bf16: x: (M, K) bf16, W: (N, K) bf16 row-major, bias: (N) bf16 or NULL -> y: (M, N)
+ * bf16, accumulated in float32 and rounded to nearest even once. AVX512-BF16's dot-product
+ * instruction takes 32 pairs per step. gemv_f32: the same in float32 with AVX512F FMAs,
+ * 16 pairs per step. With few rows the product is bound by reading W; four rows of W at a
+ * time share each load of x. Threads take disjoint ranges of N. Without the instructions a
+ * scalar loop computes the same (the Python side checks which one was built and declines it).
  */
 #include <stdint.h>
 #include <string.h>
@@ -70,6 +71,51 @@ void gemv_bf16(const uint16_t *x, const uint16_t *w, const uint16_t *bias, uint1
                 const float b = bias ? bf16_load(bias[n + r]) : 0.0f;
                 y[m * N + n + r] = bf16_store(out[r] + b);
             }
+        }
+    }
+}
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+
+int gemv_f32_vectorized(void) { return 1; }
+
+/* Dot products of one float32 x row with 4 (or fewer: `rows`) W rows. */
+static inline void dot4_f32(const float *x, const float *w, int64_t K, int rows, float *out) {
+    __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+    int64_t k = 0;
+    for (; k + 16 <= K; k += 16) {
+        const __m512 xv = _mm512_loadu_ps(x + k);
+        for (int r = 0; r < rows; r++) acc[r] = _mm512_fmadd_ps(xv, _mm512_loadu_ps(w + r * K + k), acc[r]);
+    }
+    if (k < K) {
+        const __mmask16 m = (__mmask16)((1U << (K - k)) - 1);
+        const __m512 xv = _mm512_maskz_loadu_ps(m, x + k);
+        for (int r = 0; r < rows; r++) acc[r] = _mm512_fmadd_ps(xv, _mm512_maskz_loadu_ps(m, w + r * K + k), acc[r]);
+    }
+    for (int r = 0; r < rows; r++) out[r] = _mm512_reduce_add_ps(acc[r]);
+}
+#else
+int gemv_f32_vectorized(void) { return 0; }
+
+static inline void dot4_f32(const float *x, const float *w, int64_t K, int rows, float *out) {
+    for (int r = 0; r < rows; r++) {
+        float acc = 0.0f;
+        for (int64_t k = 0; k < K; k++) acc += x[k] * w[r * K + k];
+        out[r] = acc;
+    }
+}
+#endif
+
+/* Output columns n0 .. n1 - 1 of every row, float32. */
+void gemv_f32(const float *x, const float *w, const float *bias, float *y,
+              int64_t M, int64_t N, int64_t K, int64_t n0, int64_t n1) {
+    float out[4];
+    for (int64_t n = n0; n < n1; n += 4) {
+        const int rows = (int)(n1 - n < 4 ? n1 - n : 4);
+        for (int64_t m = 0; m < M; m++) {
+            dot4_f32(x + m * K, w + n * K, K, rows, out);
+            for (int r = 0; r < rows; r++) y[m * N + n + r] = out[r] + (bias ? bias[n + r] : 0.0f);
         }
     }
 }
