@@ -45,8 +45,10 @@ def mixer_name(rest: str) -> str:
     return TENSORS.get(rest, rest)
 
 
-def read_mamba2(r: HFConfigReader, keys: Mamba2Keys, d_model: int, d_inner: int) -> dict[str, Any]:
-    """Our ``mixers.mamba2`` options from their config; `d_inner` is their mixer width."""
+def read_mamba2(r: HFConfigReader, keys: Mamba2Keys, d_model: int, d_inner: int, *,
+                any_width: bool = False) -> dict[str, Any]:
+    """Our ``mixers.mamba2`` options from their config; `d_inner` is their mixer width: an integer
+    ``expand`` times d_model, or with `any_width` (Falcon-H1) our ``d_inner`` where it is not."""
     act = r.hf.get(keys.act, "silu")
     if act != "silu":
         r.problems.append(f"{keys.act}: {act!r} is not supported: our Mamba-2 uses 'silu'")
@@ -62,7 +64,10 @@ def read_mamba2(r: HFConfigReader, keys: Mamba2Keys, d_model: int, d_inner: int)
                           f"the mixer width {d_inner}")
     if nheads % out["ngroups"]:
         r.problems.append(f"{keys.ngroups}: {out['ngroups']} groups must divide the {nheads} heads ({keys.nheads})")
-    out["expand"] = r.whole_multiple(keys.nheads, d_inner / d_model, d_model)
+    if any_width and d_inner % d_model:
+        out["d_inner"] = d_inner
+    else:
+        out["expand"] = r.whole_multiple(keys.nheads, d_inner / d_model, d_model)
     if keys.dt_limit is not None:
         out["dt_limit"] = _dt_limit(r, keys.dt_limit)
     return {**out, "rmsnorm": True, "norm_before_gate": False}
@@ -90,7 +95,11 @@ def _dt_limit(r: HFConfigReader, key: str) -> list[float]:
 
 
 def check_mamba2(options: dict[str, Any], problems: list[str], *, norm_eps: float) -> None:
-    """What every family's Mamba-2 is: a gated RMSNorm after the gate, one norm epsilon."""
+    """What every family's Mamba-2 is (but Falcon-H1's): a gated RMSNorm after the gate, one norm
+    epsilon, a width of an integer expand x hidden_size."""
+    if options.get("d_inner") is not None:
+        problems.append("mixers.mamba2.d_inner must be null: the family's Mamba-2 width is an integer "
+                        "expand x hidden_size (set expand)")
     if not options["rmsnorm"] or options["norm_before_gate"]:
         problems.append("mixers.mamba2: rmsnorm must be true and norm_before_gate false (norm(y * silu(z)))")
     if options["norm_eps"] != norm_eps:
@@ -102,7 +111,7 @@ def write_mamba2(options: dict[str, Any], keys: Mamba2Keys, d_model: int) -> dic
     """Their config.json keys for our ``mixers.mamba2`` options."""
     out = {getattr(keys, ours): options[ours] for ours in (*INTS, *BOOLS, *FLOATS, "dt_limit")
            if getattr(keys, ours, None) is not None}
-    out[keys.nheads] = options["expand"] * d_model // options["headdim"]
+    out[keys.nheads] = (options.get("d_inner") or options["expand"] * d_model) // options["headdim"]
     out[keys.act] = "silu"
     if keys.dt_limit is not None:
         out[keys.dt_limit] = list(options["dt_limit"])

@@ -23,6 +23,7 @@ import torch
 from hybrid_mllm.core.config import ModelConfig
 
 from ._arch import Architecture, HFConfigReader
+from ._attention import plain_heads
 from ._hf_io import HFWeights
 from ._mamba2 import Mamba2Keys, check_mamba2, mixer_name, read_mamba2, write_mamba2
 from .jamba import unpack_experts
@@ -134,6 +135,7 @@ def to_hf(m: ModelConfig, problems: list[str]) -> dict[str, Any]:
         out.update(write_mamba2(m.mixers["mamba2"], KEYS, m.d_model), mamba_expand=m.mixers["mamba2"]["expand"])
     if "attention" in m.layers:
         att = m.mixers["attention"]
+        plain_heads(att, m.d_model, problems, "GraniteMoeHybridForCausalLM")
         out.update(num_attention_heads=att["n_head"], num_key_value_heads=att["n_kv_head"] or att["n_head"],
                    attention_bias=att["bias"], attention_multiplier=(m.d_model // att["n_head"]) ** -0.5,
                    position_embedding_type="rope" if att["rope"] else None,

@@ -15,6 +15,7 @@ from typing import Any
 from hybrid_mllm.core.config import ModelConfig
 
 from ._arch import MAMBA_TENSORS, Architecture, HFConfigReader, dt_rank, fit_period, swiglu_name
+from ._attention import plain_heads
 from ._hf_io import HFWeights
 
 # JambaConfig's defaults (transformers 5.23), used for keys a config.json leaves out.
@@ -100,6 +101,7 @@ def to_hf(m: ModelConfig, problems: list[str]) -> dict[str, Any]:
             problems.append("mixers.attention.rope must be false: Jamba's attention has no positional encoding")
         if att["bias"]:
             problems.append("mixers.attention.bias must be false: Jamba's projections have no bias")
+        plain_heads(att, m.d_model, problems, "JambaForCausalLM")
     d_hidden = {kind: m.ffns.get(kind, {}).get("d_hidden") or 4 * m.d_model for kind in ("mlp", "moe")}
     has_moe = "moe" in m.ffn_layers
     if "mlp" in m.ffn_layers and m.ffns["mlp"]["bias"]:

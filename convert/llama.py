@@ -13,6 +13,7 @@ from typing import Any
 from hybrid_mllm.core.config import ModelConfig
 
 from ._arch import Architecture, HFConfigReader, swiglu_name
+from ._attention import plain_heads
 
 # LlamaConfig's defaults (transformers 5.23), used for keys a config.json leaves out.
 DEFAULTS = {
@@ -68,6 +69,8 @@ def to_hf(m: ModelConfig, problems: list[str]) -> dict[str, Any]:
     att = m.mixers.get("attention")
     if att is not None and not att["rope"]:
         problems.append("mixers.attention.rope must be true: Llama's attention uses RoPE")
+    if att is not None:
+        plain_heads(att, m.d_model, problems, "LlamaForCausalLM")
     if problems:
         return {}
     return {

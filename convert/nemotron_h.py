@@ -17,6 +17,7 @@ from typing import Any
 from hybrid_mllm.core.config import ModelConfig
 
 from ._arch import Architecture, HFConfigReader, check_multipliers, swiglu_name
+from ._attention import plain_heads
 from ._hf_io import HFWeights
 from ._mamba2 import Mamba2Keys, check_mamba2, mixer_name, read_mamba2, write_mamba2
 
@@ -98,6 +99,8 @@ def to_hf(m: ModelConfig, problems: list[str]) -> dict[str, Any]:
     att, mamba2, mlp = m.mixers.get("attention"), m.mixers.get("mamba2"), m.ffns.get("relu2_mlp")
     if "attention" in m.layers and (att["rope"] or att["bias"]):
         problems.append("mixers.attention: rope and bias must be false: Nemotron-H's attention has neither")
+    if "attention" in m.layers:
+        plain_heads(att, m.d_model, problems, "NemotronHForCausalLM")
     if "mamba2" in m.layers:
         check_mamba2(mamba2, problems, norm_eps=m.norm_eps)
         if list(mamba2["dt_limit"]) != [mamba2["dt_min"], math.inf]:

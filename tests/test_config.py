@@ -36,8 +36,9 @@ def test_all_problems_reported_at_once_with_paths(tmp_path):
         """)
     assert _problems(path) == [
         f"{path} has 4 problems",
-        "  model.layers[0]: unknown mixer 'mamab'. Did you mean 'mamba'? Available: attention, mamba, mamba2, none",
-        "  model.mixers.attention: n_head (4) must divide d_model (130)",
+        "  model.layers[0]: unknown mixer 'mamab'. Did you mean 'mamba'? Available: attention, mamba, mamba2, none, "
+        "parallel",
+        "  model.mixers.attention: n_head (4) must divide d_model (130), or set head_dim",
         "  model.mixers.mamba.d_stat: unknown option. Did you mean 'd_state'? (allowed: d_state, d_conv, expand, "
         "dt_rank, dt_min, dt_max, dt_init_floor, conv_bias, bias, inner_norms, norm_eps, impl)",
         "  model.mixers.mamba.expand: expected int, got str 'two'",

@@ -17,7 +17,7 @@ from test_convert_hf import ATOL, NEW_TOKENS, SMALL, VOCAB, _check_parity, _gree
 from hybrid_mllm.convert import cli, convert_hf, load_hf, save_hf
 from hybrid_mllm.core.build import build_model
 from hybrid_mllm.core.checkpoint import load_checkpoint
-from hybrid_mllm.core.config import load_config
+from hybrid_mllm.core.config import load_config, parse_config
 from hybrid_mllm.core.presets import resolve_config_path
 
 MAMBA2 = {"state_size": 8, "head_dim": 16, "num_heads": 8, "n_groups": 2, "expand": 2, "chunk_size": 16}
@@ -26,6 +26,7 @@ NEMOTRON = {"ssm_state_size": 8, "mamba_head_dim": 16, "mamba_num_heads": 8, "n_
             "layers_block_type": ["linear_attention", "mlp", "full_attention", "mlp", "linear_attention"]}
 BAMBA = {"mamba_d_state": 8, "mamba_d_head": 16, "mamba_n_heads": 8, "mamba_n_groups": 2, "mamba_chunk_size": 16,
          "intermediate_size": 96, "num_hidden_layers": 3, "attn_layer_indices": None}
+BAMBA_ATTENTION = {"num_attention_heads": 4, "num_key_value_heads": 2}
 GRANITE = {"mamba_d_state": 8, "mamba_d_head": 16, "mamba_n_heads": 8, "mamba_n_groups": 2, "mamba_chunk_size": 16,
            "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 48, "shared_intermediate_size": 80,
            "embedding_multiplier": 12.0, "residual_multiplier": 0.22, "attention_multiplier": 0.015625,
@@ -36,6 +37,14 @@ FAMILIES = {
                                                      use_conv_bias=False, **MAMBA2),
     "nemotron_h": lambda: transformers.NemotronHConfig(**SMALL, **NEMOTRON),
     "bamba": lambda: transformers.BambaConfig(**SMALL, **BAMBA),
+    # attention in layer 1: GQA, bias, RoPE on half of each head (Bamba's partial_rotary_factor 0.5)
+    "bamba-attention": lambda: transformers.BambaConfig(**SMALL, **{
+        **BAMBA, **BAMBA_ATTENTION, "attn_layer_indices": [1], "attention_bias": True,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 500.0}}),
+    # attention first and last, heads wider than hidden_size / heads, 3/4 of each rotated, tied head
+    "bamba-head-dim": lambda: transformers.BambaConfig(**SMALL, **{
+        **BAMBA, **BAMBA_ATTENTION, "attn_layer_indices": [0, 2], "head_dim": 24, "tie_word_embeddings": True,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.75}}),
     # top-2 of 4 experts + a shared expert, no positional encoding (Granite 4.0 H), every multiplier
     "granite": lambda: transformers.GraniteMoeHybridConfig(
         **SMALL, **GRANITE, num_hidden_layers=4, num_local_experts=4, num_experts_per_tok=2,
@@ -167,9 +176,26 @@ def test_nemotron_h_moe_layers_are_refused_by_name(dirs, tmp_path):
     conversion_fails(convert_hf, src, tmp_path, "layers_block_type: 'moe' layers are not supported")
 
 
-def test_bamba_attention_is_refused_naming_partial_rotary(dirs, tmp_path):
-    src = edited(dirs["bamba"], tmp_path, config=lambda hf: hf.update(attn_layer_indices=[1]))
-    conversion_fails(convert_hf, src, tmp_path, "attn_layer_indices: Bamba's attention layers rotate half of each head")
+def test_bamba_attention_rotates_part_of_each_head(tmp_path):
+    _save_hf(tmp_path / "hf", FAMILIES["bamba-head-dim"]())
+    _, config = load_hf(tmp_path / "hf")
+    m = config.model
+    assert m.layers == ["attention", "mamba2", "attention"]
+    assert (m.mixers["attention"]["head_dim"], m.mixers["attention"]["rotary_dim"]) == (24, 18)
+
+
+def test_bamba_rotary_factor_that_gives_an_odd_width_is_refused(dirs, tmp_path):
+    src = edited(dirs["bamba"], tmp_path, config=lambda hf: hf.update(
+        attn_layer_indices=[1], num_attention_heads=4, rope_parameters={"rope_type": "default", "rope_theta": 1e4,
+                                                                        "partial_rotary_factor": 0.3125}))
+    conversion_fails(convert_hf, src, tmp_path, "partial_rotary_factor: 0.3125 x head_dim 16 = 5 rotated dims is "
+                                                "not supported: it must give an even number between 2 and head_dim")
+
+
+def test_bamba_attention_indices_out_of_range(dirs, tmp_path):
+    src = edited(dirs["bamba"], tmp_path, config=lambda hf: hf.update(attn_layer_indices=[3]))
+    conversion_fails(convert_hf, src, tmp_path, "attn_layer_indices: expected a list of layer indices in [0, 3), "
+                                                "got [3]")
 
 
 @pytest.mark.parametrize("arch, says", [("Zamba2ForCausalLM", "shared attention blocks"),
@@ -186,6 +212,18 @@ def test_model_that_fits_no_mamba2_family_lists_why(tmp_path):
     with pytest.raises(Exception, match="residual_multiplier must be 1.0: NemotronHForCausalLM has no such"):
         save_hf(build_model(config, device="meta"), config, tmp_path / "hf")
     assert not (tmp_path / "hf").exists()
+
+
+def test_head_dim_is_refused_where_the_family_has_none(tmp_path):
+    raw = {"name": "wide-heads", "model": {
+        "vocab_size": VOCAB, "d_model": 64, "n_layer": 2, "layers": ["mamba2", "attention"],
+        "mixers": {"mamba2": {"d_state": 8, "headdim": 16}, "attention": {"n_head": 4, "head_dim": 24}}}}
+    config = parse_config(raw)
+    with pytest.raises(Exception) as info:
+        save_hf(build_model(config, device="meta"), config, tmp_path / "hf")
+    assert ("GraniteMoeHybridForCausalLM: mixers.attention.head_dim (24) must be d_model / n_head (64 / 4): "
+            "GraniteMoeHybridForCausalLM has no head_dim") in str(info.value)
+    assert "BambaForCausalLM: mixers.attention.rope must be true" in str(info.value)
 
 
 def test_cli_converts_nemotron_h_both_ways(dirs, tmp_path, capsys):

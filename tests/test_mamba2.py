@@ -88,6 +88,8 @@ def test_gated_rmsnorm(group, before):
     ({"headdim": 12}, ValueError, r"headdim 12 must divide d_inner = expand \* d_model = 32; use one of 32, 16, 8"),
     ({"headdim": 8, "ngroups": 3}, ValueError, "ngroups 3 must divide nheads = d_inner / headdim = 4; use one of 4, 2, 1"),
     ({"d_state": 0}, ValueError, "d_state must be >= 1, got 0"),
+    ({"d_inner": 20}, ValueError, "headdim 8 must divide d_inner = 20; use one of 20, 10, 5, 4, 2, 1"),
+    ({"d_inner": 0}, ValueError, "d_inner must be >= 1, got 0"),
     ({"dt_limit": (0.5, 0.5)}, ValueError, r"dt_limit must be \[low, high\] with 0 <= low < high, got \[0.5, 0.5\]"),
     ({"dt_limit": (0.1,)}, ValueError, "dt_limit must be"),
     ({"impl": "chunkd"}, RegistryError, "impl: unknown ssd kernel 'chunkd'. Did you mean 'chunked'?"),
@@ -95,6 +97,14 @@ def test_gated_rmsnorm(group, before):
 def test_bad_options_name_the_field(options, error, message):
     with pytest.raises(error, match=message):
         Mamba2(16, **{"headdim": 8, **options})
+
+
+def test_d_inner_sets_a_width_that_is_no_multiple_of_d_model():
+    mixer = Mamba2(16, d_inner=24, headdim=8, d_state=4)
+    assert (mixer.d_inner, mixer.nheads, mixer.conv_dim) == (24, 3, 32)
+    assert mixer.in_proj.weight.shape == (24 + 32 + 3, 16) and mixer.out_proj.weight.shape == (16, 24)
+    y, (conv_state, ssm_state) = mixer(torch.randn(2, 5, 16))
+    assert y.shape == (2, 5, 16) and ssm_state.shape == (2, 3, 8, 4) and conv_state.shape == (2, 32, 3)
 
 
 def test_a_model_yaml_with_mamba2_round_trips_and_runs(tmp_path):

@@ -14,6 +14,7 @@ from .mamba import Mamba
 from .mamba2 import Mamba2
 from .mamba2_export import MAMBA2_EXPORT
 from .mamba_export import MAMBA_EXPORT
+from .parallel import Parallel
 from .scan_chunked import selective_scan_chunked
 from .scan_cpu import CPU_FUSED
 from .scan_export import CHUNKED_EXPORT
@@ -34,6 +35,7 @@ def register_mixers(register):
     register("attention", Attention)
     register("mamba", Mamba)
     register("mamba2", Mamba2)
+    register("parallel", Parallel)
 
 
 @hookimpl

@@ -1,4 +1,5 @@
-"""Causal grouped-query self-attention with an explicit KV cache (Jamba's attention layer)."""
+"""Causal grouped-query self-attention with an explicit KV cache (Jamba's attention layer;
+Llama's, Bamba's and Falcon-H1's with RoPE, over the whole head or its first ``rotary_dim`` dims)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,10 @@ from . import kv_cache
 
 class Attention(nn.Module):
     """Multi-head attention with ``n_kv_head`` key/value heads (GQA), PyTorch SDPA, optional RoPE.
+
+    ``head_dim`` (None: d_model / n_head) sizes the heads: q, o project d_model <-> n_head x head_dim,
+    k, v d_model -> n_kv_head x head_dim. With ``rope``, the first ``rotary_dim`` dims of each head
+    (None: all of them) are rotated and the rest pass unchanged (Bamba's partial rotary).
 
     State: ``k, v: (B, n_kv_head, S, head_dim)`` and ``kmask: (B, S)`` bool (which cached
     positions are real tokens); S grows by L on every call. Decoding (`fast_decode`) appends
@@ -31,24 +36,21 @@ class Attention(nn.Module):
         n_kv_head: int | None = None,
         rope: bool = False,
         rope_theta: float = 10000.0,
+        rotary_dim: int | None = None,
+        head_dim: int | None = None,
         bias: bool = False,
         device=None,
         dtype=None,
     ):
         super().__init__()
         n_kv_head = n_kv_head or n_head
-        problems = []
-        if n_head < 1 or d_model % n_head:
-            problems.append(f"n_head ({n_head}) must divide d_model ({d_model})")
-        elif n_kv_head < 1 or n_head % n_kv_head:
-            problems.append(f"n_kv_head ({n_kv_head}) must divide n_head ({n_head})")
-        elif rope and (d_model // n_head) % 2:
-            problems.append(f"rope needs an even head_dim, got d_model / n_head = {d_model // n_head}")
-        if problems:
-            raise ValueError("; ".join(problems))
+        problem = _check_heads(d_model, n_head, n_kv_head, head_dim, rope, rotary_dim)
+        if problem:
+            raise ValueError(problem)
         factory = {"device": device, "dtype": dtype}
-        self.n_head, self.n_kv_head, self.head_dim = n_head, n_kv_head, d_model // n_head
+        self.n_head, self.n_kv_head, self.head_dim = n_head, n_kv_head, head_dim or d_model // n_head
         self.rope, self.rope_theta = rope, rope_theta
+        self.rotary_dim = rotary_dim or self.head_dim
         self.q_proj = nn.Linear(d_model, n_head * self.head_dim, bias=bias, **factory)
         self.k_proj = nn.Linear(d_model, n_kv_head * self.head_dim, bias=bias, **factory)
         self.v_proj = nn.Linear(d_model, n_kv_head * self.head_dim, bias=bias, **factory)
@@ -75,7 +77,7 @@ class Attention(nn.Module):
         if self.rope:
             # positions count real tokens only, so left padding does not shift them
             pos = past_mask.sum(-1, keepdim=True) + mask.cumsum(-1) - 1  # (B, L)
-            q, k = _rotate(q, pos, self.rope_theta), _rotate(k, pos, self.rope_theta)
+            q, k = _rotate(q, pos, self.rope_theta, self.rotary_dim), _rotate(k, pos, self.rope_theta, self.rotary_dim)
         fast = fast_decode()
         append = kv_cache.append if fast else lambda past, new, dim: torch.cat([past, new], dim)
         k, v = append(past_k, k.to(past_k.dtype), 2), append(past_v, v.to(past_v.dtype), 2)
@@ -127,11 +129,36 @@ def _repeat_kv(kv: Tensor, n_head: int) -> Tensor:
     return kv[:, :, None].expand(batch, n_kv, n_head // n_kv, seq, hd).reshape(batch, n_head, seq, hd)
 
 
-def _rotate(x: Tensor, pos: Tensor, theta: float) -> Tensor:
-    """Rotary embedding (half-split layout). x: (B, H, L, hd), pos: (B, L)."""
-    half = x.shape[-1] // 2
-    inv_freq = theta ** (-torch.arange(half, device=x.device, dtype=torch.float32) / half)  # (hd/2,)
-    angle = pos.float()[:, None, :, None] * inv_freq  # (B, 1, L, hd/2)
+def _check_heads(d_model: int, n_head: int, n_kv_head: int, head_dim: int | None, rope: bool,
+                 rotary_dim: int | None) -> str | None:
+    """The first problem with the head options, naming the option and what it must be, or None."""
+    if n_head < 1:
+        return f"n_head must be >= 1, got {n_head}"
+    if head_dim is None and d_model % n_head:
+        return f"n_head ({n_head}) must divide d_model ({d_model}), or set head_dim"
+    if head_dim is not None and head_dim < 1:
+        return f"head_dim must be >= 1, got {head_dim}"
+    if n_kv_head < 1 or n_head % n_kv_head:
+        return f"n_kv_head ({n_kv_head}) must divide n_head ({n_head})"
+    hd = head_dim or d_model // n_head
+    if rotary_dim is not None and not rope:
+        return f"rotary_dim ({rotary_dim}) needs rope: true (or remove rotary_dim)"
+    if rotary_dim is not None and (rotary_dim < 2 or rotary_dim % 2 or rotary_dim > hd):
+        return f"rotary_dim must be even and between 2 and head_dim ({hd}), got {rotary_dim}"
+    if rope and rotary_dim is None and hd % 2:
+        return f"rope needs an even head_dim, got {hd}; or set an even rotary_dim below it"
+    return None
+
+
+def _rotate(x: Tensor, pos: Tensor, theta: float, rotary_dim: int) -> Tensor:
+    """Rotary embedding (half-split layout) of the first `rotary_dim` dims of each head; the
+    others pass unchanged. Frequencies theta^(-2i / rotary_dim), i < rotary_dim / 2.
+
+    x: (B, H, L, hd), pos: (B, L) -> (B, H, L, hd)."""
+    half = rotary_dim // 2
+    inv_freq = theta ** (-torch.arange(half, device=x.device, dtype=torch.float32) / half)  # (r/2,)
+    angle = pos.float()[:, None, :, None] * inv_freq  # (B, 1, L, r/2)
     cos, sin = angle.cos(), angle.sin()
-    x1, x2 = x.float()[..., :half], x.float()[..., half:]
-    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(x.dtype)
+    x1, x2 = x.float()[..., :half], x.float()[..., half:rotary_dim]  # (B, H, L, r/2) each
+    rotated = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(x.dtype)  # (B, H, L, r)
+    return rotated if rotary_dim == x.shape[-1] else torch.cat([rotated, x[..., rotary_dim:]], dim=-1)

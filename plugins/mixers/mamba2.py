@@ -47,7 +47,8 @@ class Mamba2(nn.Module):
     dt -> softplus(dt + dt_bias), clamped to dt_limit; SSD scan with A = -exp(A_log) per head and
     skip D; gated RMSNorm of y with z (or y * SiLU(z) without rmsnorm) -> out_proj.
 
-    d_inner = expand * d_model, nheads = d_inner // headdim, conv_dim = d_inner + 2 ngroups d_state.
+    d_inner = expand * d_model unless given (Falcon-H1's ``mamba_d_ssm`` need not be a multiple of d_model;
+    expand is then unused), nheads = d_inner // headdim, conv_dim = d_inner + 2 ngroups d_state.
     State: ``conv_state (B, conv_dim, d_conv - 1)`` and ``ssm_state (B, nheads, headdim, d_state)`` float32.
     """
 
@@ -60,6 +61,7 @@ class Mamba2(nn.Module):
         d_state: int = 128,
         d_conv: int = 4,
         expand: int = 2,
+        d_inner: int | None = None,
         headdim: int = 64,
         ngroups: int = 1,
         chunk_size: int = 256,
@@ -77,9 +79,10 @@ class Mamba2(nn.Module):
         dtype=None,
     ):
         super().__init__()
-        _check_options(d_model, d_state=d_state, d_conv=d_conv, expand=expand, headdim=headdim, ngroups=ngroups,
-                       chunk_size=chunk_size, dt_min=dt_min, dt_max=dt_max, dt_limit=dt_limit, impl=impl)
-        d_inner = expand * d_model
+        _check_options(d_model, d_state=d_state, d_conv=d_conv, expand=expand, d_inner=d_inner, headdim=headdim,
+                       ngroups=ngroups, chunk_size=chunk_size, dt_min=dt_min, dt_max=dt_max, dt_limit=dt_limit,
+                       impl=impl)
+        d_inner = d_inner or expand * d_model
         nheads = d_inner // headdim
         factory = {"device": device, "dtype": dtype}
         self.d_model, self.d_state, self.d_conv, self.d_inner = d_model, d_state, d_conv, d_inner
@@ -154,17 +157,17 @@ class Mamba2(nn.Module):
         return self.out_proj(y), (conv_state, ssm_state)
 
 
-def _check_options(d_model: int, *, d_state: int, d_conv: int, expand: int, headdim: int, ngroups: int,
-                   chunk_size: int, dt_min: float, dt_max: float, dt_limit, impl: str) -> None:
+def _check_options(d_model: int, *, d_state: int, d_conv: int, expand: int, d_inner: int | None, headdim: int,
+                   ngroups: int, chunk_size: int, dt_min: float, dt_max: float, dt_limit, impl: str) -> None:
     """ValueError (RegistryError for an unknown impl) naming the first bad option and how to fix it."""
-    for name, value in (("d_state", d_state), ("d_conv", d_conv), ("expand", expand), ("headdim", headdim),
-                        ("ngroups", ngroups), ("chunk_size", chunk_size)):
-        if value < 1:
+    for name, value in (("d_state", d_state), ("d_conv", d_conv), ("expand", expand), ("d_inner", d_inner),
+                        ("headdim", headdim), ("ngroups", ngroups), ("chunk_size", chunk_size)):
+        if value is not None and value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
-    d_inner = expand * d_model
+    width = f"d_inner = {d_inner}" if d_inner else f"d_inner = expand * d_model = {expand * d_model}"
+    d_inner = d_inner or expand * d_model
     if d_inner % headdim:
-        raise ValueError(f"headdim {headdim} must divide d_inner = expand * d_model = {d_inner}; "
-                         f"use one of {_divisors(d_inner)}")
+        raise ValueError(f"headdim {headdim} must divide {width}; use one of {_divisors(d_inner)}")
     nheads = d_inner // headdim
     if nheads % ngroups:
         raise ValueError(f"ngroups {ngroups} must divide nheads = d_inner / headdim = {nheads}; "
