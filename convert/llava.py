@@ -37,7 +37,7 @@ from hybrid_mllm.core.schema import is_int
 from hybrid_mllm.core.text import Tokenizer
 
 from ._hf_io import HF_CONFIG_FILE, ConversionError, HFWeights, parse_dtype, read_hf_config
-from ._arch import Architecture
+from ._arch import Architecture, apply_fold
 from ._plan import Plan, check_plan, fill_from_plan
 from .hf_lm import ARCHITECTURES, lm_ignorable, lm_plan
 from .hf_vision import encoder_options, family_of, timm_plan, vision_ignorable
@@ -75,10 +75,7 @@ def load_llava(src: str | os.PathLike, *, dtype: torch.dtype | str | None = None
         fill_from_plan(model.state_dict(), plan, weights)
     text_arch = _text_arch(hf)
     if text_arch.fold is not None:
-        params = model.state_dict()
-        with torch.no_grad():
-            for name, factor in text_arch.fold(hf.get("text_config") or {}, config.model).items():
-                params[f"lm.{name}"].mul_(factor)
+        apply_fold(model.state_dict(), text_arch.fold(hf.get("text_config") or {}, config.model), prefix="lm.")
     with torch.no_grad():  # the one tensor LLaVA has no counterpart of, initialised as HybridMLLM does
         generator = torch.Generator(model.frame_separator.device).manual_seed(0)
         model.frame_separator.normal_(0.0, 0.02, generator=generator)
