@@ -210,8 +210,8 @@ def test_falcon_h1_layers_are_parallel_and_its_multipliers_folded(dirs, tmp_path
 
 
 @pytest.mark.parametrize("edit, says", [
-    (lambda hf: hf.update(projectors_bias=True), "projectors_bias (True) must equal mamba_proj_bias (False): our "
-                                                 "Mamba-2 has one bias option for in_proj and out_proj"),
+    (lambda hf: hf.update(projectors_bias=True), ("projectors_bias (True) must equal mamba_proj_bias (False): our "
+                                                  "Mamba-2 has one bias option for in_proj and out_proj")),
     (lambda hf: hf.update(ssm_multipliers=[1.0, 2.0]), "ssm_multipliers: expected a list of 5 numbers, got [1.0, 2.0]"),
     (lambda hf: hf.update(key_multiplier="big"), "key_multiplier: expected float, got 'big'"),
     (lambda hf: hf.update(rope_parameters={"rope_type": "yarn", "rope_theta": 1e4, "factor": 2.0}),
