@@ -46,6 +46,9 @@ class Architecture:
         that broadcasts against the weight (per output row: (out, 1) for a weight, (out,) for a bias)
     pack(tensors): the inverse of `adapt` on export: fuse the tensors `hf_name` names separately
         into their checkpoint's packed ones, in place
+    llava_ignores: config.json keys transformers' LLaVA does not apply when this is its language
+        model (it embeds the tokens itself, passing embeddings, and has its own lm_head): a LLaVA's
+        text_config is read as if they were absent
     """
 
     name: str
@@ -57,6 +60,7 @@ class Architecture:
     ignored: tuple[str, ...] = ()
     fold: Callable[[dict[str, Any], ModelConfig], dict[str, float | torch.Tensor]] | None = None
     pack: Callable[[dict[str, Any]], None] | None = None
+    llava_ignores: tuple[str, ...] = ()
 
 
 def apply_fold(params: dict[str, torch.Tensor], factors: dict[str, float | torch.Tensor], prefix: str = "") -> None:

@@ -191,4 +191,7 @@ def hf_name(name: str, m: ModelConfig) -> str:
     return layer + {"mixer_norm": "input_layernorm", "ffn_norm": "pre_ff_layernorm"}[part] + "." + rest
 
 
-FALCON_H1 = Architecture(ARCH, "falcon_h1", to_ours, to_hf, hf_name, fold=fold)
+# In a LLaVA, FalconH1Model gets embeddings (its embedding_multiplier scales only the ids it embeds
+# itself) and LLaVA's lm_head computes the logits: neither multiplier applies there.
+FALCON_H1 = Architecture(ARCH, "falcon_h1", to_ours, to_hf, hf_name, fold=fold,
+                         llava_ignores=("embedding_multiplier", "lm_head_multiplier"))

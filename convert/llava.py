@@ -5,7 +5,8 @@ LlavaForConditionalGeneration / LlavaNextForConditionalGeneration   ours
 vision_tower (CLIP or SigLIP), hidden_states[vision_feature_layer]  encoder: timm, feature_layer
 multi_modal_projector linear_1 -> gelu -> linear_2                  connector: mlp2x_gelu (fc1, fc2)
 language_model (Llama, or any causal LM hf_lm converts: Mamba-2,     lm: HybridLM
-  Nemotron-H, Bamba, Granite-4.0-H, Jamba, Mamba; by its model_type)
+  Nemotron-H, Bamba, Granite-4.0-H, Falcon-H1, Jamba, Mamba; by its
+  model_type; without the multipliers LLaVA skips: `llava_ignores`)
 image_newline (NeXT)                                                image_newline
 image_grid_pinpoints (NeXT, [height, width] as transformers reads)  vision.pinpoints ([width, height])
 ```
@@ -107,7 +108,8 @@ def llava_config(hf: dict[str, Any], src: Path) -> tuple[Config, str]:
         problems.append(f"text_config.model_type: {text['model_type']!r} is not supported: the language model "
                         f"must be one of {', '.join(TEXT_ARCHITECTURES)}")
     text_problems: list[str] = []
-    model = _text_arch(hf).to_ours(text, text_problems)
+    ignored = _text_arch(hf).llava_ignores  # e.g. a logits multiplier: LLaVA's own lm_head has none
+    model = _text_arch(hf).to_ours({k: v for k, v in text.items() if k not in ignored}, text_problems)
     problems += [f"text_config.{p}" for p in text_problems]
     _check_feature_select(hf, family_of(vision, source).class_token, problems)
     layer = hf.get("vision_feature_layer", -2)
