@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from hybrid_mllm.core.config import ModelConfig
 from hybrid_mllm.core.schema import is_int
 
@@ -40,9 +42,13 @@ class Architecture:
     ignored: suffixes of tensors their loader drops too (e.g. a saved rotary inv_freq buffer)
     fold(hf, model_config) -> {our tensor: factor}: a constant their forward multiplies a
         projection by and ours has no option for, folded into the weight when read (to_hf then
-        writes the multiplier as 1, or as what ours computes)
+        writes the multiplier as 1, or as what ours computes); a factor is a float or a tensor
+        that broadcasts against the weight (per output row: (out, 1) for a weight, (out,) for a bias)
     pack(tensors): the inverse of `adapt` on export: fuse the tensors `hf_name` names separately
         into their checkpoint's packed ones, in place
+    llava_ignores: config.json keys transformers' LLaVA does not apply when this is its language
+        model (it embeds the tokens itself, passing embeddings, and has its own lm_head): a LLaVA's
+        text_config is read as if they were absent
     """
 
     name: str
@@ -52,13 +58,23 @@ class Architecture:
     hf_name: Callable[[str, ModelConfig], str]
     adapt: Callable[[HFWeights], None] | None = None
     ignored: tuple[str, ...] = ()
-    fold: Callable[[dict[str, Any], ModelConfig], dict[str, float]] | None = None
+    fold: Callable[[dict[str, Any], ModelConfig], dict[str, float | torch.Tensor]] | None = None
     pack: Callable[[dict[str, Any]], None] | None = None
+    llava_ignores: tuple[str, ...] = ()
+
+
+def apply_fold(params: dict[str, torch.Tensor], factors: dict[str, float | torch.Tensor], prefix: str = "") -> None:
+    """Multiply each named tensor (``prefix + name`` in `params`) by its factor, in place."""
+    with torch.no_grad():
+        for name, factor in factors.items():
+            param = params[prefix + name]
+            param.mul_(factor.to(param.device, param.dtype) if isinstance(factor, torch.Tensor) else factor)
 
 
 def hf_shape(our_name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
-    """The tensor's shape in their checkpoint: only the depthwise conv differs, (D, K) -> (D, 1, K)."""
-    return (shape[0], 1, shape[1]) if our_name.endswith("mixer.conv_weight") else shape
+    """The tensor's shape in their checkpoint: only the depthwise conv differs, (D, K) -> (D, 1, K)
+    (a mixer's ``conv_weight``, or a parallel mixer's part's)."""
+    return (shape[0], 1, shape[1]) if our_name.endswith(".conv_weight") and len(shape) == 2 else shape
 
 
 def swiglu_name(rest: str) -> str:

@@ -209,4 +209,5 @@ def pack(tensors: dict[str, torch.Tensor]) -> None:
 
 
 GRANITE_HYBRID = Architecture("GraniteMoeHybridForCausalLM", "granitemoehybrid", to_ours, to_hf, hf_name,
-                              adapt=unpack, fold=fold, pack=pack)
+                              adapt=unpack, fold=fold, pack=pack,
+                              llava_ignores=("logits_scaling",))  # in GraniteMoeHybridForCausalLM's head only

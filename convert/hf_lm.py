@@ -23,7 +23,7 @@ from hybrid_mllm.core.config import Config, parse_config
 from hybrid_mllm.core.errors import ConfigError
 from hybrid_mllm.core.model import HybridLM
 
-from ._arch import Architecture, hf_shape
+from ._arch import Architecture, apply_fold, hf_shape
 from ._hf_io import (
     HF_CONFIG_FILE,
     ConversionError,
@@ -35,6 +35,7 @@ from ._hf_io import (
 )
 from ._plan import Plan, check_plan, fill_from_plan
 from .bamba import BAMBA
+from .falcon_h1 import FALCON_H1
 from .granite_hybrid import GRANITE_HYBRID
 from .jamba import JAMBA
 from .llama import LLAMA
@@ -44,7 +45,7 @@ from .nemotron_h import NEMOTRON_H
 from .unsupported import UNSUPPORTED
 
 ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (JAMBA, MAMBA, LLAMA, MAMBA2, NEMOTRON_H, BAMBA,
-                                                                 GRANITE_HYBRID)}
+                                                                 GRANITE_HYBRID, FALCON_H1)}
 
 
 def load_hf(src: str | os.PathLike, *, dtype: torch.dtype | str | None = None,
@@ -69,10 +70,7 @@ def load_hf(src: str | os.PathLike, *, dtype: torch.dtype | str | None = None,
             model.lm_head.weight = model.embed.weight
         fill_from_plan(model.state_dict(), plan, weights)
     if arch.fold is not None:
-        params = model.state_dict()
-        with torch.no_grad():
-            for name, factor in arch.fold(hf, config.model).items():
-                params[name].mul_(factor)
+        apply_fold(model.state_dict(), arch.fold(hf, config.model))
     return model.eval(), config
 
 

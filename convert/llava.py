@@ -5,7 +5,8 @@ LlavaForConditionalGeneration / LlavaNextForConditionalGeneration   ours
 vision_tower (CLIP or SigLIP), hidden_states[vision_feature_layer]  encoder: timm, feature_layer
 multi_modal_projector linear_1 -> gelu -> linear_2                  connector: mlp2x_gelu (fc1, fc2)
 language_model (Llama, or any causal LM hf_lm converts: Mamba-2,     lm: HybridLM
-  Nemotron-H, Bamba, Granite-4.0-H, Jamba, Mamba; by its model_type)
+  Nemotron-H, Bamba, Granite-4.0-H, Falcon-H1, Jamba, Mamba; by its
+  model_type; without the multipliers LLaVA skips: `llava_ignores`)
 image_newline (NeXT)                                                image_newline
 image_grid_pinpoints (NeXT, [height, width] as transformers reads)  vision.pinpoints ([width, height])
 ```
@@ -37,7 +38,7 @@ from hybrid_mllm.core.schema import is_int
 from hybrid_mllm.core.text import Tokenizer
 
 from ._hf_io import HF_CONFIG_FILE, ConversionError, HFWeights, parse_dtype, read_hf_config
-from ._arch import Architecture
+from ._arch import Architecture, apply_fold
 from ._plan import Plan, check_plan, fill_from_plan
 from .hf_lm import ARCHITECTURES, lm_ignorable, lm_plan
 from .hf_vision import encoder_options, family_of, timm_plan, vision_ignorable
@@ -75,10 +76,7 @@ def load_llava(src: str | os.PathLike, *, dtype: torch.dtype | str | None = None
         fill_from_plan(model.state_dict(), plan, weights)
     text_arch = _text_arch(hf)
     if text_arch.fold is not None:
-        params = model.state_dict()
-        with torch.no_grad():
-            for name, factor in text_arch.fold(hf.get("text_config") or {}, config.model).items():
-                params[f"lm.{name}"].mul_(factor)
+        apply_fold(model.state_dict(), text_arch.fold(hf.get("text_config") or {}, config.model), prefix="lm.")
     with torch.no_grad():  # the one tensor LLaVA has no counterpart of, initialised as HybridMLLM does
         generator = torch.Generator(model.frame_separator.device).manual_seed(0)
         model.frame_separator.normal_(0.0, 0.02, generator=generator)
@@ -110,7 +108,8 @@ def llava_config(hf: dict[str, Any], src: Path) -> tuple[Config, str]:
         problems.append(f"text_config.model_type: {text['model_type']!r} is not supported: the language model "
                         f"must be one of {', '.join(TEXT_ARCHITECTURES)}")
     text_problems: list[str] = []
-    model = _text_arch(hf).to_ours(text, text_problems)
+    ignored = _text_arch(hf).llava_ignores  # e.g. a logits multiplier: LLaVA's own lm_head has none
+    model = _text_arch(hf).to_ours({k: v for k, v in text.items() if k not in ignored}, text_problems)
     problems += [f"text_config.{p}" for p in text_problems]
     _check_feature_select(hf, family_of(vision, source).class_token, problems)
     layer = hf.get("vision_feature_layer", -2)

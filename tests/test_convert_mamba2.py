@@ -3,6 +3,7 @@ production converter, compared on logits (fp32, <= 1e-4), on 20 greedy tokens (o
 state vs their cache), on decoding through our state vs our full forward, and after a round
 trip back to transformers. Refused architectures and options: one line naming them."""
 
+import json
 import subprocess
 import sys
 
@@ -31,6 +32,13 @@ GRANITE = {"mamba_d_state": 8, "mamba_d_head": 16, "mamba_n_heads": 8, "mamba_n_
            "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 48, "shared_intermediate_size": 80,
            "embedding_multiplier": 12.0, "residual_multiplier": 0.22, "attention_multiplier": 0.015625,
            "logits_scaling": 8.0}
+# Falcon-H1: d_ssm 96 (no multiple of hidden_size 64), wide heads, every multiplier away from 1
+FALCON = {"num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 24,
+          "intermediate_size": 96, "mamba_d_ssm": 96, "mamba_n_heads": 6, "mamba_d_head": 16, "mamba_n_groups": 2,
+          "mamba_d_state": 8, "mamba_chunk_size": 16, "rope_parameters": {"rope_type": "default", "rope_theta": 1e5},
+          "embedding_multiplier": 1.7, "lm_head_multiplier": 0.6, "key_multiplier": 0.8,
+          "attention_in_multiplier": 1.3, "attention_out_multiplier": 0.7, "ssm_in_multiplier": 1.2,
+          "ssm_out_multiplier": 0.9, "mlp_multipliers": [1.4, 0.75], "ssm_multipliers": [0.6, 1.5, 0.8, 1.25, 2.0]}
 FAMILIES = {
     "mamba2": lambda: transformers.Mamba2Config(**SMALL, num_hidden_layers=3, **MAMBA2),
     "mamba2-tied": lambda: transformers.Mamba2Config(**SMALL, num_hidden_layers=2, tie_word_embeddings=True,
@@ -53,6 +61,14 @@ FAMILIES = {
     "granite-dense-rope": lambda: transformers.GraniteMoeHybridConfig(
         **SMALL, **GRANITE, num_hidden_layers=3, num_local_experts=0, position_embedding_type="rope",
         attention_bias=True, tie_word_embeddings=True, layer_types=["full_attention", "linear_attention", "mamba"]),
+    # gated RMSNorm (norm before gate, Falcon-H1's default), no biases, untied
+    "falcon_h1": lambda: transformers.FalconH1Config(**SMALL, **FALCON, mamba_rms_norm=True),
+    # no Mamba norm (y * silu(z)), every bias, no conv bias, tied head, norm after the gate
+    "falcon_h1-bias": lambda: transformers.FalconH1Config(
+        **SMALL, **FALCON, mamba_rms_norm=False, attention_bias=True, mlp_bias=True, mamba_proj_bias=True,
+        projectors_bias=True, mamba_conv_bias=False, tie_word_embeddings=True),
+    "falcon_h1-gate-first": lambda: transformers.FalconH1Config(**SMALL, **FALCON, mamba_rms_norm=True,
+                                                               mamba_norm_before_gate=False),
 }
 SAVE_KWARGS = {"granite": {"save_original_format": False}}  # transformers' packed layout; the others: original
 
@@ -153,7 +169,7 @@ def test_preset_exports_to_nemotron_h(tmp_path):
 @pytest.fixture(scope="module")
 def dirs(tmp_path_factory):
     out = {}
-    for family in ("mamba2", "nemotron_h", "bamba"):
+    for family in ("mamba2", "nemotron_h", "bamba", "falcon_h1"):
         out[family] = tmp_path_factory.mktemp(family) / "hf"
         _save_hf(out[family], FAMILIES[family]())
     return out
@@ -174,6 +190,37 @@ def test_nemotron_h_moe_layers_are_refused_by_name(dirs, tmp_path):
     src = edited(dirs["nemotron_h"], tmp_path, config=lambda hf: hf.update(
         layers_block_type=["linear_attention", "moe", "full_attention", "mlp", "linear_attention"]))
     conversion_fails(convert_hf, src, tmp_path, "layers_block_type: 'moe' layers are not supported")
+
+
+def test_falcon_h1_layers_are_parallel_and_its_multipliers_folded(dirs, tmp_path):
+    _, config = load_hf(dirs["falcon_h1"])
+    m = config.model
+    assert m.layers == ["parallel"] * 3 and m.ffn_layers == ["mlp"] * 3
+    assert (m.embedding_multiplier, m.logits_multiplier) == (1.7, 0.6)
+    parts = m.mixers["parallel"]["parts"]
+    assert list(parts) == ["mamba2", "attention"]
+    assert parts["mamba2"]["d_inner"] == 96 and "expand" not in parts["mamba2"]
+    assert (parts["attention"]["head_dim"], parts["attention"]["rotary_dim"]) == (24, None)
+    ours, ours_config = load_hf(dirs["falcon_h1"])
+    save_hf(ours, ours_config, tmp_path / "back")
+    back = json.loads((tmp_path / "back" / "config.json").read_text())
+    assert [back[k] for k in ("key_multiplier", "attention_in_multiplier", "ssm_in_multiplier")] == [1.0] * 3
+    assert back["ssm_multipliers"] == [1.0] * 5 and back["mlp_multipliers"] == [1.0, 1.0]
+    assert (back["embedding_multiplier"], back["lm_head_multiplier"], back["mamba_d_ssm"]) == (1.7, 0.6, 96)
+
+
+@pytest.mark.parametrize("edit, says", [
+    (lambda hf: hf.update(projectors_bias=True), ("projectors_bias (True) must equal mamba_proj_bias (False): our "
+                                                  "Mamba-2 has one bias option for in_proj and out_proj")),
+    (lambda hf: hf.update(ssm_multipliers=[1.0, 2.0]), "ssm_multipliers: expected a list of 5 numbers, got [1.0, 2.0]"),
+    (lambda hf: hf.update(key_multiplier="big"), "key_multiplier: expected float, got 'big'"),
+    (lambda hf: hf.update(rope_parameters={"rope_type": "yarn", "rope_theta": 1e4, "factor": 2.0}),
+     "rope_parameters: rope_type 'yarn' is not supported: only plain RoPE maps"),
+    (lambda hf: hf.update(hidden_act="gelu"), "hidden_act: 'gelu' is not supported"),
+])
+def test_falcon_h1_settings_we_do_not_support_are_named(dirs, tmp_path, edit, says):
+    message = conversion_fails(convert_hf, edited(dirs["falcon_h1"], tmp_path, config=edit), tmp_path, says)
+    assert "has settings our model does not support:" in message
 
 
 def test_bamba_attention_rotates_part_of_each_head(tmp_path):
@@ -198,8 +245,7 @@ def test_bamba_attention_indices_out_of_range(dirs, tmp_path):
                                                 "got [3]")
 
 
-@pytest.mark.parametrize("arch, says", [("Zamba2ForCausalLM", "shared attention blocks"),
-                                        ("FalconH1ForCausalLM", "side by side")])
+@pytest.mark.parametrize("arch, says", [("Zamba2ForCausalLM", "shared attention blocks")])
 def test_known_unsupported_architectures_say_why(dirs, tmp_path, arch, says):
     src = edited(dirs["mamba2"], tmp_path, config=lambda hf: hf.update(architectures=[arch]))
     message = conversion_fails(convert_hf, src, tmp_path, f"{arch} cannot be converted: ", says)

@@ -13,7 +13,7 @@ from PIL import Image
 
 transformers = pytest.importorskip("transformers")
 
-from test_convert_mamba2 import NEMOTRON
+from test_convert_mamba2 import FALCON, GRANITE, NEMOTRON
 
 from hybrid_mllm.convert import convert_llava
 from hybrid_mllm.core.build import build_mllm
@@ -61,6 +61,32 @@ def test_converted_llava_on_nemotron_h_matches_transformers(llava, tmp_path):
     expected = hf_model(input_ids=their_ids, pixel_values=items[0].pixels).logits
     diff = (logits - expected).abs().max().item()
     assert diff <= ATOL, f"LLaVA-on-Nemotron-H logits differ by {diff:.2e}"
+
+
+TEXT_MODELS = {  # language models with multipliers that transformers' LLaVA does (not) apply
+    "falcon_h1": lambda: transformers.FalconH1Config(vocab_size=VOCAB, hidden_size=64, initializer_range=0.1,
+                                                     mamba_rms_norm=True, **FALCON),
+    "granite": lambda: transformers.GraniteMoeHybridConfig(
+        vocab_size=VOCAB, hidden_size=64, initializer_range=0.1, **GRANITE, num_hidden_layers=2, num_local_experts=0,
+        layer_types=["full_attention", "mamba"]),
+}
+
+
+@pytest.mark.parametrize("family", TEXT_MODELS)
+@torch.no_grad()
+def test_llava_language_model_computes_what_transformers_computes(family, tmp_path):
+    """Falcon-H1's embedding and lm_head multipliers and Granite's logits_scaling are not applied
+    inside a LLaVA; the multipliers folded into weights are."""
+    config = transformers.LlavaConfig(vision_config=transformers.CLIPVisionConfig(**VISION),
+                                      text_config=TEXT_MODELS[family](), image_token_index=IMAGE_ID)
+    torch.manual_seed(0)
+    hf_model = transformers.LlavaForConditionalGeneration(config).eval()
+    hf_model.save_pretrained(tmp_path / "hf")
+    out, ours_config = convert_llava(tmp_path / "hf", tmp_path / "ours")
+    assert ours_config.model.logits_multiplier == 1.0
+    ids = torch.randint(0, 256, (2, 12), generator=torch.Generator().manual_seed(3))
+    diff = (load_checkpoint(out).model.lm.eval()(ids).logits - hf_model(input_ids=ids).logits).abs().max().item()
+    assert diff <= ATOL, f"LLaVA-on-{family} logits differ by {diff:.2e}"
 
 
 def test_two_stages_from_the_converted_llava_then_hybrid_run(llava, tmp_path):
