@@ -80,9 +80,11 @@ void gemv_bf16(const uint16_t *x, const uint16_t *w, const uint16_t *bias, uint1
 
 int gemv_f32_vectorized(void) { return 1; }
 
-/* Dot products of one float32 x row with 4 (or fewer: `rows`) W rows. */
-static inline void dot4_f32(const float *x, const float *w, int64_t K, int rows, float *out) {
-    __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+/* Dot products of one float32 x row with 8 (or fewer: `rows`) W rows: eight independent
+ * accumulators and eight streams of W in flight. */
+static inline void dot8_f32(const float *x, const float *w, int64_t K, int rows, float *out) {
+    __m512 acc[8];
+    for (int r = 0; r < 8; r++) acc[r] = _mm512_setzero_ps();
     int64_t k = 0;
     for (; k + 16 <= K; k += 16) {
         const __m512 xv = _mm512_loadu_ps(x + k);
@@ -98,7 +100,7 @@ static inline void dot4_f32(const float *x, const float *w, int64_t K, int rows,
 #else
 int gemv_f32_vectorized(void) { return 0; }
 
-static inline void dot4_f32(const float *x, const float *w, int64_t K, int rows, float *out) {
+static inline void dot8_f32(const float *x, const float *w, int64_t K, int rows, float *out) {
     for (int r = 0; r < rows; r++) {
         float acc = 0.0f;
         for (int64_t k = 0; k < K; k++) acc += x[k] * w[r * K + k];
@@ -107,14 +109,14 @@ static inline void dot4_f32(const float *x, const float *w, int64_t K, int rows,
 }
 #endif
 
-/* Output columns n0 .. n1 - 1 of every row, float32. */
+/* Output columns n0 .. n1 - 1 of every row, float32 (n0 a multiple of 8). */
 void gemv_f32(const float *x, const float *w, const float *bias, float *y,
               int64_t M, int64_t N, int64_t K, int64_t n0, int64_t n1) {
-    float out[4];
-    for (int64_t n = n0; n < n1; n += 4) {
-        const int rows = (int)(n1 - n < 4 ? n1 - n : 4);
+    float out[8];
+    for (int64_t n = n0; n < n1; n += 8) {
+        const int rows = (int)(n1 - n < 8 ? n1 - n : 8);
         for (int64_t m = 0; m < M; m++) {
-            dot4_f32(x + m * K, w + n * K, K, rows, out);
+            dot8_f32(x + m * K, w + n * K, K, rows, out);
             for (int r = 0; r < rows; r++) y[m * N + n + r] = out[r] + (bias ? bias[n + r] : 0.0f);
         }
     }

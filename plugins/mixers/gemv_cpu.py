@@ -74,18 +74,16 @@ def accepts(x: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
 def linear_few_rows(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """`F.linear` for float32 or bfloat16: x (..., K), weight (N, K), bias (N,) -> (..., N)."""
     n, k = weight.shape
-    rows = x.reshape(-1, k).contiguous()
-    y = torch.empty(rows.shape[0], n, dtype=x.dtype)
+    x = x if x.is_contiguous() else x.contiguous()
+    y = torch.empty(*x.shape[:-1], n, dtype=x.dtype)
     b = None if bias is None else bias.contiguous()
-    args = (rows.data_ptr(), weight.data_ptr(), None if b is None else b.data_ptr(), y.data_ptr(),
-            rows.shape[0], n, k)
+    args = (x.data_ptr(), weight.data_ptr(), None if b is None else b.data_ptr(), y.data_ptr(), x.numel() // k, n, k)
     fn = getattr(_load_library(), KERNELS[x.dtype][0])
-    threads = torch.get_num_threads()
-    if threads == 1 or weight.numel() * weight.element_size() < THREADED_BYTES:
+    if weight.numel() * weight.element_size() < THREADED_BYTES or torch.get_num_threads() == 1:
         fn(*args, 0, n)
-    else:  # column ranges in multiples of 4, the kernel's block of W rows
-        _run([(fn, *args, 4 * lo, min(n, 4 * hi)) for lo, hi in _split(0, -(-n // 4), threads)])
-    return y.view(*x.shape[:-1], n)
+    else:  # column ranges in multiples of 8, the kernels' block of W rows (bf16: 4, float32: 8)
+        _run([(fn, *args, 8 * lo, min(n, 8 * hi)) for lo, hi in _split(0, -(-n // 8), torch.get_num_threads())])
+    return y
 
 
 CPU_FEW_ROWS = LinearKernel(
