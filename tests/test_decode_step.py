@@ -128,14 +128,16 @@ def test_fused_mamba_step_matches_eager_step(dtype, options, monkeypatch):
 
 
 @needs_step
-def test_fused_step_follows_changed_weights():
+@pytest.mark.parametrize("name", ["D", "A_log", "conv_weight", "conv_bias", "x_proj.weight", "dt_proj.weight",
+                                  "dt_proj.bias", "dt_norm.weight", "C_norm.weight"])
+def test_fused_step_follows_changed_weights(name):
     torch.manual_seed(0)
-    mamba = Mamba(32).eval()
-    state = mamba.init_state(2)
+    mamba = Mamba(32, inner_norms=True).eval()
+    state = tuple(torch.randn_like(t) for t in mamba.init_state(2))
     x = torch.randn(2, 1, 32)
     with torch.no_grad():
         before, _ = mamba(x, state)
-        mamba.D.add_(1.0)
+        mamba.get_parameter(name).mul_(1.5).add_(0.1)  # in place: same storage, new version
         after, _ = mamba(x, state)
         with decode_paths(fast=False):
             expected, _ = mamba(x, state)

@@ -133,7 +133,11 @@ class Mamba(nn.Module):
 
     def _step_weights(self) -> step_cpu.StepWeights:
         """The fused step's float32 copies of the parameters, rebuilt when one of them changes."""
-        key = tuple((p.data_ptr(), p._version) for p in self.parameters())
+        read = [self.conv_weight, self.conv_bias, self.x_proj.weight, self.dt_proj.weight, self.dt_proj.bias,
+                self.A_log, self.D]  # what StepWeights copies (not in_proj / out_proj: applied outside)
+        if self.inner_norms:
+            read += [self.dt_norm.weight, self.B_norm.weight, self.C_norm.weight]
+        key = tuple((p.data_ptr(), p._version) for p in read if p is not None)
         cached = getattr(self, "_step_cache", None)
         if cached is None or cached[0] != key:
             cached = self._step_cache = (key, step_cpu.StepWeights(self))
