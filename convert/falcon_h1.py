@@ -24,7 +24,8 @@ from hybrid_mllm.core.config import ModelConfig
 from hybrid_mllm.core.registry import get_registry
 from hybrid_mllm.core.schema import check_options
 
-from ._arch import Architecture, HFConfigReader, check_multipliers, swiglu_name
+from . import bamba
+from ._arch import Architecture, HFConfigReader, check_multipliers
 from ._attention import read_attention, write_attention
 from ._mamba2 import Mamba2Keys, mixer_name, read_mamba2, write_mamba2
 
@@ -177,18 +178,12 @@ def to_hf(m: ModelConfig, problems: list[str]) -> dict[str, Any]:
 
 
 def hf_name(name: str, m: ModelConfig) -> str:
-    top = {"embed.weight": "model.embed_tokens.weight", "norm.weight": "model.final_layernorm.weight",
-           "lm_head.weight": "lm_head.weight"}
-    if name in top:
-        return top[name]
-    _, i, part, rest = name.split(".", 3)  # blocks.<i>.<part>.<rest>
-    layer = f"model.layers.{i}."
-    if part == "mixer":  # parts.<mamba2 | attention>.<tensor>
-        _, kind, tensor = rest.split(".", 2)
+    """Bamba's names (embedding, norms, MLP, head), and each layer's two mixers under mamba. / self_attn."""
+    if name.startswith("blocks.") and name.split(".")[2] == "mixer":  # blocks.<i>.mixer.parts.<kind>.<tensor>
+        _, i, _, _, kind, tensor = name.split(".", 5)
+        layer = f"model.layers.{i}."
         return layer + ("mamba." + mixer_name(tensor) if kind == "mamba2" else "self_attn." + tensor)
-    if part == "ffn":
-        return layer + "feed_forward." + swiglu_name(rest)
-    return layer + {"mixer_norm": "input_layernorm", "ffn_norm": "pre_ff_layernorm"}[part] + "." + rest
+    return bamba.hf_name(name, m)
 
 
 # In a LLaVA, FalconH1Model gets embeddings (its embedding_multiplier scales only the ids it embeds
