@@ -60,7 +60,7 @@ def estimate_prefill(lm: HybridLM, batch: int, length: int, chunk: int) -> Prefi
         state += per_token * length + fixed
         if per_token:
             attends = True
-            groups = getattr(block.mixer, "n_head", 1) / getattr(block.mixer, "n_kv_head", 1)
+            groups = _query_groups(block.mixer)
             growth = max(growth, int(per_token * length * (1 + groups)))
     width = max((m.out_features for m in lm.blocks.modules() if isinstance(m, nn.Linear)), default=lm.embed.embedding_dim)
     return PrefillMemory(
@@ -70,6 +70,13 @@ def estimate_prefill(lm: HybridLM, batch: int, length: int, chunk: int) -> Prefi
         activations=ACTIVATION_COPIES * batch * chunk * width * 4,
         logits=batch * lm.embed.num_embeddings * 4,
     )
+
+
+def _query_groups(mixer: nn.Module) -> float:
+    """n_head / n_kv_head of the mixer or of a module inside it (a `parallel` mixer's attention
+    part), the largest if several; 1 when none has them."""
+    return max((m.n_head / m.n_kv_head for m in mixer.modules() if hasattr(m, "n_head") and hasattr(m, "n_kv_head")),
+               default=1.0)
 
 
 def _state_bytes(mixer: nn.Module, batch: int, default_dtype: torch.dtype) -> tuple[int, int]:

@@ -89,3 +89,14 @@ def test_cgroup_over_its_limit_has_nothing_free(tmp_path):
     assert memory._cgroup_free(tmp_path) == 0
     (tmp_path / "memory.current").write_text("400\n")
     assert memory._cgroup_free(tmp_path) == 600
+
+
+def test_cache_growth_counts_the_query_groups_of_an_attention_inside_a_parallel_mixer():
+    """A `parallel` mixer holds its attention as a part: the KV cache's repeat for GQA still counts."""
+    from hybrid_mllm.plugins.mixers.attention import Attention
+    from hybrid_mllm.plugins.mixers.parallel import Parallel
+
+    attention = Attention(64, n_head=8, n_kv_head=2)
+    parallel = Parallel(64, parts={"attention": {"n_head": 8, "n_kv_head": 2}, "mamba": {"d_state": 4}})
+    assert memory._query_groups(attention) == memory._query_groups(parallel) == 4.0
+    assert memory._query_groups(parallel.parts["mamba"]) == 1.0
