@@ -143,9 +143,10 @@ def measure(lm: HybridLM, state, batch: int, args) -> list[dict]:
 def _print(size: str, dtype: str, context: int, rows: list[dict]) -> None:
     generic = {(r["threads"], r["batch"]): r["step_ms"] for r in rows if r["path"] == "generic"}
     for r in rows:
-        ratio = generic.get((r["threads"], r["batch"]), float("nan")) / r["step_ms"]
+        base = generic.get((r["threads"], r["batch"]))
+        ratio = "-" if base is None else f"{base / r['step_ms']:.2f}x"  # no generic row: --paths left it out
         print(f"| {size} | {dtype} | {context} | {r['batch']} | {r['threads']} | {r['path']} | {r['step_ms']:.2f} | "
-              f"{r['tok_s']:.1f} | {r['cpu_ms']:.2f} | {r['attention_ms']:.2f} | {r['kv_bytes'] / 2**20:.1f} | {ratio:.2f}x |", flush=True)
+              f"{r['tok_s']:.1f} | {r['cpu_ms']:.2f} | {r['attention_ms']:.2f} | {r['kv_bytes'] / 2**20:.1f} | {ratio} |", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
