@@ -1,4 +1,5 @@
-"""Our attention mixer's options under the config.json keys of Bamba and Falcon-H1, both ways.
+"""Our attention mixer's options under the config.json keys of Bamba and Falcon-H1, both ways
+(and the head width of Llama and Nemotron-H).
 
 Both name the heads ``num_attention_heads`` / ``num_key_value_heads`` / ``head_dim`` (None:
 hidden_size / heads), the bias ``attention_bias``, and RoPE ``rope_parameters`` (``rope_theta``,
@@ -22,8 +23,23 @@ def plain_heads(att: dict[str, Any], d_model: int, problems: list[str], arch: st
     if head_dim_of(att, d_model) * att["n_head"] != d_model:
         problems.append(f"mixers.attention.head_dim ({att['head_dim']}) must be d_model / n_head "
                         f"({d_model} / {att['n_head']}): {arch} has no head_dim")
+    whole_heads(att, problems, arch)
+
+
+def whole_heads(att: dict[str, Any], problems: list[str], arch: str) -> None:
+    """For an architecture that rotates whole heads (or none)."""
     if att.get("rotary_dim") is not None:
         problems.append(f"mixers.attention.rotary_dim must be null: {arch} rotates whole heads")
+
+
+def read_head_dim(r: HFConfigReader, d_model: int, n_head: int) -> int | None:
+    """Our ``head_dim`` option from config.json's ``head_dim`` (or the family's default; absent or
+    null: hidden_size / heads), None when it is hidden_size / heads."""
+    head_dim = r.hf.get("head_dim") or r.defaults.get("head_dim") or d_model // max(n_head, 1)
+    if not isinstance(head_dim, int) or isinstance(head_dim, bool) or head_dim < 1:
+        r.problems.append(f"head_dim: expected a positive int, got {head_dim!r}")
+        return None
+    return None if head_dim * n_head == d_model else head_dim
 
 
 def _rope(r: HFConfigReader, partial_default: float | None) -> tuple[float, float]:
@@ -48,10 +64,7 @@ def read_attention(r: HFConfigReader, d_model: int, *, partial_default: float | 
     """Our ``mixers.attention`` options (RoPE on); `partial_default`: the family's
     partial_rotary_factor when config.json has none (None: the family rotates whole heads)."""
     n_head = r.get("num_attention_heads", int, minimum=1)
-    head_dim = r.hf.get("head_dim") or d_model // n_head
-    if not isinstance(head_dim, int) or isinstance(head_dim, bool) or head_dim < 1:
-        r.problems.append(f"head_dim: expected a positive int, got {head_dim!r}")
-        head_dim = d_model // n_head
+    head_dim = read_head_dim(r, d_model, n_head) or d_model // n_head
     theta, factor = _rope(r, partial_default)
     rotary_dim = int(head_dim * factor)  # as transformers computes it
     if factor > 1 or rotary_dim < 2 or rotary_dim % 2:

@@ -1,9 +1,9 @@
 """``LlamaForCausalLM`` <-> our LM with RoPE attention only: the Transformer twin.
 
 Pre-norm blocks of grouped-query attention with rotary positions (half-split layout,
-transformers' ``rotate_half``) and a SwiGLU MLP. Only plain RoPE maps: a ``rope_type``
-other than ``default`` (llama3, linear, dynamic, yarn ...) or a ``head_dim`` other than
-``hidden_size / num_attention_heads`` is reported as unsupported.
+transformers' ``rotate_half``) and a SwiGLU MLP; ``head_dim`` may differ from
+``hidden_size / num_attention_heads`` (our ``head_dim``). Only plain RoPE maps: a ``rope_type``
+other than ``default`` (llama3, linear, dynamic, yarn ...) is reported as unsupported.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 from hybrid_mllm.core.config import ModelConfig
 
 from ._arch import Architecture, HFConfigReader, swiglu_name
-from ._attention import plain_heads
+from ._attention import head_dim_of, read_head_dim, whole_heads
 
 # LlamaConfig's defaults (transformers 5.23), used for keys a config.json leaves out.
 DEFAULTS = {
@@ -38,10 +38,6 @@ def to_ours(hf: dict[str, Any], problems: list[str]) -> dict[str, Any]:
     r.silu()
     d_model, n_layer = r.get("hidden_size", int, minimum=1), r.get("num_hidden_layers", int, minimum=1)
     n_head = r.get("num_attention_heads", int, minimum=1)
-    head_dim = hf.get("head_dim") or d_model // n_head
-    if head_dim * n_head != d_model:
-        problems.append(f"head_dim ({head_dim}) is not supported: ours is hidden_size / num_attention_heads "
-                        f"({d_model} / {n_head})")
     return {
         "vocab_size": r.get("vocab_size", int, minimum=1),
         "d_model": d_model,
@@ -53,6 +49,7 @@ def to_ours(hf: dict[str, Any], problems: list[str]) -> dict[str, Any]:
         "mixers": {"attention": {
             "n_head": n_head,
             "n_kv_head": hf.get("num_key_value_heads") or n_head,  # LlamaConfig: None means n_head
+            "head_dim": read_head_dim(r, d_model, n_head),
             "rope": True,
             "rope_theta": _rope_theta(hf, problems),
             "bias": r.get("attention_bias", bool),
@@ -70,7 +67,7 @@ def to_hf(m: ModelConfig, problems: list[str]) -> dict[str, Any]:
     if att is not None and not att["rope"]:
         problems.append("mixers.attention.rope must be true: Llama's attention uses RoPE")
     if att is not None:
-        plain_heads(att, m.d_model, problems, "LlamaForCausalLM")
+        whole_heads(att, problems, "LlamaForCausalLM")
     if problems:
         return {}
     return {
@@ -78,7 +75,7 @@ def to_hf(m: ModelConfig, problems: list[str]) -> dict[str, Any]:
         "intermediate_size": m.ffns["mlp"]["d_hidden"] or 4 * m.d_model, "hidden_act": "silu",
         "rms_norm_eps": m.norm_eps, "tie_word_embeddings": m.tie_embeddings,
         "num_attention_heads": att["n_head"], "num_key_value_heads": att["n_kv_head"] or att["n_head"],
-        "head_dim": m.d_model // att["n_head"],
+        "head_dim": head_dim_of(att, m.d_model),
         "rope_parameters": {"rope_type": "default", "rope_theta": att["rope_theta"]},
         "attention_bias": att["bias"], "mlp_bias": m.ffns["mlp"]["bias"],
     }

@@ -17,7 +17,7 @@ from typing import Any
 from hybrid_mllm.core.config import ModelConfig
 
 from ._arch import Architecture, HFConfigReader, check_multipliers, swiglu_name
-from ._attention import plain_heads
+from ._attention import head_dim_of, read_head_dim, whole_heads
 from ._hf_io import HFWeights
 from ._mamba2 import Mamba2Keys, check_mamba2, mixer_name, read_mamba2, write_mamba2
 
@@ -64,9 +64,6 @@ def to_ours(hf: dict[str, Any], problems: list[str]) -> dict[str, Any]:
     if hf.get("mlp_hidden_act", "relu2") != "relu2":
         problems.append(f"mlp_hidden_act: {hf['mlp_hidden_act']!r} is not supported: our relu2_mlp is 'relu2'")
     n_head = r.get("num_attention_heads", int, minimum=1)
-    if "*" in pattern and r.get("head_dim", int, minimum=1) * n_head != d_model:
-        problems.append(f"head_dim ({hf.get('head_dim', DEFAULTS['head_dim'])}) is not supported: ours is "
-                        f"hidden_size / num_attention_heads ({d_model} / {n_head})")
     mamba2 = read_mamba2(r, KEYS, d_model, r.get("mamba_num_heads", int, minimum=1) * r.get("mamba_head_dim", int))
     mamba2["dt_limit"] = [mamba2["dt_min"], math.inf]  # NemotronHMamba2Mixer's time_step_limit
     return {
@@ -77,7 +74,8 @@ def to_ours(hf: dict[str, Any], problems: list[str]) -> dict[str, Any]:
         "layer_pattern": pattern,
         "pattern_mlp": "relu2_mlp",
         "mixers": {"mamba2": mamba2,
-                   "attention": {"n_head": n_head, "n_kv_head": hf.get("num_key_value_heads") or n_head}},
+                   "attention": {"n_head": n_head, "n_kv_head": hf.get("num_key_value_heads") or n_head,
+                                 "head_dim": read_head_dim(r, d_model, n_head)}},
         "relu2_mlp": {"d_hidden": r.get("intermediate_size", int, minimum=1), "bias": r.get("mlp_bias", bool)},
     }
 
@@ -100,7 +98,7 @@ def to_hf(m: ModelConfig, problems: list[str]) -> dict[str, Any]:
     if "attention" in m.layers and (att["rope"] or att["bias"]):
         problems.append("mixers.attention: rope and bias must be false: Nemotron-H's attention has neither")
     if "attention" in m.layers:
-        plain_heads(att, m.d_model, problems, "NemotronHForCausalLM")
+        whole_heads(att, problems, "NemotronHForCausalLM")
     if "mamba2" in m.layers:
         check_mamba2(mamba2, problems, norm_eps=m.norm_eps)
         if list(mamba2["dt_limit"]) != [mamba2["dt_min"], math.inf]:
@@ -113,7 +111,7 @@ def to_hf(m: ModelConfig, problems: list[str]) -> dict[str, Any]:
            "mlp_hidden_act": "relu2", "num_nextn_predict_layers": 0, "residual_in_fp32": False}
     if att is not None:
         out.update(num_attention_heads=att["n_head"], num_key_value_heads=att["n_kv_head"] or att["n_head"],
-                   head_dim=m.d_model // att["n_head"], attention_bias=False)
+                   head_dim=head_dim_of(att, m.d_model), attention_bias=False)
     if mamba2 is not None:
         out.update(write_mamba2(mamba2, KEYS, m.d_model), expand=mamba2["expand"])
     if mlp is not None:

@@ -115,13 +115,15 @@ def test_mamba_parity_and_round_trip(tmp_path):
     _round_trip(ours, ours_config, tmp_path)
 
 
-def test_llama_parity_and_round_trip(tmp_path):
+@pytest.mark.parametrize("head_dim", [None, 24])  # 24: heads wider than hidden_size / heads
+def test_llama_parity_and_round_trip(tmp_path, head_dim):
     config = transformers.LlamaConfig(**SMALL, intermediate_size=96, num_hidden_layers=4, num_attention_heads=4,
-                                      num_key_value_heads=2, attention_bias=True, mlp_bias=True,
+                                      num_key_value_heads=2, attention_bias=True, mlp_bias=True, head_dim=head_dim,
                                       rope_parameters={"rope_type": "default", "rope_theta": 500000.0})
     hf_model = _save_hf(tmp_path / "hf", config)
     ours, ours_config = load_hf(tmp_path / "hf")
     assert ours_config.model.mixers["attention"]["rope_theta"] == 500000.0
+    assert ours_config.model.mixers["attention"]["head_dim"] == head_dim
     _check_parity(hf_model, ours)
     _round_trip(ours, ours_config, tmp_path)
 
@@ -210,8 +212,8 @@ def test_missing_shard(tmp_path):
      ["architectures GPT2LMHeadModel cannot be converted", "JambaForCausalLM, MambaForCausalLM, LlamaForCausalLM"]),
     (lambda hf: hf.update(rope_parameters={"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0}),
      ["rope_type 'llama3' is not supported"]),
-    (lambda hf: hf.update(hidden_act="gelu", head_dim=32),
-     ["hidden_act: 'gelu' is not supported", "head_dim (32) is not supported"]),
+    (lambda hf: hf.update(hidden_act="gelu", head_dim=0.5),
+     ["hidden_act: 'gelu' is not supported", "head_dim: expected a positive int, got 0.5"]),
 ])
 def test_unsupported_settings_are_named(llama_dir, tmp_path, edit, messages):
     conversion_fails(convert_hf, edited(llama_dir, tmp_path, config=edit), tmp_path, *messages)

@@ -44,6 +44,8 @@ FAMILIES = {
     "mamba2-tied": lambda: transformers.Mamba2Config(**SMALL, num_hidden_layers=2, tie_word_embeddings=True,
                                                      use_conv_bias=False, **MAMBA2),
     "nemotron_h": lambda: transformers.NemotronHConfig(**SMALL, **NEMOTRON),
+    # heads wider than hidden_size / heads (Nemotron-H 4B: 32 x 128 on 3072)
+    "nemotron_h-head-dim": lambda: transformers.NemotronHConfig(**SMALL, **{**NEMOTRON, "head_dim": 24}),
     "bamba": lambda: transformers.BambaConfig(**SMALL, **BAMBA),
     # attention in layer 1: GQA, bias, RoPE on half of each head (Bamba's partial_rotary_factor 0.5)
     "bamba-attention": lambda: transformers.BambaConfig(**SMALL, **{
