@@ -1,8 +1,9 @@
 """Prefill speed on CPU: our converted Nemotron-H and Bamba vs transformers' own, same weights.
 
 transformers builds a random ``NemotronHForCausalLM`` (each layer one of Mamba-2, attention or
-a squared-ReLU MLP) and a ``BambaForCausalLM`` (3 Mamba-2 layers and one attention layer with
-Bamba's half-rotary RoPE, each followed by a SwiGLU MLP), saves each with ``save_pretrained``, and the
+a squared-ReLU MLP) and a ``BambaForCausalLM`` (7 Mamba-2 layers and one attention layer with
+Bamba's half-rotary RoPE, each followed by a SwiGLU MLP; Bamba-9B has 3 attention layers of 32),
+saves each with ``save_pretrained``, and the
 production converter (``load_hf``) reads it back as ours. Both run a full forward over the
 same random tokens: transformers its pure-PyTorch path (no mamba-ssm on CPU: the chunked SSD
 in torch ops), ours the SSD kernel ``impl: auto`` picks (printed). Logits are compared first.
@@ -54,7 +55,7 @@ def _hf_config(family: str, args, transformers):
             head_dim=d // 8, ssm_state_size=args.d_state, mamba_num_heads=heads, mamba_head_dim=args.headdim,
             n_groups=1, chunk_size=256)
     return transformers.BambaConfig(
-        **common, num_hidden_layers=4, attn_layer_indices=[2], num_attention_heads=8, num_key_value_heads=2,
+        **common, num_hidden_layers=8, attn_layer_indices=[4], num_attention_heads=8, num_key_value_heads=2,
         mamba_n_heads=heads, mamba_d_head=args.headdim,
         mamba_n_groups=1, mamba_d_state=args.d_state, mamba_chunk_size=256)
 
