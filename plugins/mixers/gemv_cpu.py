@@ -85,7 +85,7 @@ def linear_few_rows(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Te
     fn = getattr(_load_library(), KERNELS[x.dtype][0])
     if weight.numel() * weight.element_size() < THREADED_BYTES or torch.get_num_threads() == 1:
         fn(*args, 0, n)
-    else:  # column ranges in multiples of 8, the kernels' block of W rows (bf16: 4, float32: 8)
+    else:  # column ranges in multiples of 8, the kernels' block of W rows
         _run([(fn, *args, 8 * lo, min(n, 8 * hi)) for lo, hi in _split(0, -(-n // 8), torch.get_num_threads())])
     return y
 

@@ -233,11 +233,13 @@ def _executor() -> ThreadPoolExecutor:
 
 
 def _run(calls: list[tuple]) -> list:
-    """Run each ``(fn, *args)`` in `calls`, in parallel when there are threads to use."""
+    """Run each ``(fn, *args)`` in `calls`, in parallel when there are threads to use: the first
+    on the calling thread, the others on the pool (one hand-off fewer than pooling them all)."""
     if len(calls) == 1 or torch.get_num_threads() == 1:
         return [fn(*args) for fn, *args in calls]
-    futures = [_executor().submit(fn, *args) for fn, *args in calls]
-    return [f.result() for f in futures]
+    futures = [_executor().submit(fn, *args) for fn, *args in calls[1:]]
+    first = calls[0][0](*calls[0][1:])
+    return [first, *(f.result() for f in futures)]
 
 
 def _split(start: int, stop: int, parts: int) -> list[tuple[int, int]]:
