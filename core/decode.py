@@ -3,7 +3,9 @@
 Mixers and FFNs may take a path built for decoding (one token, no padding mask, no
 gradients: Mamba's fused C step, attention's in-place KV cache, MoE's direct expert loop),
 and their linear layers `linear`, which hands a few rows to a registered linear kernel
-(``register_linear_kernels``: the built-in float32 / bfloat16 CPU one) that accepts them.
+(``register_linear_kernels``: the built-in float32 / bfloat16 CPU one) that accepts them. A
+`Block` may run either half whole through a registered `BlockStep` (``register_block_steps``:
+the built-in CPU ones fuse norm, Mamba or FFN and residual into one C call).
 Each is tested against the general path, which stays reachable for comparison:
 ``HYBRID_MLLM_DECODE=generic`` in the environment, or `decode_paths(fast=False)` in code
 (benchmarks time both in one process).
@@ -80,6 +82,40 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
             if kernel.accepts(x, weight, bias):
                 return kernel.fn(x, weight, bias)
     return F.linear(x, weight, bias)
+
+
+@dataclass(frozen=True)
+class BlockStep:
+    """One half of a `Block` fused for a decode step: ``x + r * part(norm(x))`` with ``part``
+    the block's mixer (``part == "mixer"``) or its FFN (``"ffn"``).
+
+    ``fn(module, norm, x, state, r) -> (x_out, new_state)``, x: (B, 1, d_model), r the block's
+    residual multiplier, state the mixer's (``()`` for an FFN, whose aux loss is 0 here: no
+    gradients); called right after ``accepts(module, norm, x, state)`` returned True.
+    """
+
+    part: str
+    fn: Callable
+    accepts: Callable[..., bool]
+    description: str = ""
+
+
+@functools.cache
+def _block_steps(part: str) -> tuple[BlockStep, ...]:
+    from .registry import get_registry
+
+    return tuple(e.obj for e in get_registry().entries("block_step") if e.obj.part == part)
+
+
+def block_step(part: str, module, norm, x: Tensor, state, mask: Tensor | None) -> BlockStep | None:
+    """The first registered `BlockStep` of `part` that accepts one decoded token without a
+    padding mask, else None (the block runs its modules)."""
+    if mask is not None or x.shape[1] != 1 or not fast_decode():
+        return None
+    for step in _block_steps(part):
+        if step.accepts(module, norm, x, state):
+            return step
+    return None
 
 
 def dense(layer: torch.nn.Linear, x: Tensor) -> Tensor:

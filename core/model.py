@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from .decode import dense
+from .decode import block_step, dense
 from .mixer import State
 from .norm import RMSNorm
 
@@ -61,14 +61,20 @@ class Block(nn.Module):
         return x + (y if self.residual_multiplier == 1.0 else y * self.residual_multiplier)
 
     def forward(self, x: Tensor, state: State | None = None, mask: Tensor | None = None):
-        """x: (B, L, d_model) -> (x, new_state, aux_loss)."""
-        if self.mixer_norm is not None:
+        """x: (B, L, d_model) -> (x, new_state, aux_loss). Decoding, either half may run fused
+        through a registered step (`hybrid_mllm.core.decode.block_step`)."""
+        if self.mixer_norm is None:
+            state = ()
+        elif (step := block_step("mixer", self.mixer, self.mixer_norm, x, state, mask)) is not None:
+            x, state = step.fn(self.mixer, self.mixer_norm, x, state, self.residual_multiplier)
+        else:
             y, state = self.mixer(self.mixer_norm(x), state, mask)
             x = self._residual(x, y)
-        else:
-            state = ()
         if self.ffn is None:
             return x, state, x.new_zeros((), dtype=torch.float32)
+        if (step := block_step("ffn", self.ffn, self.ffn_norm, x, (), None)) is not None:
+            x, _ = step.fn(self.ffn, self.ffn_norm, x, (), self.residual_multiplier)
+            return x, state, x.new_zeros((), dtype=torch.float32)  # decoding: no aux loss (no gradients)
         y, aux = self.ffn(self.ffn_norm(x))
         return self._residual(x, y), state, aux
 

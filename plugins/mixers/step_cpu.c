@@ -11,11 +11,7 @@
  * folded in. Activations (xz, conv state, y) are float32 or bfloat16; weights arrive as
  * float32 copies; the SSM state and all arithmetic are float32.
  */
-#include <math.h>
-#include <stdint.h>
-#include <string.h>
-
-enum { F32 = 0, BF16 = 1 };
+#include "cpu_math.h"
 
 typedef struct {
     const void *xz;            /* (batch, 2 * d_inner), row stride xz_stride */
@@ -39,32 +35,6 @@ typedef struct {
     float norm_eps;
     int32_t dtype;             /* of xz, the conv state and y */
 } StepArgs;
-
-static inline float bf16_load(uint16_t v) {
-    uint32_t bits = (uint32_t)v << 16;
-    float f;
-    memcpy(&f, &bits, 4);
-    return f;
-}
-
-static inline uint16_t bf16_store(float f) {  /* round to nearest even, as torch does */
-    uint32_t bits;
-    memcpy(&bits, &f, 4);
-    if (isnan(f)) return 0x7FC0;
-    bits += 0x7FFF + ((bits >> 16) & 1);
-    return (uint16_t)(bits >> 16);
-}
-
-static inline float load(const void *p, int64_t i, int32_t dtype) {
-    return dtype == F32 ? ((const float *)p)[i] : bf16_load(((const uint16_t *)p)[i]);
-}
-
-static inline void store(void *p, int64_t i, float v, int32_t dtype) {
-    if (dtype == F32) ((float *)p)[i] = v;
-    else ((uint16_t *)p)[i] = bf16_store(v);
-}
-
-static inline float silu(float v) { return v / (1.0f + expf(-v)); }
 
 static inline float softplus(float v) { return fmaxf(v, 0.0f) + log1pf(expf(-fabsf(v))); }
 

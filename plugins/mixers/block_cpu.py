@@ -1,0 +1,214 @@
+"""Fused CPU decode steps of a block's halves: `block_cpu.c`, compiled on first use, loaded with ctypes.
+
+A decode step of a small hybrid spends most of its time dispatching: some forty torch ops,
+ctypes calls and module calls per block, each a few microseconds. These steps run a half of
+a `Block` in one C call for up to `gemv_cpu.MAX_ROWS` rows: pre-norm, the SwiGLU MLP or the
+top-k MoE of SwiGLU experts (`ffn_part`), or in_proj, the fused Mamba-1 step of `step_cpu`
+and out_proj (`mamba_part`), then the residual. The library links `gemv_cpu.c` and
+`step_cpu.c` in (their kernels, not copies) and is built by `step_cpu.build_library`. They
+serve `hybrid_mllm.core.model.Block` through the ``register_block_steps`` hook; weights are
+read where the model holds them (pointers cached per module, rebuilt when a storage moves).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import threading
+import weakref
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from hybrid_mllm.core.decode import BlockStep
+from hybrid_mllm.core.ffn import MoE, SwiGLU
+
+from . import gemv_cpu, step_cpu
+from .mamba import Mamba
+from .scan_cpu import KERNEL_DTYPES, BuildError, _first_line, cache_dir, find_compiler
+
+SOURCE = Path(__file__).with_name("block_cpu.c")
+_VOIDP = ctypes.c_void_p
+
+
+class SwiGLUWeights(ctypes.Structure):
+    """Mirrors `SwiGLUWeights` in block_cpu.c."""
+
+    _fields_ = [(name, _VOIDP) for name in ("gate", "up", "down", "gate_b", "up_b", "down_b")]
+
+
+class FFNArgs(ctypes.Structure):
+    """Mirrors `FFNArgs` in block_cpu.c."""
+
+    _fields_ = [(name, _VOIDP) for name in ("x", "out", "norm_w", "experts", "router", "work")] + [
+        (name, ctypes.c_int64) for name in ("M", "d", "H", "n_experts", "top_k")] + [
+        ("eps", ctypes.c_float), ("r", ctypes.c_float), ("normalize", ctypes.c_int32), ("dtype", ctypes.c_int32)]
+
+
+class MambaPartArgs(ctypes.Structure):
+    """Mirrors `MambaPartArgs` in block_cpu.c."""
+
+    _fields_ = [(name, _VOIDP) for name in ("x", "out", "norm_w", "in_w", "in_b", "out_w", "out_b", "step", "h",
+                                              "xz", "y")] + [
+        (name, ctypes.c_int64) for name in ("M", "d", "d_inner")] + [
+        ("eps", ctypes.c_float), ("r", ctypes.c_float), ("dtype", ctypes.c_int32)]
+
+
+_load_lock = threading.Lock()
+
+
+@functools.cache
+def _load_library() -> ctypes.CDLL | str:
+    try:
+        lib = ctypes.CDLL(str(step_cpu.build_library(find_compiler(), cache_dir(), SOURCE,
+                                                     also=(gemv_cpu.SOURCE, step_cpu.SOURCE))))
+    except (BuildError, OSError) as exc:
+        return f"the fused CPU block steps could not be built ({_first_line(str(exc))})"
+    lib.ffn_part.argtypes = [ctypes.POINTER(FFNArgs)]
+    lib.mamba_part.argtypes = [ctypes.POINTER(MambaPartArgs)]
+    lib.ffn_part.restype = lib.mamba_part.restype = None
+    return lib
+
+
+def available(dtype: torch.dtype) -> str | None:
+    """None when the steps for `dtype` activations are built and their products vectorized, else why not."""
+    with _load_lock:
+        lib = _load_library()
+    return lib if isinstance(lib, str) else gemv_cpu.available(dtype)
+
+
+def _takes_input(x: Tensor) -> bool:
+    """A few float32 / bfloat16 rows (B, 1, d) on the CPU, the library built."""
+    return (x.device.type == "cpu" and x.dtype in KERNEL_DTYPES and x.shape[0] <= gemv_cpu.MAX_ROWS
+            and available(x.dtype) is None)
+
+
+def _takes_weights(tensors, dtype: torch.dtype) -> bool:
+    """All of `dtype` and contiguous (None: an absent bias), and on one thread each weight small
+    enough: from `gemv_cpu.THREADED_BYTES` the unfused path splits its columns over threads."""
+    threads = torch.get_num_threads() > 1
+    return all(t is None or (t.dtype == dtype and t.is_contiguous() and t.device.type == "cpu"
+                             and not (threads and t.numel() * t.element_size() >= gemv_cpu.THREADED_BYTES))
+               for t in tensors)
+
+
+def _ptr(t: Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+class _Plans:
+    """Per module, the argument struct whose weight fields point at its parameters, rebuilt when
+    a parameter's storage, the dtype or the thread count changes (in-place updates are read live)."""
+
+    def __init__(self, build):
+        self._build, self._plans = build, weakref.WeakKeyDictionary()
+
+    def get(self, module, norm, dtype: torch.dtype):
+        """-> the plan (None: these weights are not taken), after `tensors` of the module gave its key."""
+        tensors = self._build.tensors(module, norm)
+        key = (dtype, torch.get_num_threads() > 1, *map(_ptr, tensors))
+        cached = self._plans.get(module)
+        if cached is None or cached[0] != key:
+            plan = self._build(module, norm, dtype) if _takes_weights(tensors, dtype) else None
+            cached = self._plans[module] = (key, plan)
+        return cached[1]
+
+    def last(self, module):
+        """The plan `get` returned last (`BlockStep.fn` runs right after `accepts`)."""
+        return self._plans[module][1]
+
+
+# ---- the FFN half ------------------------------------------------------------------------------
+
+def _swiglu_tensors(mlp: SwiGLU) -> tuple:
+    return mlp.gate.weight, mlp.up.weight, mlp.down.weight, mlp.gate.bias, mlp.up.bias, mlp.down.bias
+
+
+class _FFNPlan:
+    """An `FFNArgs` template for a SwiGLU MLP or an MoE (its experts' `SwiGLUWeights` array kept here)."""
+
+    @staticmethod
+    def tensors(ffn, norm) -> tuple:
+        if type(ffn) is SwiGLU:
+            return norm.weight, *_swiglu_tensors(ffn)
+        return norm.weight, ffn.router.weight, *(t for e in ffn.experts for t in _swiglu_tensors(e))
+
+    def __init__(self, ffn, norm, dtype: torch.dtype):
+        moe = type(ffn) is MoE
+        experts = list(ffn.experts) if moe else [ffn]
+        self.experts = (SwiGLUWeights * len(experts))(*(SwiGLUWeights(*map(_ptr, _swiglu_tensors(e))) for e in experts))
+        d, hidden = experts[0].gate.in_features, experts[0].gate.out_features
+        self.top_k = ffn.top_k if moe else 1
+        self.work_floats = lambda rows: rows * d + 2 * rows * hidden + 2 * len(experts) + 2 * d + self.top_k
+        self.args = FFNArgs(norm_w=norm.weight.data_ptr(), experts=ctypes.addressof(self.experts),
+                            router=ffn.router.weight.data_ptr() if moe else None, d=d, H=hidden,
+                            n_experts=len(experts), top_k=self.top_k, eps=norm.eps,
+                            normalize=int(moe and ffn.normalize_top_k), dtype=KERNEL_DTYPES[dtype])
+
+
+_ffn_plans = _Plans(_FFNPlan)
+
+
+def ffn_accepts(ffn, norm, x: Tensor, state) -> bool:
+    """A SwiGLU MLP or an MoE of SwiGLU experts (exactly these classes: a subclass may compute
+    something else), weights in x's dtype."""
+    return type(ffn) in (SwiGLU, MoE) and _takes_input(x) and _ffn_plans.get(ffn, norm, x.dtype) is not None
+
+
+def ffn_step(ffn, norm, x: Tensor, state, r: float) -> tuple[Tensor, tuple]:
+    """x: (B, 1, d_model) -> x + r * ffn(norm(x)), (); one C call."""
+    plan, x = _ffn_plans.last(ffn), x.contiguous()
+    out = torch.empty_like(x)
+    work = torch.empty(plan.work_floats(x.shape[0]))
+    a = FFNArgs.from_buffer_copy(plan.args)
+    a.x, a.out, a.work, a.M, a.r = x.data_ptr(), out.data_ptr(), work.data_ptr(), x.shape[0], r
+    _load_library().ffn_part(ctypes.byref(a))
+    return out, ()
+
+
+# ---- the Mamba half ----------------------------------------------------------------------------
+
+class _MambaPlan:
+    """A `MambaPartArgs` template: the norm and the two projections (the step's own small
+    weights are the mixer's `_step_weights`, float32 copies it rebuilds when they change)."""
+
+    @staticmethod
+    def tensors(mamba, norm) -> tuple:
+        return norm.weight, mamba.in_proj.weight, mamba.in_proj.bias, mamba.out_proj.weight, mamba.out_proj.bias
+
+    def __init__(self, mamba, norm, dtype: torch.dtype):
+        self.d_model, self.d_inner = mamba.d_model, mamba.d_inner
+        self.args = MambaPartArgs(norm_w=norm.weight.data_ptr(), in_w=mamba.in_proj.weight.data_ptr(),
+                                  in_b=_ptr(mamba.in_proj.bias), out_w=mamba.out_proj.weight.data_ptr(),
+                                  out_b=_ptr(mamba.out_proj.bias), d=mamba.d_model, d_inner=mamba.d_inner,
+                                  eps=norm.eps, dtype=KERNEL_DTYPES[dtype])
+
+
+_mamba_plans = _Plans(_MambaPlan)
+
+
+def mamba_accepts(mixer, norm, x: Tensor, state) -> bool:
+    """A Mamba-1 mixer whose own fused step applies (one token from a state, default scan),
+    projections in x's dtype."""
+    return (type(mixer) is Mamba and _takes_input(x) and mixer._fused_step_applies(x, state, None)
+            and _mamba_plans.get(mixer, norm, x.dtype) is not None)
+
+
+def mamba_block_step(mixer, norm, x: Tensor, state, r: float) -> tuple[Tensor, tuple]:
+    """x: (B, 1, d_model), state (conv_state, ssm_state) -> x + r * mamba(norm(x)), the new state; one C call."""
+    plan, x, batch = _mamba_plans.last(mixer), x.contiguous(), x.shape[0]
+    xz = torch.empty(batch, 2 * plan.d_inner, dtype=x.dtype)
+    h, out = torch.empty_like(x), torch.empty_like(x)
+    step, y, conv_state, ssm_state, _alive = step_cpu.prepare_step(mixer._step_weights(), xz, *state)
+    a = MambaPartArgs.from_buffer_copy(plan.args)
+    a.x, a.out, a.h, a.xz, a.y = x.data_ptr(), out.data_ptr(), h.data_ptr(), xz.data_ptr(), y.data_ptr()
+    a.step, a.M, a.r = ctypes.addressof(step), batch, r
+    _load_library().mamba_part(ctypes.byref(a))
+    return out, (conv_state, ssm_state)
+
+
+CPU_FFN = BlockStep(part="ffn", fn=ffn_step, accepts=ffn_accepts,
+                    description="pre-norm, SwiGLU MLP or top-k MoE of SwiGLU experts and residual in one C call")
+CPU_MAMBA = BlockStep(part="mixer", fn=mamba_block_step, accepts=mamba_accepts,
+                      description="pre-norm, in_proj, the fused Mamba-1 step, out_proj and residual in one C call")

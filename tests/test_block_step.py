@@ -1,0 +1,220 @@
+"""The fused CPU block steps (`plugins/mixers/block_cpu`) against the unfused decode path.
+
+A `Block` decoding one token runs a half (norm, Mamba mixer or FFN, residual) in one C call
+when a registered `BlockStep` accepts it; everything else takes the modules' own path. Spies
+on the registered steps say which ran.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from hybrid_mllm.core import decode
+from hybrid_mllm.core.decode import decode_paths
+from hybrid_mllm.core.ffn import MoE, SwiGLU
+from hybrid_mllm.core.model import Block
+from hybrid_mllm.plugins.mixers import block_cpu
+from hybrid_mllm.plugins.mixers.attention import Attention
+from hybrid_mllm.plugins.mixers.mamba import Mamba
+from hybrid_mllm.plugins.mixers.mamba2 import Mamba2
+
+TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2}
+D = 64
+needs_block = pytest.mark.skipif(block_cpu.available(torch.float32) is not None,
+                                 reason=str(block_cpu.available(torch.float32)))
+pytestmark = needs_block
+
+
+@pytest.fixture
+def ran(monkeypatch):
+    """Counts of the fused calls per part ('mixer', 'ffn'), through spies on the registered steps."""
+    counts = {"mixer": 0, "ffn": 0}
+    registered = {part: decode._block_steps(part) for part in counts}
+    assert block_cpu.CPU_FFN in registered["ffn"] and block_cpu.CPU_MAMBA in registered["mixer"]
+
+    def spy(step):
+        def fn(*args):
+            counts[step.part] += 1
+            return step.fn(*args)
+        return dataclasses.replace(step, fn=fn)
+
+    spies = {part: tuple(spy(s) for s in steps) for part, steps in registered.items()}
+    monkeypatch.setattr(decode, "_block_steps", lambda part: spies[part])
+    return counts
+
+
+def _ffn(kind: str, dtype, **options):
+    if kind == "mlp":
+        return SwiGLU(D, d_hidden=96, dtype=dtype, **options)
+    return MoE(D, n_experts=4, d_hidden=80, dtype=dtype, **options)
+
+
+def _randomize_norms(block: Block) -> None:
+    with torch.no_grad():
+        for norm in (block.mixer_norm, block.ffn_norm):
+            if norm is not None:
+                norm.weight.uniform_(0.5, 1.5)
+
+
+def _steps(block: Block, x: torch.Tensor, state, *, fast: bool, mask=None):
+    """Feed x (B, L, d) one token at a time -> (B, L, d) outputs, last state."""
+    ys = []
+    with torch.no_grad(), decode_paths(fast=fast):
+        for t in range(x.shape[1]):
+            y, state, _ = block(x[:, t:t + 1], state, None if mask is None else mask[:, t:t + 1])
+            ys.append(y)
+    return torch.cat(ys, 1), state
+
+
+def _assert_close(fast, ref, dtype, what: str) -> None:
+    scale = max(ref.float().abs().max().item(), 1.0)
+    err = (fast.float() - ref.float()).abs().max().item()
+    assert err <= TOL[dtype] * scale, f"{what}: max |fused - unfused| = {err} (values up to {scale})"
+
+
+def _compare(block: Block, batch: int, dtype, steps: int = 4):
+    """Prefill 5 tokens, then step: fused (fast) against unfused (generic) outputs and states."""
+    gen = torch.Generator().manual_seed(1)
+    prompt, tokens = (torch.randn(batch, n, D, generator=gen).to(dtype) for n in (5, steps))
+    with torch.no_grad():
+        _, state, _ = block(prompt)
+    y_fast, s_fast = _steps(block, tokens, state, fast=True)
+    y_ref, s_ref = _steps(block, tokens, state, fast=False)
+    _assert_close(y_fast, y_ref, dtype, "output")
+    for i, (fast, ref) in enumerate(zip(s_fast, s_ref, strict=True)):
+        assert fast.dtype == ref.dtype and fast.shape == ref.shape
+        _assert_close(fast, ref, dtype, f"state[{i}]")
+    return steps
+
+
+FFNS = [("mlp", {}), ("moe", {"top_k": 1}), ("moe", {"top_k": 2}), ("moe", {"top_k": 2, "normalize_top_k": True}),
+        ("moe", {"top_k": 1, "normalize_top_k": True})]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize(("kind", "options"), FFNS)
+@pytest.mark.parametrize("inner_norms", [False, True])
+def test_mamba_block_fused_matches_unfused(dtype, batch, kind, options, inner_norms, ran):
+    torch.manual_seed(0)
+    block = Block(D, Mamba(D, dt_rank=5, inner_norms=inner_norms, dtype=dtype), _ffn(kind, dtype, **options),
+                  residual_multiplier=0.7 if inner_norms else 1.0, dtype=dtype).eval()
+    _randomize_norms(block)
+    steps = _compare(block, batch, dtype)
+    assert ran == {"mixer": steps, "ffn": steps}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("residual_multiplier", [1.0, 0.5])
+def test_attention_moe_block_fuses_the_ffn_and_keeps_the_attention_step(dtype, batch, residual_multiplier, ran):
+    torch.manual_seed(0)
+    block = Block(D, Attention(D, n_head=4, n_kv_head=2, rope=True, dtype=dtype), _ffn("moe", dtype, top_k=2),
+                  residual_multiplier=residual_multiplier, dtype=dtype).eval()
+    _randomize_norms(block)
+    steps = _compare(block, batch, dtype)
+    assert ran == {"mixer": 0, "ffn": steps}  # attention: the Python step, its KV cache appended as before
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_mamba_and_mlp_biases(bias, ran):
+    torch.manual_seed(0)
+    block = Block(D, Mamba(D, bias=bias, conv_bias=not bias, d_conv=2), SwiGLU(D, d_hidden=40, bias=bias)).eval()
+    steps = _compare(block, 2, torch.float32)
+    assert ran == {"mixer": steps, "ffn": steps}
+
+
+def test_jamba_decode_runs_fused_and_equals_full_forward(ran):
+    from hybrid_mllm.core.build import build_model
+    from hybrid_mllm.core.config import load_config
+    from hybrid_mllm.core.presets import resolve_config_path
+
+    lm = build_model(load_config(resolve_config_path("jamba-small")), seed=0).eval()
+    ids = torch.randint(0, 263, (3, 24), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        with decode_paths(fast=False):
+            full = lm(ids).logits[:, 15:]
+        out = lm.prefill(ids[:, :16], chunk_size=8)
+        state, stepped = out.state, [out.logits[:, -1]]
+        for i in range(16, 24):
+            out = lm(ids[:, i:i + 1], state=state)
+            state = out.state
+            stepped.append(out.logits[:, -1])
+    err = (torch.stack(stepped, 1) - full).abs().max().item()
+    assert err < 1e-4, f"max |decode - full forward| = {err}"
+    n_mamba = sum(type(b.mixer) is Mamba for b in lm.blocks)
+    assert n_mamba == 7 and ran == {"mixer": 8 * n_mamba, "ffn": 8 * len(lm.blocks)}
+
+
+@pytest.mark.parametrize("name", ["mixer_norm.weight", "mixer.in_proj.weight", "mixer.out_proj.weight", "mixer.D",
+                                  "ffn_norm.weight", "ffn.router.weight", "ffn.experts.1.down.weight",
+                                  "ffn.experts.2.gate.weight"])
+@pytest.mark.parametrize("how", ["in_place", "new_storage"])
+def test_fused_step_follows_changed_parameters(name, how, ran):
+    torch.manual_seed(0)
+    block = Block(D, Mamba(D), MoE(D, n_experts=4, top_k=4, d_hidden=32)).eval()  # top_k 4: every expert counts
+    state = tuple(torch.randn_like(t) for t in block.mixer.init_state(2))
+    x = torch.randn(2, 1, D)
+    p = block.get_parameter(name)
+    with torch.no_grad():
+        before = block(x, state)[0]
+        if how == "in_place":
+            p.mul_(1.5).add_(0.1)
+        else:
+            p.data = p.data * 1.5 + 0.1
+        after = block(x, state)[0]
+        with decode_paths(fast=False):
+            expected = block(x, state)[0]
+    assert ran == {"mixer": 2, "ffn": 2}
+    assert not torch.allclose(before, after)
+    torch.testing.assert_close(after, expected, atol=1e-5, rtol=1e-5)
+
+
+class _ScaledMLP(SwiGLU):
+    """A subclass computing something else: a fused step must not take it for a SwiGLU."""
+
+    def forward(self, x):
+        y, aux = super().forward(x)
+        return 2 * y, aux
+
+
+def _unsupported():
+    """(name, block, state or None, mask or None, batch, what should still be fused)"""
+    torch.manual_seed(0)
+    mamba_mlp = Block(D, Mamba(D), SwiGLU(D, d_hidden=32)).eval()
+    yield "padding mask", mamba_mlp, True, torch.ones(2, 1, dtype=torch.bool), 2, {"mixer": 0, "ffn": 1}
+    yield "no state", mamba_mlp, False, None, 2, {"mixer": 0, "ffn": 1}
+    yield f"{block_cpu.gemv_cpu.MAX_ROWS + 1} rows", mamba_mlp, True, None, block_cpu.gemv_cpu.MAX_ROWS + 1, \
+        {"mixer": 0, "ffn": 0}
+    yield "reference scan", Block(D, Mamba(D, impl="ref"), None).eval(), True, None, 2, {"mixer": 0, "ffn": 0}
+    yield "mamba2", Block(D, Mamba2(D, d_state=16, headdim=16), None).eval(), True, None, 1, {"mixer": 0, "ffn": 0}
+    yield "subclassed mlp", Block(D, None, _ScaledMLP(D, d_hidden=32)).eval(), False, None, 1, {"mixer": 0, "ffn": 0}
+    yield "float64", Block(D, Mamba(D, dtype=torch.float64), SwiGLU(D, dtype=torch.float64),
+                           dtype=torch.float64).eval(), True, None, 1, {"mixer": 0, "ffn": 0}
+
+
+@pytest.mark.parametrize("case", list(_unsupported()), ids=lambda case: case[0])
+def test_unsupported_configs_take_the_unfused_path(case, ran):
+    _, block, with_state, mask, batch, fused = case
+    dtype = block.mixer_norm.weight.dtype if block.mixer_norm is not None else block.ffn_norm.weight.dtype
+    state = block.mixer.init_state(batch, dtype=dtype) if with_state else None
+    x = torch.randn(batch, 1, D, dtype=dtype)
+    with torch.no_grad():
+        y, _, _ = block(x, state, mask)
+        with decode_paths(fast=False):
+            ref, _, _ = block(x, state, mask)
+    assert ran == fused
+    torch.testing.assert_close(y, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_nothing_fused_with_gradients_or_in_generic_mode(ran):
+    torch.manual_seed(0)
+    block = Block(D, Mamba(D), MoE(D, n_experts=4, top_k=2, d_hidden=32)).eval()
+    state, x = block.mixer.init_state(1), torch.randn(1, 1, D)
+    block(x, state)  # gradients enabled: training's path
+    with torch.no_grad(), decode_paths(fast=False):
+        block(x, state)
+    assert ran == {"mixer": 0, "ffn": 0}
