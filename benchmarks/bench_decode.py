@@ -2,14 +2,16 @@
 
 For each size (`decode_models`: small 15.6M, large ~366M), dtype, context and batch size B,
 one prompt of `context` random tokens is prefilled and its state copied B times; then B
-sequences step together. The fast path (fused Mamba step, in-place KV cache, direct MoE
-loop) and the general path (`decode_paths(fast=False)`, the code before them) run
-interleaved, each continuing its own state, `--repeats` times `--steps` steps; the figures
-are medians. Per-step ms at 512 and 8k context show what the longer context costs, beside
+sequences step together. Three paths run interleaved, each continuing its own state,
+`--repeats` times `--steps` steps; the figures are medians and the ratios are against the
+fast path: ``blocks`` (the fast path with the fused block steps: norm + Mamba or FFN +
+residual in one C call), ``fast`` (fused Mamba step, in-place KV cache, direct MoE loop,
+few-row linear kernels) and ``generic`` (`decode_paths(fast=False)`, the code before them). Per-step ms at 512 and 8k context show what the longer context costs, beside
 the time the attention layer's step took (forward hooks) and the KV bytes it reads.
 
     python benchmarks/bench_decode.py                                  # everything (several minutes)
-    python benchmarks/bench_decode.py --sizes small --contexts 512 --batches 1 --threads 1,2
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_decode.py --sizes small --contexts 512 --batches 1 \
+        --threads 1,2 --paths blocks,fast
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ from hybrid_mllm.core.model import HybridLM
 from hybrid_mllm.plugins.mixers.attention import Attention
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-PATHS = ("fast", "generic")
+# blocks: the fast path with the fused block steps; fast: without them; generic: neither
+PATHS = ("blocks", "fast", "generic")
 
 
 def _ints(text: str) -> list[int]:
@@ -45,6 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=_ints, default=[torch.get_num_threads()], help="torch threads, interleaved")
     p.add_argument("--steps", type=int, default=6, help="decode steps per timing (default 6)")
     p.add_argument("--repeats", type=int, default=3, help="interleaved timings per path, median (default 3)")
+    p.add_argument("--paths", default=",".join(PATHS), help=f"comma-separated: {', '.join(PATHS)}")
     p.add_argument("--json", help="also write the rows here")
     return p
 
@@ -78,13 +82,13 @@ class _AttentionClock:
             h.remove()
 
 
-def _run_steps(lm: HybridLM, state, steps: int, fast: bool, clock: _AttentionClock):
+def _run_steps(lm: HybridLM, state, steps: int, path: str, clock: _AttentionClock):
     """`steps` decode steps of the whole batch -> (ms per step, CPU ms per step (all threads),
     attention ms per step, state). On a loaded machine CPU time shows the work done, wall
     time also the waits for descheduled threads."""
     token = torch.ones(state[0][0].shape[0], 1, dtype=torch.long)
     clock.spent = 0.0
-    with torch.no_grad(), decode_paths(fast=fast):
+    with torch.no_grad(), decode_paths(fast=path != "generic", blocks=path == "blocks"):
         t0, c0 = time.perf_counter(), time.process_time()
         for _ in range(steps):
             state = lm(token, state=state).state
@@ -101,17 +105,17 @@ def _kv_bytes(lm: HybridLM, state) -> int:
 def measure(lm: HybridLM, state, batch: int, args) -> list[dict]:
     """Interleaved timings of both paths (and thread counts) from copies of `state`."""
     clock = _AttentionClock(lm)
-    chains = {(path, threads): _replicate(state, batch) for path in PATHS for threads in args.threads}
+    chains = {(path, threads): _replicate(state, batch) for path in args.paths.split(",") for threads in args.threads}
     times = {key: [] for key in chains}
     saved_threads = torch.get_num_threads()
     try:
         for key in list(chains):  # warm-up: kernel builds, first KV buffers with room
             torch.set_num_threads(key[1])
-            *_, chains[key] = _run_steps(lm, chains[key], 1, key[0] == "fast", clock)
+            *_, chains[key] = _run_steps(lm, chains[key], 1, key[0], clock)
         for _ in range(args.repeats):
             for key in list(chains):
                 torch.set_num_threads(key[1])
-                ms, cpu_ms, attn_ms, chains[key] = _run_steps(lm, chains[key], args.steps, key[0] == "fast", clock)
+                ms, cpu_ms, attn_ms, chains[key] = _run_steps(lm, chains[key], args.steps, key[0], clock)
                 times[key].append((ms, attn_ms, cpu_ms))
     finally:
         torch.set_num_threads(saved_threads)
@@ -124,17 +128,19 @@ def measure(lm: HybridLM, state, batch: int, args) -> list[dict]:
 
 
 def _print(size: str, dtype: str, context: int, rows: list[dict]) -> None:
-    generic = {(r["threads"], r["batch"]): r["step_ms"] for r in rows if r["path"] == "generic"}
+    base = "fast" if any(r["path"] == "fast" for r in rows) else rows[0]["path"]
+    baseline = {(r["threads"], r["batch"]): r["step_ms"] for r in rows if r["path"] == base}
     for r in rows:
-        ratio = generic[r["threads"], r["batch"]] / r["step_ms"]
+        ratio = baseline[r["threads"], r["batch"]] / r["step_ms"]
         print(f"| {size} | {dtype} | {context} | {r['batch']} | {r['threads']} | {r['path']} | {r['step_ms']:.2f} | "
-              f"{r['tok_s']:.1f} | {r['cpu_ms']:.2f} | {r['attention_ms']:.2f} | {r['kv_bytes'] / 2**20:.1f} | {ratio:.2f}x |", flush=True)
+              f"{r['tok_s']:.1f} | {r['cpu_ms']:.2f} | {r['attention_ms']:.2f} | {r['kv_bytes'] / 2**20:.1f} | {ratio:.2f}x |",
+              flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     print(f"start: {_uptime()}; torch {torch.__version__}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}")
-    print("| size | dtype | context | B | threads | path | ms/step | tok/s | CPU ms/step | attention ms/step | KV MiB | vs generic |")
+    print("| size | dtype | context | B | threads | path | ms/step | tok/s | CPU ms/step | attention ms/step | KV MiB | fast / path |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     results = []
     for size in args.sizes.split(","):

@@ -37,6 +37,7 @@ def _from_env() -> bool:
 
 
 _fast = _from_env()
+_blocks = True  # the fused block steps, when fast (off only to time the fast path without them)
 
 
 def fast_decode() -> bool:
@@ -47,14 +48,15 @@ def fast_decode() -> bool:
 
 
 @contextlib.contextmanager
-def decode_paths(*, fast: bool) -> Iterator[None]:
-    """Turn the one-token paths on or off inside the block (not thread-local: for benchmarks and tests)."""
-    global _fast
-    saved, _fast = _fast, fast
+def decode_paths(*, fast: bool, blocks: bool = True) -> Iterator[None]:
+    """Turn the one-token paths on or off inside the block, the fused block steps with `blocks`
+    (not thread-local: for benchmarks and tests)."""
+    global _fast, _blocks
+    saved, _fast, _blocks = (_fast, _blocks), fast, blocks
     try:
         yield
     finally:
-        _fast = saved
+        _fast, _blocks = saved
 
 
 @dataclass(frozen=True)
@@ -110,7 +112,7 @@ def _block_steps(part: str) -> tuple[BlockStep, ...]:
 def block_step(part: str, module, norm, x: Tensor, state, mask: Tensor | None) -> BlockStep | None:
     """The first registered `BlockStep` of `part` that accepts one decoded token without a
     padding mask, else None (the block runs its modules)."""
-    if mask is not None or x.shape[1] != 1 or not fast_decode():
+    if mask is not None or x.shape[1] != 1 or not _blocks or not fast_decode():
         return None
     for step in _block_steps(part):
         if step.accepts(module, norm, x, state):

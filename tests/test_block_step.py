@@ -210,11 +210,13 @@ def test_unsupported_configs_take_the_unfused_path(case, ran):
     torch.testing.assert_close(y, ref, atol=1e-5, rtol=1e-5)
 
 
-def test_nothing_fused_with_gradients_or_in_generic_mode(ran):
+def test_nothing_fused_with_gradients_in_generic_mode_or_blocks_off(ran):
     torch.manual_seed(0)
     block = Block(D, Mamba(D), MoE(D, n_experts=4, top_k=2, d_hidden=32)).eval()
     state, x = block.mixer.init_state(1), torch.randn(1, 1, D)
     block(x, state)  # gradients enabled: training's path
     with torch.no_grad(), decode_paths(fast=False):
+        block(x, state)
+    with torch.no_grad(), decode_paths(fast=True, blocks=False):  # the fast path without block steps
         block(x, state)
     assert ran == {"mixer": 0, "ffn": 0}

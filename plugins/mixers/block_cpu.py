@@ -71,6 +71,7 @@ def _load_library() -> ctypes.CDLL | str:
     return lib
 
 
+@functools.cache
 def available(dtype: torch.dtype) -> str | None:
     """None when the steps for `dtype` activations are built and their products vectorized, else why not."""
     with _load_lock:
@@ -121,8 +122,17 @@ class _Plans:
 
 # ---- the FFN half ------------------------------------------------------------------------------
 
+def _weight_bias(linear) -> tuple:
+    """(weight, bias or None) of an nn.Linear, read from its parameter dict: this runs every
+    token, and nn.Module's attribute lookup of a parameter costs a fallback to `__getattr__`."""
+    params = linear._parameters
+    return params["weight"], params.get("bias")
+
+
 def _swiglu_tensors(mlp: SwiGLU) -> tuple:
-    return mlp.gate.weight, mlp.up.weight, mlp.down.weight, mlp.gate.bias, mlp.up.bias, mlp.down.bias
+    layers = mlp._modules
+    (gate, gate_b), (up, up_b), (down, down_b) = (_weight_bias(layers[n]) for n in ("gate", "up", "down"))
+    return gate, up, down, gate_b, up_b, down_b
 
 
 class _FFNPlan:
@@ -130,9 +140,12 @@ class _FFNPlan:
 
     @staticmethod
     def tensors(ffn, norm) -> tuple:
+        norm_w = norm._parameters["weight"]
         if type(ffn) is SwiGLU:
-            return norm.weight, *_swiglu_tensors(ffn)
-        return norm.weight, ffn.router.weight, *(t for e in ffn.experts for t in _swiglu_tensors(e))
+            return norm_w, *_swiglu_tensors(ffn)
+        parts = ffn._modules
+        return (norm_w, parts["router"]._parameters["weight"],
+                *(t for e in parts["experts"]._modules.values() for t in _swiglu_tensors(e)))
 
     def __init__(self, ffn, norm, dtype: torch.dtype):
         moe = type(ffn) is MoE
@@ -175,7 +188,8 @@ class _MambaPlan:
 
     @staticmethod
     def tensors(mamba, norm) -> tuple:
-        return norm.weight, mamba.in_proj.weight, mamba.in_proj.bias, mamba.out_proj.weight, mamba.out_proj.bias
+        layers = mamba._modules
+        return norm._parameters["weight"], *_weight_bias(layers["in_proj"]), *_weight_bias(layers["out_proj"])
 
     def __init__(self, mamba, norm, dtype: torch.dtype):
         self.d_model, self.d_inner = mamba.d_model, mamba.d_inner
@@ -191,7 +205,7 @@ _mamba_plans = _Plans(_MambaPlan)
 def mamba_accepts(mixer, norm, x: Tensor, state) -> bool:
     """A Mamba-1 mixer whose own fused step applies (one token from a state, default scan),
     projections in x's dtype."""
-    return (type(mixer) is Mamba and _takes_input(x) and mixer._fused_step_applies(x, state, None)
+    return (type(mixer) is Mamba and _takes_input(x) and mixer.fused_step_takes(x, state)
             and _mamba_plans.get(mixer, norm, x.dtype) is not None)
 
 

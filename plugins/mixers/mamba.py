@@ -120,8 +120,12 @@ class Mamba(nn.Module):
     def _fused_step_applies(self, x: Tensor, state: State | None, mask: Tensor | None) -> bool:
         """One token on the CPU from a given state, no padding, no gradients, the default scan
         (or the fused CPU one), and the C step built: `step_cpu`'s fused step."""
-        return (x.shape[1] == 1 and state is not None and mask is None and x.device.type == "cpu"
-                and self.impl in (AUTO, "cpu_fused") and x.dtype in _STEP_DTYPES and fast_decode()
+        return mask is None and fast_decode() and self.fused_step_takes(x, state)
+
+    def fused_step_takes(self, x: Tensor, state: State | None) -> bool:
+        """`_fused_step_applies` but for the decoding mode and the mask (checked by the caller)."""
+        return (x.shape[1] == 1 and state is not None and x.device.type == "cpu"
+                and self.impl in (AUTO, "cpu_fused") and x.dtype in _STEP_DTYPES
                 and state[0].dtype == x.dtype and state[1].dtype == torch.float32 and step_cpu.available() is None)
 
     def _fused_step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
