@@ -12,6 +12,7 @@
  * float32 copies; the SSM state and all arithmetic are float32.
  */
 #include "cpu_math.h"
+#include "vec_math.h"
 
 typedef struct {
     const void *xz;            /* (batch, 2 * d_inner), row stride xz_stride */
@@ -81,6 +82,27 @@ static void x_proj_row(const StepArgs *a, const float *xc, float *dbc) {
     }
 }
 
+/* h = exp(dt A) h0 + dtx B over the N state entries of one channel -> C . h. */
+static float update_channel(const float *h0, const float *A, const float *Bv, const float *Cv, float *h,
+                            int64_t N, float dt, float dtx) {
+    if (N % LANES == 0) {  /* vectors: libm's scalar expf was most of a step */
+        vf acc = vsplat(0.0f);
+        for (int64_t n = 0; n < N; n += LANES) {
+            const vf hn = exp2_v(vload(A + n) * (dt * LOG2E)) * vload(h0 + n) + dtx * vload(Bv + n);
+            vstore(h + n, hn);
+            acc += vload(Cv + n) * hn;
+        }
+        return vsum(acc);
+    }
+    float y = 0.0f;
+    for (int64_t n = 0; n < N; n++) {
+        const float hn = expf(dt * A[n]) * h0[n] + dtx * Bv[n];
+        h[n] = hn;
+        y += Cv[n] * hn;
+    }
+    return y;
+}
+
 /* dt_proj, softplus, the state update, D skip and the gate of one row. */
 static void scan_row(const StepArgs *a, int64_t b, const float *xc, const float *dbc) {
     const int64_t D = a->d_inner, R = a->dt_rank, N = a->d_state;
@@ -90,15 +112,8 @@ static void scan_row(const StepArgs *a, int64_t b, const float *xc, const float 
         float dt = a->dt_bias[d];
         for (int64_t r = 0; r < R; r++) dt += wd[r] * dbc[r];
         dt = softplus(dt);
-        const float *h0 = a->ssm_state + (b * D + d) * N, *A = a->A + d * N;
-        float *h = a->new_ssm_state + (b * D + d) * N;
-        const float dtx = dt * xc[d];
-        float y = 0.0f;
-        for (int64_t n = 0; n < N; n++) {
-            const float hn = expf(dt * A[n]) * h0[n] + dtx * Bv[n];
-            h[n] = hn;
-            y += Cv[n] * hn;
-        }
+        const int64_t row = (b * D + d) * N;
+        float y = update_channel(a->ssm_state + row, a->A + d * N, Bv, Cv, a->new_ssm_state + row, N, dt, dt * xc[d]);
         y += a->D[d] * xc[d];
         const float z = load(a->xz, b * a->xz_stride + D + d, a->dtype);
         store(a->y, b * D + d, y * silu(z), a->dtype);

@@ -13,7 +13,6 @@ import ctypes
 import functools
 import hashlib
 import platform
-import re
 import subprocess
 import threading
 from pathlib import Path
@@ -24,7 +23,7 @@ from torch import Tensor
 from hybrid_mllm.core.atomic import replacing
 
 from .scan_cpu import (FLAGS, KERNEL_DTYPES, BuildError, _compiler_version, _cpu_id, _error_line, _first_line,
-                       _run, _split, cache_dir, find_compiler)
+                       _run, _split, cache_dir, find_compiler, local_headers)
 
 SOURCE = Path(__file__).with_name("step_cpu.c")
 _F32P = ctypes.POINTER(ctypes.c_float)
@@ -47,7 +46,7 @@ def build_library(compiler: str | None, cache: Path, source: Path = SOURCE, *, a
     if compiler is None:
         raise BuildError("no C compiler found (looked for $CC, cc, gcc, clang)")
     sources = (source, *also)
-    files = [*sources, *sorted({h for s in sources for h in _local_headers(s)})]
+    files = [*sources, *sorted({h for s in sources for h in local_headers(s)})]
     key = hashlib.sha256(b"\0".join([
         *(f.read_bytes() for f in files), compiler.encode(), _compiler_version(compiler).encode(),
         " ".join(FLAGS).encode(), _cpu_id().encode(), platform.machine().encode(),
@@ -62,11 +61,6 @@ def build_library(compiler: str | None, cache: Path, source: Path = SOURCE, *, a
         if result.returncode != 0:
             raise BuildError(f"{compiler} failed: {_error_line(result.stderr)}")
     return target
-
-
-def _local_headers(source: Path) -> list[Path]:
-    """The headers `source` includes with quotes (they sit beside it), so a change to one rebuilds."""
-    return [source.with_name(name) for name in re.findall(r'^#include "([^"]+)"', source.read_text(), re.MULTILINE)]
 
 
 _load_lock = threading.Lock()
