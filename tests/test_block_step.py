@@ -107,16 +107,44 @@ def test_mamba_block_fused_matches_unfused(dtype, batch, kind, options, inner_no
     assert ran == {"mixer": steps, "ffn": steps}
 
 
+ATTENTIONS = [{"n_head": 4, "n_kv_head": 2, "rope": True}, {"n_head": 4}, {"n_head": 4, "n_kv_head": 1, "bias": True},
+              {"n_head": 2, "head_dim": 24, "rope": True, "rotary_dim": 8, "rope_theta": 500.0}]
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("batch", [1, 3])
 @pytest.mark.parametrize("residual_multiplier", [1.0, 0.5])
-def test_attention_moe_block_fuses_the_ffn_and_keeps_the_attention_step(dtype, batch, residual_multiplier, ran):
+@pytest.mark.parametrize("options", ATTENTIONS, ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()))
+def test_attention_moe_block_fused_matches_unfused(dtype, batch, residual_multiplier, options, ran):
     torch.manual_seed(0)
-    block = Block(D, Attention(D, n_head=4, n_kv_head=2, rope=True, dtype=dtype), _ffn("moe", dtype, top_k=2),
+    block = Block(D, Attention(D, dtype=dtype, **options), _ffn("moe", dtype, top_k=2),
                   residual_multiplier=residual_multiplier, dtype=dtype).eval()
     _randomize_norms(block)
     steps = _compare(block, batch, dtype)
-    assert ran == {"mixer": 0, "ffn": steps}  # attention: the Python step, its KV cache appended as before
+    assert ran == {"mixer": steps, "ffn": steps}
+
+
+def test_attention_step_keeps_the_kv_cache_contract(ran):
+    """The cache grows in place in the prefill's buffer; an older state stepped again is copied,
+    never overwritten; left padding in kmask (a joined batch) neither counts as a position nor
+    is attended to."""
+    torch.manual_seed(0)
+    block = Block(D, Attention(D, n_head=4, n_kv_head=2, rope=True), None).eval()
+    prompt, tokens = torch.randn(2, 6, D), torch.randn(2, 3, D)
+    mask = torch.tensor([[False, False, True, True, True, True], [True] * 6])  # row 0 left-padded
+    with torch.no_grad():
+        _, state, _ = block(prompt, None, mask)
+    y_fast, s_fast = _steps(block, tokens, state, fast=True)
+    assert s_fast[0].data_ptr() == state[0].data_ptr() and ran["mixer"] == 3
+    y_ref, s_ref = _steps(block, tokens, state, fast=False)
+    _assert_close(y_fast, y_ref, torch.float32, "output")
+    for fast, ref in zip(s_fast, s_ref, strict=True):
+        _assert_close(fast.float(), ref.float(), torch.float32, "state")
+    y_again, _ = _steps(block, -tokens[:, :1], state, fast=True)  # another continuation of the same state
+    y_other, _ = _steps(block, -tokens[:, :1], state, fast=False)
+    _assert_close(y_again, y_other, torch.float32, "second continuation")
+    y_first, _ = _steps(block, tokens[:, :1], state, fast=False)
+    torch.testing.assert_close(y_first, y_ref[:, :1], atol=0, rtol=0)  # the first continuation's state intact
 
 
 @pytest.mark.parametrize("bias", [False, True])
@@ -145,8 +173,7 @@ def test_jamba_decode_runs_fused_and_equals_full_forward(ran):
             stepped.append(out.logits[:, -1])
     err = (torch.stack(stepped, 1) - full).abs().max().item()
     assert err < 1e-4, f"max |decode - full forward| = {err}"
-    n_mamba = sum(type(b.mixer) is Mamba for b in lm.blocks)
-    assert n_mamba == 7 and ran == {"mixer": 8 * n_mamba, "ffn": 8 * len(lm.blocks)}
+    assert ran == {"mixer": 8 * len(lm.blocks), "ffn": 8 * len(lm.blocks)}  # 7 Mamba, 1 attention
 
 
 @pytest.mark.parametrize("name", ["mixer_norm.weight", "mixer.in_proj.weight", "mixer.out_proj.weight", "mixer.D",
@@ -187,6 +214,9 @@ def _unsupported():
     mamba_mlp = Block(D, Mamba(D), SwiGLU(D, d_hidden=32)).eval()
     yield "padding mask", mamba_mlp, True, torch.ones(2, 1, dtype=torch.bool), 2, {"mixer": 0, "ffn": 1}
     yield "no state", mamba_mlp, False, None, 2, {"mixer": 0, "ffn": 1}
+    attention = Block(D, Attention(D, n_head=4), None).eval()
+    yield "attention, no cache", attention, False, None, 2, {"mixer": 0, "ffn": 0}
+    yield "attention, padding mask", attention, True, torch.ones(2, 1, dtype=torch.bool), 2, {"mixer": 0, "ffn": 0}
     yield f"{block_cpu.gemv_cpu.MAX_ROWS + 1} rows", mamba_mlp, True, None, block_cpu.gemv_cpu.MAX_ROWS + 1, \
         {"mixer": 0, "ffn": 0}
     yield "reference scan", Block(D, Mamba(D, impl="ref"), None).eval(), True, None, 2, {"mixer": 0, "ffn": 0}

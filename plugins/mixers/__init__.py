@@ -9,7 +9,7 @@ from hybrid_mllm.core.ssd import SSDKernel
 
 from ._scan_common import CHUNK
 from .attention import Attention
-from .block_cpu import CPU_FFN, CPU_MAMBA
+from .block_cpu import CPU_ATTENTION, CPU_FFN, CPU_MAMBA
 from .gemv_cpu import CPU_FEW_ROWS
 from .mamba import Mamba
 from .mamba2 import Mamba2
@@ -85,5 +85,6 @@ def register_linear_kernels(register):
 
 @hookimpl
 def register_block_steps(register):
+    register("cpu_attention", CPU_ATTENTION)
     register("cpu_ffn", CPU_FFN)
     register("cpu_mamba", CPU_MAMBA)

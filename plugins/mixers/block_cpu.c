@@ -5,6 +5,10 @@
  *                (weights renormalised over the k when asked), y = sum_k w_k expert_k(h)
  *   mamba_part:  out = x + r * out_proj(step(in_proj(RMSNorm(x))))
  *                with step the fused Mamba-1 step of step_cpu.c (conv, x_proj, dt, scan, gate)
+ *   attention_part: out = x + r * o_proj(attend(q, K, V)), q, k, v = projections of RMSNorm(x),
+ *                RoPE (half-split) on q and k at the row's position (its real tokens so far),
+ *                k and v written into the cache's last position, each query head over its
+ *                KV head's cache (GQA): softmax(q . k_s / sqrt(hd), masked by kmask) . v_s
  *
  * x, out: (M, d_model); weights as the model holds them (float32 or bfloat16, row-major
  * (out, in)), the products through gemv_cpu.c; arithmetic in float32. Each intermediate is
@@ -12,6 +16,7 @@
  * the norm, the SiLU, the products and the residual), so bfloat16 follows the eager path.
  */
 #include "cpu_math.h"
+#include "vec_math.h"
 
 /* gemv_cpu.c and step_cpu.c, linked into the same library */
 void gemv_f32(const float *x, const float *w, const float *bias, float *y,
@@ -51,6 +56,21 @@ typedef struct {
     float eps, r;
     int32_t dtype;
 } MambaPartArgs;
+
+typedef struct {
+    const void *x;                 /* (M, d) the block's input */
+    void *out;                     /* (M, d) x + r * attention(norm(x)) */
+    const void *norm_w;            /* (d) */
+    const void *q_w, *k_w, *v_w, *o_w;  /* (H hd, d), (Hkv hd, d), (Hkv hd, d), (d, H hd) */
+    const void *q_b, *k_b, *v_b, *o_b;  /* biases or NULL */
+    void *k_cache, *v_cache;       /* (M, Hkv, S, hd), strides cache_b, cache_h, hd, 1; [:, :, S-1] written */
+    const uint8_t *kmask;          /* (M, S) bool, row stride kmask_b: which positions are real tokens */
+    const float *inv_freq;         /* (rotary_dim / 2) RoPE frequencies, or NULL: no RoPE */
+    void *work;                    /* M (d + (H + 2 Hkv) hd) + H hd + S + LANES float32 slots */
+    int64_t M, d, n_head, n_kv_head, head_dim, rotary_dim, S, cache_b, cache_h, kmask_b;
+    float eps, r;
+    int32_t dtype;
+} AttentionPartArgs;
 
 static inline void *at(const void *p, int64_t i, int32_t dtype) {
     return (char *)p + i * (dtype == F32 ? 4 : 2);
@@ -154,4 +174,101 @@ void mamba_part(const MambaPartArgs *a) {
     mamba_step(a->step, 0, M);
     linear(a->y, a->out_w, a->out_b, a->out, M, d, a->d_inner, a->dtype);
     residual(a->x, a->out, a->out, M * d, a->r, a->dtype);
+}
+
+/* Rotate the first rotary_dim dims of one head (half-split pairs (i, i + half)) by pos * inv_freq[i]. */
+static void rope_head(void *v, int64_t off, const float *inv_freq, int64_t rotary_dim, float pos, int32_t dt) {
+    const int64_t half = rotary_dim / 2;
+    for (int64_t i = 0; i < half; i++) {
+        const float angle = pos * inv_freq[i], c = cosf(angle), s = sinf(angle);
+        const float x1 = load(v, off + i, dt), x2 = load(v, off + half + i, dt);
+        store(v, off + i, x1 * c - x2 * s, dt);
+        store(v, off + half + i, x2 * c + x1 * s, dt);
+    }
+}
+
+/* p[s] = exp(p[s] - max) / sum over s < S, masked entries (-inf) 0. */
+static void softmax(float *p, int64_t S) {
+    float top = -INFINITY, sum = 0.0f;
+    for (int64_t s = 0; s < S; s++) top = fmaxf(top, p[s]);
+    int64_t s = 0;
+    for (; s + LANES <= S; s += LANES) {  /* vectors: libm's expf does not vectorise */
+        vf e = exp2_v((vload(p + s) - top) * LOG2E);
+        e = vselect(vload(p + s) == -INFINITY, vsplat(0.0f), e);
+        vstore(p + s, e);
+        sum += vsum(e);
+    }
+    for (; s < S; s++) sum += p[s] = expf(p[s] - top);
+    const float inv = 1.0f / sum;
+    for (s = 0; s < S; s++) p[s] *= inv;
+}
+
+/* One query head of row b over its KV head's cache -> y (hd values of the dtype at y_off). */
+static void attend_head(const AttentionPartArgs *a, int64_t b, int64_t h, const void *q, int64_t q_off, void *y,
+                        int64_t y_off, float *p) {
+    const int64_t hd = a->head_dim, S = a->S, g = h / (a->n_head / a->n_kv_head);
+    const int64_t base = b * a->cache_b + g * a->cache_h;
+    const float scale = 1.0f / sqrtf((float)hd);
+    float qf[hd], acc[hd];
+    for (int64_t i = 0; i < hd; i++) qf[i] = load(q, q_off + i, a->dtype), acc[i] = 0.0f;
+    for (int64_t s = 0; s < S; s++) {
+        if (!a->kmask[b * a->kmask_b + s]) { p[s] = -INFINITY; continue; }
+        float dot = 0.0f;
+        if (a->dtype == F32) {
+            const float *k = (const float *)a->k_cache + base + s * hd;
+#pragma omp simd reduction(+ : dot)
+            for (int64_t i = 0; i < hd; i++) dot += qf[i] * k[i];
+        } else {
+            const uint16_t *k = (const uint16_t *)a->k_cache + base + s * hd;
+#pragma omp simd reduction(+ : dot)
+            for (int64_t i = 0; i < hd; i++) dot += qf[i] * bf16_load(k[i]);
+        }
+        p[s] = dot * scale;
+    }
+    softmax(p, S);
+    for (int64_t s = 0; s < S; s++) {
+        if (p[s] == 0.0f) continue;
+        const float w = p[s];
+        if (a->dtype == F32) {
+            const float *v = (const float *)a->v_cache + base + s * hd;
+#pragma omp simd
+            for (int64_t i = 0; i < hd; i++) acc[i] += w * v[i];
+        } else {
+            const uint16_t *v = (const uint16_t *)a->v_cache + base + s * hd;
+#pragma omp simd
+            for (int64_t i = 0; i < hd; i++) acc[i] += w * bf16_load(v[i]);
+        }
+    }
+    for (int64_t i = 0; i < hd; i++) store(y, y_off + i, acc[i], a->dtype);
+}
+
+void attention_part(const AttentionPartArgs *a) {
+    const int64_t M = a->M, d = a->d, H = a->n_head, G = a->n_kv_head, hd = a->head_dim, S = a->S;
+    const int32_t dt = a->dtype;
+    const int64_t qn = H * hd, kn = G * hd;
+    float *slots = a->work;
+    void *h = slots, *q = slots + M * d, *k = slots + M * (d + qn), *v = slots + M * (d + qn + kn);
+    void *y = slots + M * (d + qn + 2 * kn);
+    float *p = slots + M * (d + qn + 2 * kn) + M * qn;
+    rms_norm_rows(a->x, a->norm_w, h, M, d, a->eps, dt);
+    linear(h, a->q_w, a->q_b, q, M, qn, d, dt);
+    linear(h, a->k_w, a->k_b, k, M, kn, d, dt);
+    linear(h, a->v_w, a->v_b, v, M, kn, d, dt);
+    for (int64_t b = 0; b < M; b++) {
+        if (a->inv_freq) {
+            int64_t pos = 0;  /* real tokens before this one: left padding does not shift positions */
+            for (int64_t s = 0; s < S - 1; s++) pos += a->kmask[b * a->kmask_b + s] != 0;
+            for (int64_t i = 0; i < H; i++) rope_head(q, b * qn + i * hd, a->inv_freq, a->rotary_dim, (float)pos, dt);
+            for (int64_t i = 0; i < G; i++) rope_head(k, b * kn + i * hd, a->inv_freq, a->rotary_dim, (float)pos, dt);
+        }
+        for (int64_t g = 0; g < G; g++)
+            for (int64_t i = 0; i < hd; i++) {
+                const int64_t cell = b * a->cache_b + g * a->cache_h + (S - 1) * hd + i;
+                store(a->k_cache, cell, load(k, b * kn + g * hd + i, dt), dt);
+                store(a->v_cache, cell, load(v, b * kn + g * hd + i, dt), dt);
+            }
+        for (int64_t i = 0; i < H; i++) attend_head(a, b, i, q, b * qn + i * hd, y, b * qn + i * hd, p);
+    }
+    linear(y, a->o_w, a->o_b, a->out, M, d, qn, dt);
+    residual(a->x, a->out, a->out, M * d, a->r, dt);
 }

@@ -24,7 +24,8 @@ from torch import Tensor
 from hybrid_mllm.core.decode import BlockStep
 from hybrid_mllm.core.ffn import MoE, SwiGLU
 
-from . import gemv_cpu, step_cpu
+from . import gemv_cpu, kv_cache, step_cpu
+from .attention import Attention
 from .mamba import Mamba
 from .scan_cpu import KERNEL_DTYPES, BuildError, _first_line, cache_dir, find_compiler
 
@@ -44,6 +45,16 @@ class FFNArgs(ctypes.Structure):
     _fields_ = [(name, _VOIDP) for name in ("x", "out", "norm_w", "experts", "router", "work")] + [
         (name, ctypes.c_int64) for name in ("M", "d", "H", "n_experts", "top_k")] + [
         ("eps", ctypes.c_float), ("r", ctypes.c_float), ("normalize", ctypes.c_int32), ("dtype", ctypes.c_int32)]
+
+
+class AttentionPartArgs(ctypes.Structure):
+    """Mirrors `AttentionPartArgs` in block_cpu.c."""
+
+    _fields_ = [(name, _VOIDP) for name in ("x", "out", "norm_w", "q_w", "k_w", "v_w", "o_w", "q_b", "k_b", "v_b",
+                                              "o_b", "k_cache", "v_cache", "kmask", "inv_freq", "work")] + [
+        (name, ctypes.c_int64) for name in ("M", "d", "n_head", "n_kv_head", "head_dim", "rotary_dim", "S", "cache_b",
+                                            "cache_h", "kmask_b")] + [
+        ("eps", ctypes.c_float), ("r", ctypes.c_float), ("dtype", ctypes.c_int32)]
 
 
 class MambaPartArgs(ctypes.Structure):
@@ -67,7 +78,8 @@ def _load_library() -> ctypes.CDLL | str:
         return f"the fused CPU block steps could not be built ({_first_line(str(exc))})"
     lib.ffn_part.argtypes = [ctypes.POINTER(FFNArgs)]
     lib.mamba_part.argtypes = [ctypes.POINTER(MambaPartArgs)]
-    lib.ffn_part.restype = lib.mamba_part.restype = None
+    lib.attention_part.argtypes = [ctypes.POINTER(AttentionPartArgs)]
+    lib.ffn_part.restype = lib.mamba_part.restype = lib.attention_part.restype = None
     return lib
 
 
@@ -222,7 +234,66 @@ def mamba_block_step(mixer, norm, x: Tensor, state, r: float) -> tuple[Tensor, t
     return out, (conv_state, ssm_state)
 
 
+# ---- the attention half -------------------------------------------------------------------------
+
+class _AttentionPlan:
+    """An `AttentionPartArgs` template: the norm, the four projections and RoPE's frequencies
+    (computed as `attention._rotate` computes them, so the angles are the same floats)."""
+
+    @staticmethod
+    def tensors(attn, norm) -> tuple:
+        layers = attn._modules
+        return norm._parameters["weight"], *(t for n in ("q_proj", "k_proj", "v_proj", "o_proj")
+                                             for t in _weight_bias(layers[n]))
+
+    def __init__(self, attn, norm, dtype: torch.dtype):
+        (norm_w, q_w, q_b, k_w, k_b, v_w, v_b, o_w, o_b) = self.tensors(attn, norm)
+        half = attn.rotary_dim // 2
+        self.inv_freq = attn.rope_theta ** (-torch.arange(half, dtype=torch.float32) / half) if attn.rope else None
+        self.n_kv_head, self.head_dim = attn.n_kv_head, attn.head_dim
+        self.width = norm_w.shape[0] + (attn.n_head + 2 * attn.n_kv_head) * attn.head_dim  # work slots per row
+        self.args = AttentionPartArgs(
+            norm_w=norm_w.data_ptr(), q_w=q_w.data_ptr(), k_w=k_w.data_ptr(), v_w=v_w.data_ptr(), o_w=o_w.data_ptr(),
+            q_b=_ptr(q_b), k_b=_ptr(k_b), v_b=_ptr(v_b), o_b=_ptr(o_b), inv_freq=_ptr(self.inv_freq),
+            d=norm_w.shape[0], n_head=attn.n_head, n_kv_head=attn.n_kv_head, head_dim=attn.head_dim,
+            rotary_dim=attn.rotary_dim, eps=norm.eps, dtype=KERNEL_DTYPES[dtype])
+
+
+_attention_plans = _Plans(_AttentionPlan)
+
+
+def attention_accepts(attn, norm, x: Tensor, state) -> bool:
+    """An `Attention` mixer stepping from a KV cache of x's dtype, projections in x's dtype."""
+    return (type(attn) is Attention and state is not None and x.shape[1] == 1 and _takes_input(x)
+            and state[0].dtype == x.dtype and state[1].dtype == x.dtype
+            and _attention_plans.get(attn, norm, x.dtype) is not None)
+
+
+def attention_block_step(attn, norm, x: Tensor, state, r: float) -> tuple[Tensor, tuple]:
+    """x: (B, 1, d_model), state (k, v, kmask) -> x + r * attention(norm(x)), the new (k, v, kmask).
+
+    The cache grows through `kv_cache.append` as on the unfused path (room reserved, old
+    states never overwritten); the C call writes the new position's k and v into it. The views
+    `append` returns have the layout the C call reads: (S, hd) rows contiguous, kmask rows too."""
+    plan, x, batch = _attention_plans.last(attn), x.contiguous(), x.shape[0]
+    past_k, past_v, past_mask = state
+    new = past_k.new_empty(batch, plan.n_kv_head, 1, plan.head_dim)  # filled by the C call
+    k, v = kv_cache.append(past_k, new, 2), kv_cache.append(past_v, new, 2)
+    kmask = kv_cache.append(past_mask, torch.ones(batch, 1, dtype=torch.bool), 1)
+    out = torch.empty_like(x)
+    work = torch.empty(batch * plan.width + (batch + 1) * attn.n_head * plan.head_dim + k.shape[2] + 16)
+    a = AttentionPartArgs.from_buffer_copy(plan.args)
+    a.x, a.out, a.work, a.M, a.r = x.data_ptr(), out.data_ptr(), work.data_ptr(), batch, r
+    a.k_cache, a.v_cache, a.kmask, a.S = k.data_ptr(), v.data_ptr(), kmask.data_ptr(), k.shape[2]
+    a.cache_b, a.cache_h, a.kmask_b = k.stride(0), k.stride(1), kmask.stride(0)
+    _load_library().attention_part(ctypes.byref(a))
+    return out, (k, v, kmask)
+
+
 CPU_FFN = BlockStep(part="ffn", fn=ffn_step, accepts=ffn_accepts,
                     description="pre-norm, SwiGLU MLP or top-k MoE of SwiGLU experts and residual in one C call")
 CPU_MAMBA = BlockStep(part="mixer", fn=mamba_block_step, accepts=mamba_accepts,
                       description="pre-norm, in_proj, the fused Mamba-1 step, out_proj and residual in one C call")
+CPU_ATTENTION = BlockStep(part="mixer", fn=attention_block_step, accepts=attention_accepts,
+                          description="pre-norm, q/k/v, RoPE, KV-cache append, GQA attention, o_proj and residual "
+                                      "in one C call")
