@@ -181,13 +181,21 @@ def ffn_accepts(ffn, norm, x: Tensor, state) -> bool:
     return type(ffn) in (SwiGLU, MoE) and _takes_input(x) and _ffn_plans.get(ffn, norm, x.dtype) is not None
 
 
-def ffn_step(ffn, norm, x: Tensor, state, r: float) -> tuple[Tensor, tuple]:
-    """x: (B, 1, d_model) -> x + r * ffn(norm(x)), (); one C call."""
-    plan, x = _ffn_plans.last(ffn), x.contiguous()
-    out = torch.empty_like(x)
+def ffn_call(ffn, x: Tensor, out: Tensor, r: float) -> tuple[FFNArgs, tuple]:
+    """The `FFNArgs` of ``out = x + r * ffn(norm(x))`` (x, out: (B, 1, d) contiguous), and what
+    must stay alive until the call ran; after `ffn_accepts`."""
+    plan = _ffn_plans.last(ffn)
     work = torch.empty(plan.work_floats(x.shape[0]))
     a = FFNArgs.from_buffer_copy(plan.args)
     a.x, a.out, a.work, a.M, a.r = x.data_ptr(), out.data_ptr(), work.data_ptr(), x.shape[0], r
+    return a, (work,)
+
+
+def ffn_step(ffn, norm, x: Tensor, state, r: float) -> tuple[Tensor, tuple]:
+    """x: (B, 1, d_model) -> x + r * ffn(norm(x)), (); one C call."""
+    x = x.contiguous()
+    out = torch.empty_like(x)
+    a, _alive = ffn_call(ffn, x, out, r)
     _load_library().ffn_part(ctypes.byref(a))
     return out, ()
 
@@ -221,17 +229,25 @@ def mamba_accepts(mixer, norm, x: Tensor, state) -> bool:
             and _mamba_plans.get(mixer, norm, x.dtype) is not None)
 
 
-def mamba_block_step(mixer, norm, x: Tensor, state, r: float) -> tuple[Tensor, tuple]:
-    """x: (B, 1, d_model), state (conv_state, ssm_state) -> x + r * mamba(norm(x)), the new state; one C call."""
-    plan, x, batch = _mamba_plans.last(mixer), x.contiguous(), x.shape[0]
-    xz = torch.empty(batch, 2 * plan.d_inner, dtype=x.dtype)
-    h, out = torch.empty_like(x), torch.empty_like(x)
-    step, y, conv_state, ssm_state, _alive = step_cpu.prepare_step(mixer._step_weights(), xz, *state)
+def mamba_call(mixer, x: Tensor, out: Tensor, state, r: float) -> tuple[MambaPartArgs, tuple, tuple]:
+    """The `MambaPartArgs` of ``out = x + r * mamba(norm(x))`` (x, out: (B, 1, d) contiguous),
+    the new state it writes, and what must stay alive until the call ran; after `mamba_accepts`."""
+    plan, batch = _mamba_plans.last(mixer), x.shape[0]
+    xz, h = torch.empty(batch, 2 * plan.d_inner, dtype=x.dtype), torch.empty_like(x)
+    step, y, conv_state, ssm_state, alive = step_cpu.prepare_step(mixer._step_weights(), xz, *state)
     a = MambaPartArgs.from_buffer_copy(plan.args)
     a.x, a.out, a.h, a.xz, a.y = x.data_ptr(), out.data_ptr(), h.data_ptr(), xz.data_ptr(), y.data_ptr()
     a.step, a.M, a.r = ctypes.addressof(step), batch, r
+    return a, (conv_state, ssm_state), (step, xz, h, y, alive)
+
+
+def mamba_block_step(mixer, norm, x: Tensor, state, r: float) -> tuple[Tensor, tuple]:
+    """x: (B, 1, d_model), state (conv_state, ssm_state) -> x + r * mamba(norm(x)), the new state; one C call."""
+    x = x.contiguous()
+    out = torch.empty_like(x)
+    a, state, _alive = mamba_call(mixer, x, out, state, r)
     _load_library().mamba_part(ctypes.byref(a))
-    return out, (conv_state, ssm_state)
+    return out, state
 
 
 # ---- the attention half -------------------------------------------------------------------------
@@ -269,25 +285,34 @@ def attention_accepts(attn, norm, x: Tensor, state) -> bool:
             and _attention_plans.get(attn, norm, x.dtype) is not None)
 
 
-def attention_block_step(attn, norm, x: Tensor, state, r: float) -> tuple[Tensor, tuple]:
-    """x: (B, 1, d_model), state (k, v, kmask) -> x + r * attention(norm(x)), the new (k, v, kmask).
+def attention_call(attn, x: Tensor, out: Tensor, state, r: float) -> tuple[AttentionPartArgs, tuple, tuple]:
+    """The `AttentionPartArgs` of ``out = x + r * attention(norm(x))`` (x, out: (B, 1, d)
+    contiguous), the new (k, v, kmask), and what must stay alive until the call ran; after
+    `attention_accepts`.
 
     The cache grows through `kv_cache.append` as on the unfused path (room reserved, old
     states never overwritten); the C call writes the new position's k and v into it. The views
     `append` returns have the layout the C call reads: (S, hd) rows contiguous, kmask rows too."""
-    plan, x, batch = _attention_plans.last(attn), x.contiguous(), x.shape[0]
+    plan, batch = _attention_plans.last(attn), x.shape[0]
     past_k, past_v, past_mask = state
     new = past_k.new_empty(batch, plan.n_kv_head, 1, plan.head_dim)  # filled by the C call
     k, v = kv_cache.append(past_k, new, 2), kv_cache.append(past_v, new, 2)
     kmask = kv_cache.append(past_mask, torch.ones(batch, 1, dtype=torch.bool), 1)
-    out = torch.empty_like(x)
     work = torch.empty(batch * plan.width + (batch + 1) * attn.n_head * plan.head_dim + k.shape[2] + 16)
     a = AttentionPartArgs.from_buffer_copy(plan.args)
     a.x, a.out, a.work, a.M, a.r = x.data_ptr(), out.data_ptr(), work.data_ptr(), batch, r
     a.k_cache, a.v_cache, a.kmask, a.S = k.data_ptr(), v.data_ptr(), kmask.data_ptr(), k.shape[2]
     a.cache_b, a.cache_h, a.kmask_b = k.stride(0), k.stride(1), kmask.stride(0)
+    return a, (k, v, kmask), (work,)
+
+
+def attention_block_step(attn, norm, x: Tensor, state, r: float) -> tuple[Tensor, tuple]:
+    """x: (B, 1, d_model), state (k, v, kmask) -> x + r * attention(norm(x)), the new (k, v, kmask); one C call."""
+    x = x.contiguous()
+    out = torch.empty_like(x)
+    a, state, _alive = attention_call(attn, x, out, state, r)
     _load_library().attention_part(ctypes.byref(a))
-    return out, (k, v, kmask)
+    return out, state
 
 
 CPU_FFN = BlockStep(part="ffn", fn=ffn_step, accepts=ffn_accepts,
