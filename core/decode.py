@@ -89,11 +89,13 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
 @dataclass(frozen=True)
 class BlockStep:
     """One half of a `Block` fused for a decode step: ``x + r * part(norm(x))`` with ``part``
-    the block's mixer (``part == "mixer"``) or its FFN (``"ffn"``).
+    the block's mixer (``part == "mixer"``) or its FFN (``"ffn"``); or all blocks (``"stack"``).
 
     ``fn(module, norm, x, state, r) -> (x_out, new_state)``, x: (B, 1, d_model), r the block's
     residual multiplier, state the mixer's (``()`` for an FFN, whose aux loss is 0 here: no
-    gradients); called right after ``accepts(module, norm, x, state)`` returned True.
+    gradients); called right after ``accepts(module, norm, x, state)`` returned True. For
+    ``"stack"``, module is the model's list of blocks, state the model's (one per block), x
+    the embeddings and x_out the last block's output; norm and r are None.
     """
 
     part: str

@@ -141,6 +141,20 @@ class HybridLM(nn.Module):
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds
+        if (stack := block_step("stack", self.blocks, None, x, state, mask)) is not None:
+            x, new_states = stack.fn(self.blocks, None, x, state, None)  # decoding: all blocks in one fused step
+            aux = x.new_zeros((), dtype=torch.float32)
+        else:
+            x, new_states, aux = self._run_blocks(x, state, mask)
+        if num_logits is not None:
+            x = x[:, x.shape[1] - num_logits:]
+        logits = dense(self.lm_head, self.norm(x))
+        if self.logits_multiplier != 1.0:
+            logits = logits * self.logits_multiplier
+        return LMOutput(logits, tuple(new_states), aux)
+
+    def _run_blocks(self, x: Tensor, state: ModelState | None, mask: Tensor | None):
+        """x: (B, L, d_model) through each block -> (x, new states, summed aux loss)."""
         states = state if state is not None else (None,) * len(self.blocks)
         new_states, aux = [], x.new_zeros((), dtype=torch.float32)
         for block, layer_state in zip(self.blocks, states, strict=True):
@@ -150,12 +164,7 @@ class HybridLM(nn.Module):
                 x, layer_state, layer_aux = block(x, layer_state, mask)
             new_states.append(layer_state)
             aux = aux + layer_aux
-        if num_logits is not None:
-            x = x[:, x.shape[1] - num_logits:]
-        logits = dense(self.lm_head, self.norm(x))
-        if self.logits_multiplier != 1.0:
-            logits = logits * self.logits_multiplier
-        return LMOutput(logits, tuple(new_states), aux)
+        return x, new_states, aux
 
     @torch.no_grad()
     def prefill(self, input_ids: Tensor | None = None, *, inputs_embeds: Tensor | None = None,

@@ -16,7 +16,7 @@ from hybrid_mllm.core import decode
 from hybrid_mllm.core.decode import decode_paths
 from hybrid_mllm.core.ffn import MoE, SwiGLU
 from hybrid_mllm.core.model import Block
-from hybrid_mllm.plugins.mixers import block_cpu
+from hybrid_mllm.plugins.mixers import block_cpu, stack_cpu
 from hybrid_mllm.plugins.mixers.attention import Attention
 from hybrid_mllm.plugins.mixers.mamba import Mamba
 from hybrid_mllm.plugins.mixers.mamba2 import Mamba2
@@ -30,10 +30,11 @@ pytestmark = needs_block
 
 @pytest.fixture
 def ran(monkeypatch):
-    """Counts of the fused calls per part ('mixer', 'ffn'), through spies on the registered steps."""
-    counts = {"mixer": 0, "ffn": 0}
+    """Counts of the fused calls per part ('mixer', 'ffn', 'stack'), through spies on the registered steps."""
+    counts = {"mixer": 0, "ffn": 0, "stack": 0}
     registered = {part: decode._block_steps(part) for part in counts}
     assert block_cpu.CPU_FFN in registered["ffn"] and block_cpu.CPU_MAMBA in registered["mixer"]
+    assert block_cpu.CPU_ATTENTION in registered["mixer"] and stack_cpu.CPU_STACK in registered["stack"]
 
     def spy(step):
         def fn(*args):
@@ -104,7 +105,7 @@ def test_mamba_block_fused_matches_unfused(dtype, batch, kind, options, inner_no
                   residual_multiplier=0.7 if inner_norms else 1.0, dtype=dtype).eval()
     _randomize_norms(block)
     steps = _compare(block, batch, dtype)
-    assert ran == {"mixer": steps, "ffn": steps}
+    assert ran == {"mixer": steps, "ffn": steps, "stack": 0}
 
 
 ATTENTIONS = [{"n_head": 4, "n_kv_head": 2, "rope": True}, {"n_head": 4}, {"n_head": 4, "n_kv_head": 1, "bias": True},
@@ -121,7 +122,7 @@ def test_attention_moe_block_fused_matches_unfused(dtype, batch, residual_multip
                   residual_multiplier=residual_multiplier, dtype=dtype).eval()
     _randomize_norms(block)
     steps = _compare(block, batch, dtype)
-    assert ran == {"mixer": steps, "ffn": steps}
+    assert ran == {"mixer": steps, "ffn": steps, "stack": 0}
 
 
 def test_attention_step_keeps_the_kv_cache_contract(ran):
@@ -152,28 +153,69 @@ def test_mamba_and_mlp_biases(bias, ran):
     torch.manual_seed(0)
     block = Block(D, Mamba(D, bias=bias, conv_bias=not bias, d_conv=2), SwiGLU(D, d_hidden=40, bias=bias)).eval()
     steps = _compare(block, 2, torch.float32)
-    assert ran == {"mixer": steps, "ffn": steps}
+    assert ran == {"mixer": steps, "ffn": steps, "stack": 0}
 
 
-def test_jamba_decode_runs_fused_and_equals_full_forward(ran):
+def _jamba(dtype=torch.float32, **changes):
+    import dataclasses as dc
+
     from hybrid_mllm.core.build import build_model
     from hybrid_mllm.core.config import load_config
     from hybrid_mllm.core.presets import resolve_config_path
 
-    lm = build_model(load_config(resolve_config_path("jamba-small")), seed=0).eval()
-    ids = torch.randint(0, 263, (3, 24), generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        with decode_paths(fast=False):
-            full = lm(ids).logits[:, 15:]
-        out = lm.prefill(ids[:, :16], chunk_size=8)
-        state, stepped = out.state, [out.logits[:, -1]]
-        for i in range(16, 24):
+    config = load_config(resolve_config_path("jamba-small"))
+    config.model = dc.replace(config.model, **changes)
+    return build_model(config, seed=0, dtype=dtype).eval()
+
+
+def _decode_logits(lm, ids: torch.Tensor, prompt: int, **paths) -> torch.Tensor:
+    """Logits (B, L - prompt + 1, vocab) after prefilling `prompt` tokens, then stepping the rest."""
+    with torch.no_grad(), decode_paths(fast=True, **paths):
+        out = lm.prefill(ids[:, :prompt], chunk_size=8)
+        state, logits = out.state, [out.logits[:, -1]]
+        for i in range(prompt, ids.shape[1]):
             out = lm(ids[:, i:i + 1], state=state)
             state = out.state
-            stepped.append(out.logits[:, -1])
-    err = (torch.stack(stepped, 1) - full).abs().max().item()
+            logits.append(out.logits[:, -1])
+    return torch.stack(logits, 1)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_jamba_decode_runs_as_one_stack_call_and_equals_full_forward(batch, ran):
+    lm = _jamba()
+    ids = torch.randint(0, 263, (batch, 24), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad(), decode_paths(fast=False):
+        full = lm(ids).logits[:, 15:]
+    stepped = _decode_logits(lm, ids, 16)
+    err = (stepped - full).abs().max().item()
     assert err < 1e-4, f"max |decode - full forward| = {err}"
-    assert ran == {"mixer": 8 * len(lm.blocks), "ffn": 8 * len(lm.blocks)}  # 7 Mamba, 1 attention
+    assert ran == {"mixer": 0, "ffn": 0, "stack": 8}  # every step: all 8 blocks in one call
+
+
+def test_stack_step_equals_block_steps_in_bfloat16(ran):
+    lm = _jamba(torch.bfloat16)
+    ids = torch.randint(0, 263, (2, 20), generator=torch.Generator().manual_seed(0))
+    stacked = _decode_logits(lm, ids, 12)
+    assert ran["stack"] == 8
+    saved = decode._block_steps
+    decode._block_steps = lambda part: () if part == "stack" else saved(part)
+    try:
+        blocks = _decode_logits(lm, ids, 12)
+    finally:
+        decode._block_steps = saved
+    assert ran["mixer"] == 8 * 8 and ran["ffn"] == 8 * 8
+    torch.testing.assert_close(stacked, blocks, atol=0, rtol=0)  # the same C halves in the same order
+
+
+def test_a_block_the_stack_does_not_take_leaves_the_model_on_its_per_block_path(ran):
+    lm = _jamba()
+    lm.blocks[2].mixer.impl = "ref"  # this Mamba layer's own fused step does not apply either
+    ids = torch.randint(0, 263, (2, 20), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad(), decode_paths(fast=False):
+        full = lm(ids).logits[:, 11:]
+    stepped = _decode_logits(lm, ids, 12)
+    assert (stepped - full).abs().max().item() < 1e-4
+    assert ran == {"mixer": 8 * 7, "ffn": 8 * 8, "stack": 0}
 
 
 @pytest.mark.parametrize("name", ["mixer_norm.weight", "mixer.in_proj.weight", "mixer.out_proj.weight", "mixer.D",
@@ -195,7 +237,7 @@ def test_fused_step_follows_changed_parameters(name, how, ran):
         after = block(x, state)[0]
         with decode_paths(fast=False):
             expected = block(x, state)[0]
-    assert ran == {"mixer": 2, "ffn": 2}
+    assert ran == {"mixer": 2, "ffn": 2, "stack": 0}
     assert not torch.allclose(before, after)
     torch.testing.assert_close(after, expected, atol=1e-5, rtol=1e-5)
 
@@ -236,7 +278,7 @@ def test_unsupported_configs_take_the_unfused_path(case, ran):
         y, _, _ = block(x, state, mask)
         with decode_paths(fast=False):
             ref, _, _ = block(x, state, mask)
-    assert ran == fused
+    assert ran == {**fused, "stack": 0}
     torch.testing.assert_close(y, ref, atol=1e-5, rtol=1e-5)
 
 
@@ -249,4 +291,4 @@ def test_nothing_fused_with_gradients_in_generic_mode_or_blocks_off(ran):
         block(x, state)
     with torch.no_grad(), decode_paths(fast=True, blocks=False):  # the fast path without block steps
         block(x, state)
-    assert ran == {"mixer": 0, "ffn": 0}
+    assert ran == {"mixer": 0, "ffn": 0, "stack": 0}

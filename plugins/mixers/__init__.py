@@ -22,6 +22,7 @@ from .scan_export import CHUNKED_EXPORT
 from .scan_mamba_ssm import MAMBA_SSM
 from .scan_ref import selective_scan_ref
 from .scan_triton import TRITON
+from .stack_cpu import CPU_STACK
 from .ssd_chunked import ssd_scan_chunked
 from .ssd_cpu import CPU_SSD
 from .ssd_mamba_ssm import MAMBA_SSM as SSD_MAMBA_SSM
@@ -88,3 +89,4 @@ def register_block_steps(register):
     register("cpu_attention", CPU_ATTENTION)
     register("cpu_ffn", CPU_FFN)
     register("cpu_mamba", CPU_MAMBA)
+    register("cpu_stack", CPU_STACK)

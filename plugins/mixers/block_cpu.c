@@ -1,4 +1,5 @@
-/* The two halves of a decoder block, fused for a few rows of one decode step (B <= 4):
+/* The halves of a decoder block, and a stack of blocks, fused for a few rows of one decode
+ * step (B <= 4):
  *
  *   ffn_part:    out = x + r * ffn(RMSNorm(x)),  ffn a SwiGLU MLP, down(silu(gate(h)) * up(h)),
  *                or a mixture of SwiGLU experts: p = softmax(router h), the top-k experts of p
@@ -9,6 +10,7 @@
  *                RoPE (half-split) on q and k at the row's position (its real tokens so far),
  *                k and v written into the cache's last position, each query head over its
  *                KV head's cache (GQA): softmax(q . k_s / sqrt(hd), masked by kmask) . v_s
+ *   stack_step:  the layers of a model in order, each half one of the above
  *
  * x, out: (M, d_model); weights as the model holds them (float32 or bfloat16, row-major
  * (out, in)), the products through gemv_cpu.c; arithmetic in float32. Each intermediate is
@@ -271,4 +273,22 @@ void attention_part(const AttentionPartArgs *a) {
     }
     linear(y, a->o_w, a->o_b, a->out, M, d, qn, dt);
     residual(a->x, a->out, a->out, M * d, a->r, dt);
+}
+
+enum { NO_MIXER = 0, MAMBA = 1, ATTENTION = 2 };
+
+typedef struct {
+    int32_t mixer;                 /* NO_MIXER, MAMBA (MambaPartArgs) or ATTENTION (AttentionPartArgs) */
+    int32_t ffn;                   /* 0 or 1 (FFNArgs) */
+    const void *mixer_args, *ffn_args;
+} LayerArgs;
+
+/* The layers in order, each half's output the next one's input (the caller chains the pointers). */
+void stack_step(const LayerArgs *layers, int64_t n_layers) {
+    for (int64_t i = 0; i < n_layers; i++) {
+        const LayerArgs *l = &layers[i];
+        if (l->mixer == MAMBA) mamba_part(l->mixer_args);
+        else if (l->mixer == ATTENTION) attention_part(l->mixer_args);
+        if (l->ffn) ffn_part(l->ffn_args);
+    }
 }

@@ -79,7 +79,8 @@ def _load_library() -> ctypes.CDLL | str:
     lib.ffn_part.argtypes = [ctypes.POINTER(FFNArgs)]
     lib.mamba_part.argtypes = [ctypes.POINTER(MambaPartArgs)]
     lib.attention_part.argtypes = [ctypes.POINTER(AttentionPartArgs)]
-    lib.ffn_part.restype = lib.mamba_part.restype = lib.attention_part.restype = None
+    lib.stack_step.argtypes = [ctypes.c_void_p, ctypes.c_int64]  # (LayerArgs *, n_layers): stack_cpu.py
+    lib.ffn_part.restype = lib.mamba_part.restype = lib.attention_part.restype = lib.stack_step.restype = None
     return lib
 
 
