@@ -137,10 +137,14 @@ class Mamba(nn.Module):
 
     def _step_weights(self) -> step_cpu.StepWeights:
         """The fused step's float32 copies of the parameters, rebuilt when one of them changes."""
-        read = [self.conv_weight, self.conv_bias, self.x_proj.weight, self.dt_proj.weight, self.dt_proj.bias,
-                self.A_log, self.D]  # what StepWeights copies (not in_proj / out_proj: applied outside)
+        # what StepWeights copies (not in_proj / out_proj: applied outside), read from the parameter
+        # dicts: this runs every token, and a module attribute that is a parameter or a submodule
+        # is found only through nn.Module's __getattr__ fallback
+        own, parts = self._parameters, self._modules
+        read = [own["conv_weight"], own.get("conv_bias"), parts["x_proj"]._parameters["weight"],
+                *parts["dt_proj"]._parameters.values(), own["A_log"], own["D"]]
         if self.inner_norms:
-            read += [self.dt_norm.weight, self.B_norm.weight, self.C_norm.weight]
+            read += [parts[name]._parameters["weight"] for name in ("dt_norm", "B_norm", "C_norm")]
         key = tuple((p.data_ptr(), p._version) for p in read if p is not None)
         cached = getattr(self, "_step_cache", None)
         if cached is None or cached[0] != key:

@@ -46,6 +46,16 @@ static void rms_norm(float *v, const float *w, int64_t n, float eps) {
     for (int64_t i = 0; i < n; i++) v[i] = v[i] * scale * w[i];
 }
 
+/* v = v sigmoid(v) over n floats, LANES at a time (libm's expf does not vectorise). */
+static void silu_inplace(float *v, int64_t n) {
+    int64_t i = 0;
+    for (; i + LANES <= n; i += LANES) {
+        const vf x = vload(v + i);
+        vstore(v + i, x * sigmoid_v(x));
+    }
+    for (; i < n; i++) v[i] = silu(v[i]);
+}
+
 /* conv + SiLU of one row into xc (d_inner floats); shifts the conv state. */
 static void conv_row(const StepArgs *a, int64_t b, float *xc) {
     const int64_t K = a->d_conv, S = K - 1, D = a->d_inner;
@@ -61,8 +71,9 @@ static void conv_row(const StepArgs *a, int64_t b, float *xc) {
         }
         acc += x * w[S];
         if (S > 0) store(a->new_conv_state, base + S - 1, x, a->dtype);
-        xc[d] = silu(acc);
+        xc[d] = acc;
     }
+    silu_inplace(xc, D);
 }
 
 /* (dt_in, B, C) = W_x xc, then the optional RMSNorms. */
@@ -103,20 +114,35 @@ static float update_channel(const float *h0, const float *A, const float *Bv, co
     return y;
 }
 
-/* dt_proj, softplus, the state update, D skip and the gate of one row. */
+/* dt_proj, softplus, the state update, D skip and the gate of one row, LANES channels at a
+ * time so that softplus and the gate's SiLU run in vectors. */
 static void scan_row(const StepArgs *a, int64_t b, const float *xc, const float *dbc) {
     const int64_t D = a->d_inner, R = a->dt_rank, N = a->d_state;
     const float *Bv = dbc + R, *Cv = dbc + R + N;
-    for (int64_t d = 0; d < D; d++) {
-        const float *wd = a->dt_proj_w + d * R;
-        float dt = a->dt_bias[d];
-        for (int64_t r = 0; r < R; r++) dt += wd[r] * dbc[r];
-        dt = softplus(dt);
-        const int64_t row = (b * D + d) * N;
-        float y = update_channel(a->ssm_state + row, a->A + d * N, Bv, Cv, a->new_ssm_state + row, N, dt, dt * xc[d]);
-        y += a->D[d] * xc[d];
-        const float z = load(a->xz, b * a->xz_stride + D + d, a->dtype);
-        store(a->y, b * D + d, y * silu(z), a->dtype);
+    float dt[LANES], gate[LANES];
+    for (int64_t d0 = 0; d0 < D; d0 += LANES) {
+        const int64_t n = D - d0 < LANES ? D - d0 : LANES;
+        for (int64_t i = 0; i < n; i++) {
+            const float *wd = a->dt_proj_w + (d0 + i) * R;
+            float v = a->dt_bias[d0 + i];
+            for (int64_t r = 0; r < R; r++) v += wd[r] * dbc[r];
+            dt[i] = v;
+            gate[i] = load(a->xz, b * a->xz_stride + D + d0 + i, a->dtype);
+        }
+        if (n == LANES) {
+            vstore(dt, softplus_v(vload(dt)));
+            const vf z = vload(gate);
+            vstore(gate, z * sigmoid_v(z));
+        } else {
+            for (int64_t i = 0; i < n; i++) dt[i] = softplus(dt[i]), gate[i] = silu(gate[i]);
+        }
+        for (int64_t i = 0; i < n; i++) {
+            const int64_t d = d0 + i, row = (b * D + d) * N;
+            float y = update_channel(a->ssm_state + row, a->A + d * N, Bv, Cv, a->new_ssm_state + row, N, dt[i],
+                                     dt[i] * xc[d]);
+            y += a->D[d] * xc[d];
+            store(a->y, b * D + d, y * gate[i], a->dtype);
+        }
     }
 }
 
