@@ -5,7 +5,8 @@ gradients: Mamba's fused C step, attention's in-place KV cache, MoE's direct exp
 and their linear layers `linear`, which hands a few rows to a registered linear kernel
 (``register_linear_kernels``: the built-in float32 / bfloat16 CPU one) that accepts them. A
 `Block` may run either half whole through a registered `BlockStep` (``register_block_steps``:
-the built-in CPU ones fuse norm, Mamba or FFN and residual into one C call).
+the built-in CPU ones fuse norm, Mamba / attention / FFN and residual into one C call), and
+`HybridLM` all its blocks at once (a "stack" step: one C call per token).
 Each is tested against the general path, which stays reachable for comparison:
 ``HYBRID_MLLM_DECODE=generic`` in the environment, or `decode_paths(fast=False)` in code
 (benchmarks time both in one process).

@@ -94,7 +94,7 @@ def available(dtype: torch.dtype) -> str | None:
 
 def _takes_input(x: Tensor) -> bool:
     """A few float32 / bfloat16 rows (B, 1, d) on the CPU, the library built."""
-    return (x.device.type == "cpu" and x.dtype in KERNEL_DTYPES and x.shape[0] <= gemv_cpu.MAX_ROWS
+    return (x.device.type == "cpu" and x.dtype in KERNEL_DTYPES and 1 <= x.shape[0] <= gemv_cpu.MAX_ROWS
             and available(x.dtype) is None)
 
 
