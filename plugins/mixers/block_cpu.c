@@ -38,7 +38,7 @@ typedef struct {
     const void *norm_w;            /* (d) */
     const SwiGLUWeights *experts;  /* (n_experts); one for a dense MLP */
     const void *router;            /* (n_experts, d), or NULL: a dense MLP */
-    void *work;                    /* M d + 2 M H + 2 n_experts + 2 d + top_k float32 slots */
+    void *work;                    /* M (4 d + 2 H + n_experts + top_k) + n_experts float32 slots */
     int64_t M, d, H, n_experts, top_k;
     float eps, r;
     int32_t normalize, dtype;      /* renormalise the top-k weights; dtype of x, out, weights */
@@ -136,22 +136,36 @@ static void route(const FFNArgs *a, const void *logits, float *p, int64_t *chose
         for (int64_t k = 0; k < a->top_k; k++) weight[k] /= kept;
 }
 
-/* One row through the MoE: y = sum_k round(w_k) * expert_k(h), summed in float32, rounded once. */
-static void moe_row(const FFNArgs *a, const void *h, void *y, float *scratch) {
-    const int64_t d = a->d, H = a->H, E = a->n_experts;
+/* The rows through the MoE, each expert once for all the rows routed to it (its weights read
+ * once, not once per row): y[m] = sum_k round(w_mk) * expert_mk(h[m]), summed in float32 in
+ * expert order (the same sums as slot order for k <= 2), rounded once. `scratch`: float slots. */
+static void moe_rows(const FFNArgs *a, const void *h, void *y, float *scratch) {
+    const int64_t M = a->M, d = a->d, H = a->H, E = a->n_experts, K = a->top_k;
     const int32_t dt = a->dtype;
-    float *p = scratch, *acc = p + E, *weight = acc + d;
-    void *g = weight + a->top_k, *u = at(g, H, dt), *ye = at(u, H, dt), *logits = at(ye, d, dt);
-    int64_t chosen[a->top_k];
-    linear(h, a->router, NULL, logits, 1, E, d, dt);
-    route(a, logits, p, chosen, weight);
-    for (int64_t i = 0; i < d; i++) acc[i] = 0.0f;
-    for (int64_t k = 0; k < a->top_k; k++) {
-        swiglu(&a->experts[chosen[k]], h, ye, g, u, 1, d, H, dt);
-        const float w = round_to(weight[k], dt);
-        for (int64_t i = 0; i < d; i++) acc[i] += round_to(load(ye, i, dt) * w, dt);
+    float *acc = scratch, *p = acc + M * d, *weight = p + E;      /* (M, d), (E), (M, K) */
+    void *logits = weight + M * K, *hb = (float *)logits + M * E;  /* (M, E), (M, d) of the dtype */
+    void *yb = (float *)hb + M * d, *g = (float *)yb + M * d, *u = (float *)g + M * H;
+    int64_t chosen[M * K], rows[M];
+    float slot_w[M];
+    linear(h, a->router, NULL, logits, M, E, d, dt);
+    for (int64_t m = 0; m < M; m++) route(a, at(logits, m * E, dt), p, chosen + m * K, weight + m * K);
+    for (int64_t i = 0; i < M * d; i++) acc[i] = 0.0f;
+    for (int64_t e = 0; e < E; e++) {
+        int64_t n = 0;
+        for (int64_t m = 0; m < M; m++)
+            for (int64_t k = 0; k < K; k++)
+                if (chosen[m * K + k] == e) {
+                    rows[n] = m, slot_w[n] = round_to(weight[m * K + k], dt);
+                    memcpy(at(hb, n * d, dt), at(h, m * d, dt), (size_t)d * (dt == F32 ? 4 : 2));
+                    n++;
+                }
+        if (n == 0) continue;
+        swiglu(&a->experts[e], hb, yb, g, u, n, d, H, dt);
+        for (int64_t j = 0; j < n; j++)
+            for (int64_t i = 0; i < d; i++)
+                acc[rows[j] * d + i] += round_to(load(yb, j * d + i, dt) * slot_w[j], dt);
     }
-    for (int64_t i = 0; i < d; i++) store(y, i, acc[i], dt);
+    for (int64_t i = 0; i < M * d; i++) store(y, i, acc[i], dt);
 }
 
 void ffn_part(const FFNArgs *a) {
@@ -164,7 +178,7 @@ void ffn_part(const FFNArgs *a) {
         void *u = at(rest, M * a->H, dt);
         swiglu(&a->experts[0], h, a->out, rest, u, M, d, a->H, dt);
     } else {
-        for (int64_t m = 0; m < M; m++) moe_row(a, at(h, m * d, dt), at(a->out, m * d, dt), rest);
+        moe_rows(a, h, a->out, rest);
     }
     residual(a->x, a->out, a->out, M * d, a->r, dt);
 }

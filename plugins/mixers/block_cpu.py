@@ -166,7 +166,7 @@ class _FFNPlan:
         self.experts = (SwiGLUWeights * len(experts))(*(SwiGLUWeights(*map(_ptr, _swiglu_tensors(e))) for e in experts))
         d, hidden = experts[0].gate.in_features, experts[0].gate.out_features
         self.top_k = ffn.top_k if moe else 1
-        self.work_floats = lambda rows: rows * d + 2 * rows * hidden + 2 * len(experts) + 2 * d + self.top_k
+        self.work_floats = lambda rows: rows * (4 * d + 2 * hidden + len(experts) + self.top_k) + len(experts)
         self.args = FFNArgs(norm_w=norm.weight.data_ptr(), experts=ctypes.addressof(self.experts),
                             router=ffn.router.weight.data_ptr() if moe else None, d=d, H=hidden,
                             n_experts=len(experts), top_k=self.top_k, eps=norm.eps,
