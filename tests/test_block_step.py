@@ -7,7 +7,9 @@ on the registered steps say which ran.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import gc
 
 import pytest
 import torch
@@ -240,6 +242,42 @@ def test_fused_step_follows_changed_parameters(name, how, ran):
     assert ran == {"mixer": 2, "ffn": 2, "stack": 0}
     assert not torch.allclose(before, after)
     torch.testing.assert_close(after, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["blocks.0.mixer_norm.weight", "blocks.0.mixer.in_proj.weight", "blocks.2.mixer.A_log",
+                                  "blocks.2.mixer.dt_proj.bias", "blocks.4.mixer.k_proj.weight",
+                                  "blocks.4.ffn_norm.weight", "blocks.5.ffn.router.weight",
+                                  "blocks.7.ffn.experts.3.up.weight", "blocks.6.ffn.down.weight"])
+@pytest.mark.parametrize("how", ["in_place", "new_storage", "new_parameter", "new_module"])
+def test_stack_step_follows_changed_parameters_and_modules(name, how, ran):
+    lm = _jamba()
+    ids = torch.randint(0, 263, (2, 14), generator=torch.Generator().manual_seed(0))
+    before = _decode_logits(lm, ids, 12)
+    owner_name, _, leaf = name.rpartition(".")
+    owner = lm.get_submodule(owner_name)
+    with torch.no_grad():
+        p = owner.get_parameter(leaf)
+        changed = p * 1.5 + 0.1 if p.dim() == 1 else p + 0.05 * torch.randn_like(p)
+        if how == "in_place":
+            p.copy_(changed)
+        elif how == "new_storage":
+            p.data = changed.clone()
+        elif how == "new_parameter":
+            setattr(owner, leaf, torch.nn.Parameter(changed.clone()))
+        else:  # the module holding it replaced by a copy with the changed value
+            parent_name, _, child = owner_name.rpartition(".")
+            replacement = copy.deepcopy(owner)
+            replacement.get_parameter(leaf).copy_(changed)
+            setattr(lm.get_submodule(parent_name), child, replacement)
+            del owner, p
+            gc.collect()
+    after = _decode_logits(lm, ids, 12)
+    with torch.no_grad(), decode_paths(fast=False):
+        expected = lm(ids).logits[:, 11:]
+    assert ran["stack"] == 2 * 2
+    assert not torch.allclose(before, after)
+    err = (after - expected).abs().max().item()
+    assert err < 1e-4, f"after changing {name} ({how}): max |stack decode - full forward| = {err}"
 
 
 class _ScaledMLP(SwiGLU):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+import weakref
 from collections.abc import Callable
 
 import torch
@@ -20,6 +21,9 @@ from . import step_cpu
 from .conv import causal_conv1d
 
 _STEP_DTYPES = (torch.float32, torch.bfloat16)
+# mixer -> (key, StepWeights): beside the module, not on it, so that copy.deepcopy and pickle
+# of a model never meet the ctypes structure
+_STEP_WEIGHTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 class Mamba(nn.Module):
@@ -146,9 +150,9 @@ class Mamba(nn.Module):
         if self.inner_norms:
             read += [parts[name]._parameters["weight"] for name in ("dt_norm", "B_norm", "C_norm")]
         key = tuple((p.data_ptr(), p._version) for p in read if p is not None)
-        cached = getattr(self, "_step_cache", None)
+        cached = _STEP_WEIGHTS.get(self)
         if cached is None or cached[0] != key:
-            cached = self._step_cache = (key, step_cpu.StepWeights(self))
+            cached = _STEP_WEIGHTS[self] = (key, step_cpu.StepWeights(self))
         return cached[1]
 
     def mix(self, x: Tensor, state: State | None, mask: Tensor | None, *, conv: Callable,
