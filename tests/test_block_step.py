@@ -280,6 +280,22 @@ def test_stack_step_follows_changed_parameters_and_modules(name, how, ran):
     assert err < 1e-4, f"after changing {name} ({how}): max |stack decode - full forward| = {err}"
 
 
+def test_fused_steps_follow_changed_settings(ran):
+    torch.manual_seed(0)
+    block = Block(D, Attention(D, n_head=4, rope=True), MoE(D, n_experts=4, top_k=2, d_hidden=32)).eval()
+    prompt, x = torch.randn(2, 5, D), torch.randn(2, 1, D)
+    with torch.no_grad():
+        _, state, _ = block(prompt)
+        block(x, state)
+        block.ffn.top_k, block.ffn.normalize_top_k, block.ffn_norm.eps = 1, True, 1e-2
+        block.mixer.rope_theta, block.mixer_norm.eps = 50.0, 1e-3
+        fused = block(x, state)[0]
+        with decode_paths(fast=False):
+            expected = block(x, state)[0]
+    assert ran == {"mixer": 2, "ffn": 2, "stack": 0}
+    _assert_close(fused, expected, torch.float32, "output after changing top_k, eps and rope_theta")
+
+
 class _ScaledMLP(SwiGLU):
     """A subclass computing something else: a fused step must not take it for a SwiGLU."""
 

@@ -113,7 +113,8 @@ def _ptr(t: Tensor | None) -> int | None:
 
 class _Plans:
     """Per module, the argument struct whose weight fields point at its parameters, rebuilt when
-    a parameter's storage, the dtype or the thread count changes (in-place updates are read live)."""
+    a parameter's storage, a setting it copies (``settings``: eps, top_k, ...), the dtype or the
+    thread count changes (in-place updates of the parameters are read live)."""
 
     def __init__(self, build):
         self._build, self._plans = build, weakref.WeakKeyDictionary()
@@ -121,7 +122,7 @@ class _Plans:
     def get(self, module, norm, dtype: torch.dtype):
         """-> the plan (None: these weights are not taken), after `tensors` of the module gave its key."""
         tensors = self._build.tensors(module, norm)
-        key = (dtype, torch.get_num_threads() > 1, *map(_ptr, tensors))
+        key = (dtype, torch.get_num_threads() > 1, self._build.settings(module, norm), *map(_ptr, tensors))
         cached = self._plans.get(module)
         if cached is None or cached[0] != key:
             plan = self._build(module, norm, dtype) if _takes_weights(tensors, dtype) else None
@@ -150,6 +151,10 @@ def _swiglu_tensors(mlp: SwiGLU) -> tuple:
 
 class _FFNPlan:
     """An `FFNArgs` template for a SwiGLU MLP or an MoE (its experts' `SwiGLUWeights` array kept here)."""
+
+    @staticmethod
+    def settings(ffn, norm) -> tuple:
+        return (norm.eps,) if type(ffn) is SwiGLU else (norm.eps, ffn.top_k, ffn.normalize_top_k)
 
     @staticmethod
     def tensors(ffn, norm) -> tuple:
@@ -208,6 +213,10 @@ class _MambaPlan:
     weights are the mixer's `_step_weights`, float32 copies it rebuilds when they change)."""
 
     @staticmethod
+    def settings(mamba, norm) -> tuple:
+        return (norm.eps,)
+
+    @staticmethod
     def tensors(mamba, norm) -> tuple:
         layers = mamba._modules
         return norm._parameters["weight"], *_weight_bias(layers["in_proj"]), *_weight_bias(layers["out_proj"])
@@ -256,6 +265,10 @@ def mamba_block_step(mixer, norm, x: Tensor, state, r: float) -> tuple[Tensor, t
 class _AttentionPlan:
     """An `AttentionPartArgs` template: the norm, the four projections and RoPE's frequencies
     (computed as `attention._rotate` computes them, so the angles are the same floats)."""
+
+    @staticmethod
+    def settings(attn, norm) -> tuple:
+        return norm.eps, attn.rope, attn.rope_theta, attn.rotary_dim
 
     @staticmethod
     def tensors(attn, norm) -> tuple:
