@@ -199,14 +199,35 @@ def test_stack_step_equals_block_steps_in_bfloat16(ran):
     ids = torch.randint(0, 263, (2, 20), generator=torch.Generator().manual_seed(0))
     stacked = _decode_logits(lm, ids, 12)
     assert ran["stack"] == 8
+    blocks = _without_stack(lambda: _decode_logits(lm, ids, 12))
+    assert ran["mixer"] == 8 * 8 and ran["ffn"] == 8 * 8
+    torch.testing.assert_close(stacked, blocks, atol=0, rtol=0)  # the same C halves in the same order
+
+
+def _without_stack(fn):
     saved = decode._block_steps
     decode._block_steps = lambda part: () if part == "stack" else saved(part)
     try:
-        blocks = _decode_logits(lm, ids, 12)
+        return fn()
     finally:
         decode._block_steps = saved
-    assert ran["mixer"] == 8 * 8 and ran["ffn"] == 8 * 8
-    torch.testing.assert_close(stacked, blocks, atol=0, rtol=0)  # the same C halves in the same order
+
+
+def test_stack_plan_rebinds_for_other_batch_sizes_and_a_longer_cache(ran):
+    """One model's kept stack plan, stepped with 2 rows, then 1, then past the positions its
+    scratch was sized for: the same logits as the per-block steps (the same C halves)."""
+    lm = _jamba()
+    gen = torch.Generator().manual_seed(0)
+    sizes = []
+    for batch, prompt, steps in ((1, 250, 12), (2, 6, 3), (3, 4, 2)):
+        ids = torch.randint(0, 263, (batch, prompt + steps), generator=gen)
+        stacked = _decode_logits(lm, ids, prompt)
+        plan = stack_cpu._STACKS[lm.blocks]
+        sizes.append((plan.rows, plan.positions))
+        blocks = _without_stack(lambda ids=ids, prompt=prompt: _decode_logits(lm, ids, prompt))
+        torch.testing.assert_close(stacked, blocks, atol=0, rtol=0)
+    assert ran["stack"] == 12 + 3 + 2
+    assert sizes[0] == (1, 512) and sizes[1][0] == 2 and sizes[2][0] == 3  # 256 positions first, then grown
 
 
 def test_a_block_the_stack_does_not_take_leaves_the_model_on_its_per_block_path(ran):

@@ -178,19 +178,19 @@ class _FFNPlan:
                             normalize=int(moe and ffn.normalize_top_k), dtype=KERNEL_DTYPES[dtype])
 
 
-_ffn_plans = _Plans(_FFNPlan)
+ffn_plans = _Plans(_FFNPlan)
 
 
 def ffn_accepts(ffn, norm, x: Tensor, state) -> bool:
     """A SwiGLU MLP or an MoE of SwiGLU experts (exactly these classes: a subclass may compute
     something else), weights in x's dtype."""
-    return type(ffn) in (SwiGLU, MoE) and _takes_input(x) and _ffn_plans.get(ffn, norm, x.dtype) is not None
+    return type(ffn) in (SwiGLU, MoE) and _takes_input(x) and ffn_plans.get(ffn, norm, x.dtype) is not None
 
 
 def ffn_call(ffn, x: Tensor, out: Tensor, r: float) -> tuple[FFNArgs, tuple]:
     """The `FFNArgs` of ``out = x + r * ffn(norm(x))`` (x, out: (B, 1, d) contiguous), and what
     must stay alive until the call ran; after `ffn_accepts`."""
-    plan = _ffn_plans.last(ffn)
+    plan = ffn_plans.last(ffn)
     work = torch.empty(plan.work_floats(x.shape[0]))
     a = FFNArgs.from_buffer_copy(plan.args)
     a.x, a.out, a.work, a.M, a.r = x.data_ptr(), out.data_ptr(), work.data_ptr(), x.shape[0], r
@@ -229,20 +229,20 @@ class _MambaPlan:
                                   eps=norm.eps, dtype=KERNEL_DTYPES[dtype])
 
 
-_mamba_plans = _Plans(_MambaPlan)
+mamba_plans = _Plans(_MambaPlan)
 
 
 def mamba_accepts(mixer, norm, x: Tensor, state) -> bool:
     """A Mamba-1 mixer whose own fused step applies (one token from a state, default scan),
     projections in x's dtype."""
     return (type(mixer) is Mamba and _takes_input(x) and mixer.fused_step_takes(x, state)
-            and _mamba_plans.get(mixer, norm, x.dtype) is not None)
+            and mamba_plans.get(mixer, norm, x.dtype) is not None)
 
 
 def mamba_call(mixer, x: Tensor, out: Tensor, state, r: float) -> tuple[MambaPartArgs, tuple, tuple]:
     """The `MambaPartArgs` of ``out = x + r * mamba(norm(x))`` (x, out: (B, 1, d) contiguous),
     the new state it writes, and what must stay alive until the call ran; after `mamba_accepts`."""
-    plan, batch = _mamba_plans.last(mixer), x.shape[0]
+    plan, batch = mamba_plans.last(mixer), x.shape[0]
     xz, h = torch.empty(batch, 2 * plan.d_inner, dtype=x.dtype), torch.empty_like(x)
     step, y, conv_state, ssm_state, alive = step_cpu.prepare_step(mixer._step_weights(), xz, *state)
     a = MambaPartArgs.from_buffer_copy(plan.args)
@@ -289,14 +289,14 @@ class _AttentionPlan:
             rotary_dim=attn.rotary_dim, eps=norm.eps, dtype=KERNEL_DTYPES[dtype])
 
 
-_attention_plans = _Plans(_AttentionPlan)
+attention_plans = _Plans(_AttentionPlan)
 
 
 def attention_accepts(attn, norm, x: Tensor, state) -> bool:
     """An `Attention` mixer stepping from a KV cache of x's dtype, projections in x's dtype."""
     return (type(attn) is Attention and state is not None and x.shape[1] == 1 and _takes_input(x)
             and state[0].dtype == x.dtype and state[1].dtype == x.dtype
-            and _attention_plans.get(attn, norm, x.dtype) is not None)
+            and attention_plans.get(attn, norm, x.dtype) is not None)
 
 
 def attention_call(attn, x: Tensor, out: Tensor, state, r: float) -> tuple[AttentionPartArgs, tuple, tuple]:
@@ -307,7 +307,7 @@ def attention_call(attn, x: Tensor, out: Tensor, state, r: float) -> tuple[Atten
     The cache grows through `kv_cache.append` as on the unfused path (room reserved, old
     states never overwritten); the C call writes the new position's k and v into it. The views
     `append` returns have the layout the C call reads: (S, hd) rows contiguous, kmask rows too."""
-    plan, batch = _attention_plans.last(attn), x.shape[0]
+    plan, batch = attention_plans.last(attn), x.shape[0]
     past_k, past_v, past_mask = state
     new = past_k.new_empty(batch, plan.n_kv_head, 1, plan.head_dim)  # filled by the C call
     k, v = kv_cache.append(past_k, new, 2), kv_cache.append(past_v, new, 2)
