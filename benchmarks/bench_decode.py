@@ -4,9 +4,9 @@ For each size (`decode_models`: small 15.6M, large ~366M), dtype, context and ba
 one prompt of `context` random tokens is prefilled and its state copied B times; then B
 sequences step together. Three paths run interleaved, each continuing its own state,
 `--repeats` times `--steps` steps; the figures are medians and the ratios are against the
-fast path: ``blocks`` (the fast path with the fused block steps: norm + Mamba or FFN +
-residual in one C call, all blocks in one call where it takes them), ``fast`` (fused Mamba step, in-place KV cache, direct MoE loop,
-few-row linear kernels) and ``generic`` (`decode_paths(fast=False)`, the code before them).
+fast path: ``blocks`` (the fast path with the fused block steps: norm + mixer or FFN +
+residual in one C call, all blocks in one call where it takes them), ``fast`` (fused Mamba
+step, in-place KV cache, direct MoE loop, few-row linear kernels) and ``generic`` (`decode_paths(fast=False)`, the code before them).
 Per-step ms at 512 and 8k context show what the longer context costs, beside the time the
 attention layer's step took (forward hooks: 0 where a fused step ran it, with no module call
 to hook) and the KV bytes it reads.
