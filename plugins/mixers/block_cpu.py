@@ -122,7 +122,8 @@ class _Plans:
     def get(self, module, norm, dtype: torch.dtype):
         """-> the plan (None: these weights are not taken), after `tensors` of the module gave its key."""
         tensors = self._build.tensors(module, norm)
-        key = (dtype, torch.get_num_threads() > 1, self._build.settings(module, norm), *map(_ptr, tensors))
+        key = (dtype, torch.get_num_threads() > 1, self._build.settings(module, norm),
+               *[None if t is None else t.data_ptr() for t in tensors])
         cached = self._plans.get(module)
         if cached is None or cached[0] != key:
             plan = self._build(module, norm, dtype) if _takes_weights(tensors, dtype) else None
@@ -145,8 +146,8 @@ def _weight_bias(linear) -> tuple:
 
 def _swiglu_tensors(mlp: SwiGLU) -> tuple:
     layers = mlp._modules
-    (gate, gate_b), (up, up_b), (down, down_b) = (_weight_bias(layers[n]) for n in ("gate", "up", "down"))
-    return gate, up, down, gate_b, up_b, down_b
+    gate, up, down = layers["gate"]._parameters, layers["up"]._parameters, layers["down"]._parameters
+    return gate["weight"], up["weight"], down["weight"], gate.get("bias"), up.get("bias"), down.get("bias")
 
 
 class _FFNPlan:
@@ -157,13 +158,15 @@ class _FFNPlan:
         return (norm.eps,) if type(ffn) is SwiGLU else (norm.eps, ffn.top_k, ffn.normalize_top_k)
 
     @staticmethod
-    def tensors(ffn, norm) -> tuple:
+    def tensors(ffn, norm) -> list:
         norm_w = norm._parameters["weight"]
         if type(ffn) is SwiGLU:
-            return norm_w, *_swiglu_tensors(ffn)
+            return [norm_w, *_swiglu_tensors(ffn)]
         parts = ffn._modules
-        return (norm_w, parts["router"]._parameters["weight"],
-                *(t for e in parts["experts"]._modules.values() for t in _swiglu_tensors(e)))
+        tensors = [norm_w, parts["router"]._parameters["weight"]]
+        for expert in parts["experts"]._modules.values():
+            tensors += _swiglu_tensors(expert)
+        return tensors
 
     def __init__(self, ffn, norm, dtype: torch.dtype):
         moe = type(ffn) is MoE
