@@ -68,7 +68,7 @@ typedef struct {
     void *k_cache, *v_cache;       /* (M, Hkv, S, hd), strides cache_b, cache_h, hd, 1; [:, :, S-1] written */
     const uint8_t *kmask;          /* (M, S) bool, row stride kmask_b: which positions are real tokens */
     const float *inv_freq;         /* (rotary_dim / 2) RoPE frequencies, or NULL: no RoPE */
-    void *work;                    /* M (d + (H + 2 Hkv) hd) + H hd + S + LANES float32 slots */
+    void *work;                    /* M (d + (H + 2 Hkv) hd) + H hd + (H / Hkv) S + LANES float32 slots */
     int64_t M, d, n_head, n_kv_head, head_dim, rotary_dim, S, cache_b, cache_h, kmask_b;
     float eps, r;
     int32_t dtype;
@@ -219,43 +219,75 @@ static void softmax(float *p, int64_t S) {
     for (s = 0; s < S; s++) p[s] *= inv;
 }
 
-/* One query head of row b over its KV head's cache -> y (hd values of the dtype at y_off). */
-static void attend_head(const AttentionPartArgs *a, int64_t b, int64_t h, const void *q, int64_t q_off, void *y,
-                        int64_t y_off, float *p) {
-    const int64_t hd = a->head_dim, S = a->S, g = h / (a->n_head / a->n_kv_head);
-    const int64_t base = b * a->cache_b + g * a->cache_h;
+/* n (<= LANES) values of a KV row as float32 lanes, the rest 0 (the cache's room past the
+ * filled positions is uninitialised: never read it, even to multiply by 0). */
+typedef uint16_t vh __attribute__((vector_size(2 * LANES)));  /* LANES bfloat16 values */
+
+static inline vf kv_lanes(const void *p, int64_t i, int64_t n, int32_t dtype) {
+    if (n == LANES) {
+        if (dtype == F32) return vload((const float *)p + i);
+        vh raw;
+        memcpy(&raw, (const uint16_t *)p + i, sizeof raw);
+        return (vf)(__builtin_convertvector(raw, vu) << 16);  /* bfloat16 is float32's top half */
+    }
+    float f[LANES] = {0};
+    if (dtype == F32) memcpy(f, (const float *)p + i, (size_t)n * 4);
+    else for (int64_t j = 0; j < n; j++) f[j] = bf16_load(((const uint16_t *)p)[i + j]);
+    return vload(f);
+}
+
+/* The G query heads sharing one KV head (GQA), row b, over its S cached positions: each
+ * k_s and v_s is read once for all G heads (the cache is the traffic at long contexts).
+ * Scores: LANES positions at a time, their lane-wise products transposed and summed together
+ * (sum_rows) instead of one horizontal sum per position. q: (G, qpad) float32, zero-padded
+ * past hd; p: (G, S) scratch; acc: (G, qpad) float32 out (the heads' outputs). */
+static void attend_group(const AttentionPartArgs *a, int64_t b, int64_t base, int64_t G, const float *q,
+                         int64_t qpad, float *p, float *acc) {
+    const int64_t hd = a->head_dim, S = a->S, chunks = qpad / LANES;
     const float scale = 1.0f / sqrtf((float)hd);
-    float qf[hd], acc[hd];
-    for (int64_t i = 0; i < hd; i++) qf[i] = load(q, q_off + i, a->dtype), acc[i] = 0.0f;
-    for (int64_t s = 0; s < S; s++) {
-        if (!a->kmask[b * a->kmask_b + s]) { p[s] = -INFINITY; continue; }
-        float dot = 0.0f;
-        if (a->dtype == F32) {
-            const float *k = (const float *)a->k_cache + base + s * hd;
-#pragma omp simd reduction(+ : dot)
-            for (int64_t i = 0; i < hd; i++) dot += qf[i] * k[i];
-        } else {
-            const uint16_t *k = (const uint16_t *)a->k_cache + base + s * hd;
-#pragma omp simd reduction(+ : dot)
-            for (int64_t i = 0; i < hd; i++) dot += qf[i] * bf16_load(k[i]);
+    vf kv[chunks];
+    int64_t s0 = 0;
+    for (; s0 + LANES <= S; s0 += LANES) {
+        vf part[G][LANES];
+        for (int j = 0; j < LANES; j++) {
+            for (int64_t c = 0; c < chunks; c++) {
+                const int64_t i = c * LANES;
+                kv[c] = kv_lanes(a->k_cache, base + (s0 + j) * hd + i, hd - i < LANES ? hd - i : LANES, a->dtype);
+            }
+            for (int64_t h = 0; h < G; h++) {
+                vf sum = vsplat(0.0f);
+                for (int64_t c = 0; c < chunks; c++) sum += vload(q + h * qpad + c * LANES) * kv[c];
+                part[h][j] = sum;
+            }
         }
-        p[s] = dot * scale;
+        for (int64_t h = 0; h < G; h++) vstore(p + h * S + s0, sum_rows(part[h]) * scale);
     }
-    softmax(p, S);
+    for (; s0 < S; s0++)
+        for (int64_t h = 0; h < G; h++) {
+            float dot = 0.0f;
+            for (int64_t i = 0; i < hd; i++) dot += q[h * qpad + i] * load(a->k_cache, base + s0 * hd + i, a->dtype);
+            p[h * S + s0] = dot * scale;
+        }
+    for (int64_t h = 0; h < G; h++) {
+        for (int64_t s = 0; s < S; s++)
+            if (!a->kmask[b * a->kmask_b + s]) p[h * S + s] = -INFINITY;
+        softmax(p + h * S, S);
+    }
+    vf out[G][chunks];
+    for (int64_t h = 0; h < G; h++)
+        for (int64_t c = 0; c < chunks; c++) out[h][c] = vsplat(0.0f);
     for (int64_t s = 0; s < S; s++) {
-        if (p[s] == 0.0f) continue;
-        const float w = p[s];
-        if (a->dtype == F32) {
-            const float *v = (const float *)a->v_cache + base + s * hd;
-#pragma omp simd
-            for (int64_t i = 0; i < hd; i++) acc[i] += w * v[i];
-        } else {
-            const uint16_t *v = (const uint16_t *)a->v_cache + base + s * hd;
-#pragma omp simd
-            for (int64_t i = 0; i < hd; i++) acc[i] += w * bf16_load(v[i]);
+        for (int64_t c = 0; c < chunks; c++) {
+            const int64_t i = c * LANES;
+            kv[c] = kv_lanes(a->v_cache, base + s * hd + i, hd - i < LANES ? hd - i : LANES, a->dtype);
+        }
+        for (int64_t h = 0; h < G; h++) {
+            const float w = p[h * S + s];
+            for (int64_t c = 0; c < chunks; c++) out[h][c] += w * kv[c];
         }
     }
-    for (int64_t i = 0; i < hd; i++) store(y, y_off + i, acc[i], a->dtype);
+    for (int64_t h = 0; h < G; h++)
+        for (int64_t c = 0; c < chunks; c++) vstore(acc + h * qpad + c * LANES, out[h][c]);
 }
 
 void attention_part(const AttentionPartArgs *a) {
@@ -283,7 +315,16 @@ void attention_part(const AttentionPartArgs *a) {
                 store(a->k_cache, cell, load(k, b * kn + g * hd + i, dt), dt);
                 store(a->v_cache, cell, load(v, b * kn + g * hd + i, dt), dt);
             }
-        for (int64_t i = 0; i < H; i++) attend_head(a, b, i, q, b * qn + i * hd, y, b * qn + i * hd, p);
+        const int64_t group = H / G, qpad = (hd + LANES - 1) / LANES * LANES;
+        float qf[group * qpad], acc[group * qpad];
+        for (int64_t g = 0; g < G; g++) {  /* query heads g * group .. (g + 1) * group - 1 share KV head g */
+            for (int64_t j = 0; j < group; j++)
+                for (int64_t i = 0; i < qpad; i++)
+                    qf[j * qpad + i] = i < hd ? load(q, b * qn + (g * group + j) * hd + i, dt) : 0.0f;
+            attend_group(a, b, b * a->cache_b + g * a->cache_h, group, qf, qpad, p, acc);
+            for (int64_t j = 0; j < group; j++)
+                for (int64_t i = 0; i < hd; i++) store(y, b * qn + (g * group + j) * hd + i, acc[j * qpad + i], dt);
+        }
     }
     linear(y, a->o_w, a->o_b, a->out, M, d, qn, dt);
     residual(a->x, a->out, a->out, M * d, a->r, dt);

@@ -284,7 +284,11 @@ class _AttentionPlan:
         half = attn.rotary_dim // 2
         self.inv_freq = attn.rope_theta ** (-torch.arange(half, dtype=torch.float32) / half) if attn.rope else None
         self.n_kv_head, self.head_dim = attn.n_kv_head, attn.head_dim
-        self.width = norm_w.shape[0] + (attn.n_head + 2 * attn.n_kv_head) * attn.head_dim  # work slots per row
+        width = norm_w.shape[0] + (attn.n_head + 2 * attn.n_kv_head) * attn.head_dim  # work slots per row
+        group = attn.n_head // attn.n_kv_head
+        # rows (h, q, k, v) + y + scores of one KV head's query heads over the positions
+        self.work_floats = lambda rows, positions: (rows * width + (rows + 1) * attn.n_head * attn.head_dim
+                                                    + group * positions + 16)
         self.args = AttentionPartArgs(
             norm_w=norm_w.data_ptr(), q_w=q_w.data_ptr(), k_w=k_w.data_ptr(), v_w=v_w.data_ptr(), o_w=o_w.data_ptr(),
             q_b=_ptr(q_b), k_b=_ptr(k_b), v_b=_ptr(v_b), o_b=_ptr(o_b), inv_freq=_ptr(self.inv_freq),
@@ -315,7 +319,7 @@ def attention_call(attn, x: Tensor, out: Tensor, state, r: float) -> tuple[Atten
     new = past_k.new_empty(batch, plan.n_kv_head, 1, plan.head_dim)  # filled by the C call
     k, v = kv_cache.append(past_k, new, 2), kv_cache.append(past_v, new, 2)
     kmask = kv_cache.append(past_mask, torch.ones(batch, 1, dtype=torch.bool), 1)
-    work = torch.empty(batch * plan.width + (batch + 1) * attn.n_head * plan.head_dim + k.shape[2] + 16)
+    work = torch.empty(plan.work_floats(batch, k.shape[2]))
     a = AttentionPartArgs.from_buffer_copy(plan.args)
     a.x, a.out, a.work, a.M, a.r = x.data_ptr(), out.data_ptr(), work.data_ptr(), batch, r
     a.k_cache, a.v_cache, a.kmask, a.S = k.data_ptr(), v.data_ptr(), kmask.data_ptr(), k.shape[2]

@@ -62,24 +62,6 @@ typedef struct {
     float *dstate;                   /* (batch, D, N) */
 } scan_grad_args;
 
-/* Element i is the sum of p[i]'s elements: a transpose-and-add tree, 45 vector operations
- * for LANES sums where one vsum each would take ~8 operations per sum. */
-static inline vf sum_rows(const vf p[LANES])
-{
-    vf q[8], r[4], s[2];
-    for (int i = 0; i < 8; i++)
-        q[i] = SHUFFLE(p[2 * i], p[2 * i + 1], 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23)
-             + SHUFFLE(p[2 * i], p[2 * i + 1], 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
-    for (int i = 0; i < 4; i++)
-        r[i] = SHUFFLE(q[2 * i], q[2 * i + 1], 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27)
-             + SHUFFLE(q[2 * i], q[2 * i + 1], 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31);
-    for (int i = 0; i < 2; i++)
-        s[i] = SHUFFLE(r[2 * i], r[2 * i + 1], 0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29)
-             + SHUFFLE(r[2 * i], r[2 * i + 1], 2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31);
-    return SHUFFLE(s[0], s[1], 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30)
-         + SHUFFLE(s[0], s[1], 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
-}
-
 /* ---- dtype conversion and strided rows ----------------------------------------------------- */
 
 static inline float bf16_to_f32(uint16_t b)

@@ -121,8 +121,7 @@ class _StackPlan:
                 s = h.step
                 need = max(need, rows * (h.args.d + 2 * s.d_inner + s.d_inner + s.d_inner + s.dt_rank + 2 * s.d_state))
             elif h.kind == ATTENTION:
-                a = h.args
-                need = max(need, rows * h.plan.width + (rows + 1) * a.n_head * a.head_dim + positions + 16)
+                need = max(need, h.plan.work_floats(rows, positions))
             else:
                 need = max(need, h.plan.work_floats(rows))
         return need
