@@ -230,6 +230,24 @@ def test_stack_plan_rebinds_for_other_batch_sizes_and_a_longer_cache(ran):
     assert sizes[0] == (1, 512) and sizes[1][0] == 2 and sizes[2][0] == 3  # 256 positions first, then grown
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_products_on_two_threads_equal_one_thread(dtype, ran):
+    """pool_cpu.c cuts each product's columns into chunks claimed by two threads: the same
+    kernels on the same columns, so the same bits as one thread."""
+    lm = _jamba(dtype)
+    ids = torch.randint(0, 263, (3, 16), generator=torch.Generator().manual_seed(0))
+    saved = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        alone = _decode_logits(lm, ids, 8)
+        torch.set_num_threads(2)
+        pooled = _decode_logits(lm, ids, 8)
+    finally:
+        torch.set_num_threads(saved)
+    assert ran["stack"] == 2 * 8
+    torch.testing.assert_close(pooled, alone, atol=0, rtol=0)
+
+
 def test_a_block_the_stack_does_not_take_leaves_the_model_on_its_per_block_path(ran):
     lm = _jamba()
     lm.blocks[2].mixer.impl = "ref"  # this Mamba layer's own fused step does not apply either

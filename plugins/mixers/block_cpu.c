@@ -20,12 +20,10 @@
 #include "cpu_math.h"
 #include "vec_math.h"
 
-/* gemv_cpu.c and step_cpu.c, linked into the same library */
-void gemv_f32(const float *x, const float *w, const float *bias, float *y,
-              int64_t M, int64_t N, int64_t K, int64_t n0, int64_t n1);
-void gemv_bf16(const uint16_t *x, const uint16_t *w, const uint16_t *bias, uint16_t *y,
-               int64_t M, int64_t N, int64_t K, int64_t n0, int64_t n1);
+/* step_cpu.c and pool_cpu.c (which calls gemv_cpu.c), linked into the same library */
 void mamba_step(const void *step_args, int64_t b0, int64_t b1);
+void pooled_gemv(const void *x, const void *w, const void *b, void *y, int64_t M, int64_t N, int64_t K,
+                 int32_t dtype);  /* pool_cpu.c */
 
 typedef struct {
     const void *gate, *up, *down;        /* (H, d), (H, d), (d, H) */
@@ -80,8 +78,7 @@ static inline void *at(const void *p, int64_t i, int32_t dtype) {
 
 static void linear(const void *x, const void *w, const void *b, void *y, int64_t M, int64_t N, int64_t K,
                    int32_t dtype) {
-    if (dtype == F32) gemv_f32(x, w, b, y, M, N, K, 0, N);
-    else gemv_bf16(x, w, b, y, M, N, K, 0, N);
+    pooled_gemv(x, w, b, y, M, N, K, dtype);  /* gemv_cpu.c's kernels, on a second thread when set */
 }
 
 /* h = w * rms_norm(x) per row, as core.norm.RMSNorm: normalised in float32, rounded, scaled. */

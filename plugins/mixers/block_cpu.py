@@ -30,6 +30,7 @@ from .mamba import Mamba
 from .scan_cpu import KERNEL_DTYPES, BuildError, _first_line, cache_dir, find_compiler
 
 SOURCE = Path(__file__).with_name("block_cpu.c")
+POOL_SOURCE = Path(__file__).with_name("pool_cpu.c")  # its products on a second thread
 _VOIDP = ctypes.c_void_p
 
 
@@ -73,13 +74,14 @@ _load_lock = threading.Lock()
 def _load_library() -> ctypes.CDLL | str:
     try:
         lib = ctypes.CDLL(str(step_cpu.build_library(find_compiler(), cache_dir(), SOURCE,
-                                                     also=(gemv_cpu.SOURCE, step_cpu.SOURCE))))
+                                                     also=(gemv_cpu.SOURCE, step_cpu.SOURCE, POOL_SOURCE))))
     except (BuildError, OSError) as exc:
         return f"the fused CPU block steps could not be built ({_first_line(str(exc))})"
     lib.ffn_part.argtypes = [ctypes.POINTER(FFNArgs)]
     lib.mamba_part.argtypes = [ctypes.POINTER(MambaPartArgs)]
     lib.attention_part.argtypes = [ctypes.POINTER(AttentionPartArgs)]
     lib.stack_step.argtypes = [ctypes.c_void_p, ctypes.c_int64]  # (LayerArgs *, n_layers): stack_cpu.py
+    lib.pool_set_threads.argtypes, lib.pool_set_threads.restype = [ctypes.c_int32], None
     lib.ffn_part.restype = lib.mamba_part.restype = lib.attention_part.restype = lib.stack_step.restype = None
     return lib
 
@@ -205,7 +207,9 @@ def ffn_step(ffn, norm, x: Tensor, state, r: float) -> tuple[Tensor, tuple]:
     x = x.contiguous()
     out = torch.empty_like(x)
     a, _alive = ffn_call(ffn, x, out, r)
-    _load_library().ffn_part(ctypes.byref(a))
+    lib = _load_library()
+    lib.pool_set_threads(torch.get_num_threads())
+    lib.ffn_part(ctypes.byref(a))
     return out, ()
 
 
@@ -259,7 +263,9 @@ def mamba_block_step(mixer, norm, x: Tensor, state, r: float) -> tuple[Tensor, t
     x = x.contiguous()
     out = torch.empty_like(x)
     a, state, _alive = mamba_call(mixer, x, out, state, r)
-    _load_library().mamba_part(ctypes.byref(a))
+    lib = _load_library()
+    lib.pool_set_threads(torch.get_num_threads())
+    lib.mamba_part(ctypes.byref(a))
     return out, state
 
 
@@ -332,7 +338,9 @@ def attention_block_step(attn, norm, x: Tensor, state, r: float) -> tuple[Tensor
     x = x.contiguous()
     out = torch.empty_like(x)
     a, state, _alive = attention_call(attn, x, out, state, r)
-    _load_library().attention_part(ctypes.byref(a))
+    lib = _load_library()
+    lib.pool_set_threads(torch.get_num_threads())
+    lib.attention_part(ctypes.byref(a))
     return out, state
 
 

@@ -161,7 +161,9 @@ class _StackPlan:
                     new_states.append(_bind_mamba_state(half.step, state, alive))
                 else:
                     new_states.append(_bind_kv_cache(half.args, state))
-            block_cpu._load_library().stack_step(self.layers, len(self.layers))
+            lib = block_cpu._load_library()
+            lib.pool_set_threads(torch.get_num_threads())
+            lib.stack_step(self.layers, len(self.layers))
             return self.outputs[-1].clone(), tuple(new_states)
 
 
