@@ -3,11 +3,14 @@
 A decode step of a small hybrid spends most of its time dispatching: some forty torch ops,
 ctypes calls and module calls per block, each a few microseconds. These steps run a half of
 a `Block` in one C call for up to `gemv_cpu.MAX_ROWS` rows: pre-norm, the SwiGLU MLP or the
-top-k MoE of SwiGLU experts (`ffn_part`), or in_proj, the fused Mamba-1 step of `step_cpu`
-and out_proj (`mamba_part`), then the residual. The library links `gemv_cpu.c` and
-`step_cpu.c` in (their kernels, not copies) and is built by `step_cpu.build_library`. They
-serve `hybrid_mllm.core.model.Block` through the ``register_block_steps`` hook; weights are
-read where the model holds them (pointers cached per module, rebuilt when a storage moves).
+top-k MoE of SwiGLU experts (`ffn_part`), in_proj, the fused Mamba-1 step of `step_cpu` and
+out_proj (`mamba_part`), or q/k/v, RoPE, the KV cache and o_proj (`attention_part`), then the
+residual. The library links `gemv_cpu.c`, `step_cpu.c` (their kernels, not copies) and
+`pool_cpu.c` (with two torch threads, each product's columns shared with a second thread
+that spins briefly, yields, then sleeps; the caller never waits for it to start) and is
+built by `step_cpu.build_library`. They serve `hybrid_mllm.core.model.Block` through the
+``register_block_steps`` hook (and `stack_cpu` the whole model); weights are read where the
+model holds them (pointers cached per module, rebuilt when a storage or a setting changes).
 """
 
 from __future__ import annotations
