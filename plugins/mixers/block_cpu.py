@@ -104,12 +104,9 @@ def _takes_input(x: Tensor) -> bool:
 
 
 def _takes_weights(tensors, dtype: torch.dtype) -> bool:
-    """All of `dtype` and contiguous (None: an absent bias), and on one thread each weight small
-    enough: from `gemv_cpu.THREADED_BYTES` the unfused path splits its columns over threads."""
-    threads = torch.get_num_threads() > 1
-    return all(t is None or (t.dtype == dtype and t.is_contiguous() and t.device.type == "cpu"
-                             and not (threads and t.numel() * t.element_size() >= gemv_cpu.THREADED_BYTES))
-               for t in tensors)
+    """All of `dtype`, contiguous and on the CPU (None: an absent bias). Large weights too: with
+    two threads `pool_cpu.c` shares their columns as the unfused path's threads would."""
+    return all(t is None or (t.dtype == dtype and t.is_contiguous() and t.device.type == "cpu") for t in tensors)
 
 
 def _ptr(t: Tensor | None) -> int | None:
