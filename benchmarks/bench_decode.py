@@ -2,21 +2,23 @@
 
 For each size (`decode_models`: small 15.6M, large ~366M), dtype, context and batch size B,
 one prompt of `context` random tokens is prefilled and its state copied B times; then B
-sequences step together. The fast path (fused Mamba step, in-place KV cache, direct MoE
-loop) and the general path (`decode_paths(fast=False)`, the code before them) run
-interleaved, each continuing its own state, `--repeats` times `--steps` steps; the figures
-are medians. ``--paths fast,fast-torch-linear,generic`` adds the fast path with PyTorch's own
-matmuls in place of the registered few-row linear kernels (`register_linear_kernels`). Per-step ms at 512 and 8k context show what the longer context costs, beside
-the time the attention layer's step took (forward hooks) and the KV bytes it reads.
+sequences step together. Three paths run interleaved, each continuing its own state,
+`--repeats` times `--steps` steps; the figures are medians and the ratios are against the
+fast path: ``blocks`` (the fast path with the fused block steps: norm + mixer or FFN +
+residual in one C call, all blocks in one call where it takes them), ``fast`` (fused Mamba
+step, in-place KV cache, direct MoE loop, few-row linear kernels) and ``generic`` (`decode_paths(fast=False)`, the code before them).
+Per-step ms at 512 and 8k context show what the longer context costs, beside the time the
+attention layer's step took (forward hooks: 0 where a fused step ran it, with no module call
+to hook) and the KV bytes it reads.
 
     python benchmarks/bench_decode.py                                  # everything (several minutes)
-    python benchmarks/bench_decode.py --sizes small --contexts 512 --batches 1 --threads 1,2
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_decode.py --sizes small --contexts 512 --batches 1 \
+        --threads 1,2 --paths blocks,fast
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import statistics
@@ -26,13 +28,13 @@ import time
 import torch
 from decode_models import SIZES, jamba, parameters
 
-from hybrid_mllm.core import decode
 from hybrid_mllm.core.decode import decode_paths
 from hybrid_mllm.core.model import HybridLM
 from hybrid_mllm.plugins.mixers.attention import Attention
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-PATHS = ("fast", "fast-torch-linear", "generic")
+# blocks: the fast path with the fused block steps; fast: without them; generic: neither
+PATHS = ("blocks", "fast", "generic")
 
 
 def _ints(text: str) -> list[int]:
@@ -46,9 +48,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--contexts", type=_ints, default=[512, 8192], help="prefill lengths (default 512,8192)")
     p.add_argument("--batches", type=_ints, default=[1, 4, 16], help="sequences stepping together (default 1,4,16)")
     p.add_argument("--threads", type=_ints, default=[torch.get_num_threads()], help="torch threads, interleaved")
-    p.add_argument("--paths", default="fast,generic", help=f"comma-separated, of {', '.join(PATHS)}")
     p.add_argument("--steps", type=int, default=6, help="decode steps per timing (default 6)")
     p.add_argument("--repeats", type=int, default=3, help="interleaved timings per path, median (default 3)")
+    p.add_argument("--paths", default=",".join(PATHS), help=f"comma-separated: {', '.join(PATHS)}")
     p.add_argument("--json", help="also write the rows here")
     return p
 
@@ -82,26 +84,13 @@ class _AttentionClock:
             h.remove()
 
 
-@contextlib.contextmanager
-def _path(path: str):
-    """One of `PATHS` on inside the block."""
-    saved = decode._linear_kernels
-    if path == "fast-torch-linear":
-        decode._linear_kernels = lambda: ()
-    try:
-        with decode_paths(fast=path != "generic"):
-            yield
-    finally:
-        decode._linear_kernels = saved
-
-
 def _run_steps(lm: HybridLM, state, steps: int, path: str, clock: _AttentionClock):
     """`steps` decode steps of the whole batch -> (ms per step, CPU ms per step (all threads),
     attention ms per step, state). On a loaded machine CPU time shows the work done, wall
     time also the waits for descheduled threads."""
     token = torch.ones(state[0][0].shape[0], 1, dtype=torch.long)
     clock.spent = 0.0
-    with torch.no_grad(), _path(path):
+    with torch.no_grad(), decode_paths(fast=path != "generic", blocks=path == "blocks"):
         t0, c0 = time.perf_counter(), time.process_time()
         for _ in range(steps):
             state = lm(token, state=state).state
@@ -141,20 +130,19 @@ def measure(lm: HybridLM, state, batch: int, args) -> list[dict]:
 
 
 def _print(size: str, dtype: str, context: int, rows: list[dict]) -> None:
-    generic = {(r["threads"], r["batch"]): r["step_ms"] for r in rows if r["path"] == "generic"}
+    base = "fast" if any(r["path"] == "fast" for r in rows) else rows[0]["path"]
+    baseline = {(r["threads"], r["batch"]): r["step_ms"] for r in rows if r["path"] == base}
     for r in rows:
-        base = generic.get((r["threads"], r["batch"]))
-        ratio = "-" if base is None else f"{base / r['step_ms']:.2f}x"  # no generic row: --paths left it out
+        ratio = baseline[r["threads"], r["batch"]] / r["step_ms"]
         print(f"| {size} | {dtype} | {context} | {r['batch']} | {r['threads']} | {r['path']} | {r['step_ms']:.2f} | "
-              f"{r['tok_s']:.1f} | {r['cpu_ms']:.2f} | {r['attention_ms']:.2f} | {r['kv_bytes'] / 2**20:.1f} | {ratio} |", flush=True)
+              f"{r['tok_s']:.1f} | {r['cpu_ms']:.2f} | {r['attention_ms']:.2f} | {r['kv_bytes'] / 2**20:.1f} | {ratio:.2f}x |",
+              flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if set(args.paths.split(",")) - set(PATHS):
-        raise SystemExit(f"--paths: expected some of {', '.join(PATHS)}, got {args.paths!r}")
     print(f"start: {_uptime()}; torch {torch.__version__}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}")
-    print("| size | dtype | context | B | threads | path | ms/step | tok/s | CPU ms/step | attention ms/step | KV MiB | vs generic |")
+    print("| size | dtype | context | B | threads | path | ms/step | tok/s | CPU ms/step | attention ms/step | KV MiB | fast / path |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     results = []
     for size in args.sizes.split(","):

@@ -27,8 +27,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _details(entry) -> str:
-    if entry.kind == "export":
+    if entry.kind in ("export", "linear_kernel"):
         return entry.obj.description
+    if entry.kind == "block_step":
+        return f"{entry.obj.part}: {entry.obj.description}"
     if entry.kind in ("scan_kernel", "ssd_kernel"):
         devices = ", ".join(f"{d}:{p}" for d, p in entry.obj.priority.items())
         return f"{entry.obj.description} [priority {devices}]"

@@ -3,7 +3,10 @@
 Mixers and FFNs may take a path built for decoding (one token, no padding mask, no
 gradients: Mamba's fused C step, attention's in-place KV cache, MoE's direct expert loop),
 and their linear layers `linear`, which hands a few rows to a registered linear kernel
-(``register_linear_kernels``: the built-in float32 / bfloat16 CPU one) that accepts them.
+(``register_linear_kernels``: the built-in float32 / bfloat16 CPU one) that accepts them. A
+`Block` may run either half whole through a registered `BlockStep` (``register_block_steps``:
+the built-in CPU ones fuse norm, Mamba / attention / FFN and residual into one C call), and
+`HybridLM` all its blocks at once (a "stack" step: one C call per token).
 Each is tested against the general path, which stays reachable for comparison:
 ``HYBRID_MLLM_DECODE=generic`` in the environment, or `decode_paths(fast=False)` in code
 (benchmarks time both in one process).
@@ -35,6 +38,7 @@ def _from_env() -> bool:
 
 
 _fast = _from_env()
+_blocks = True  # the fused block steps, when fast (off only to time the fast path without them)
 
 
 def fast_decode() -> bool:
@@ -45,14 +49,15 @@ def fast_decode() -> bool:
 
 
 @contextlib.contextmanager
-def decode_paths(*, fast: bool) -> Iterator[None]:
-    """Turn the one-token paths on or off inside the block (not thread-local: for benchmarks and tests)."""
-    global _fast
-    saved, _fast = _fast, fast
+def decode_paths(*, fast: bool, blocks: bool = True) -> Iterator[None]:
+    """Turn the one-token paths on or off inside the block, the fused block steps with `blocks`
+    (not thread-local: for benchmarks and tests)."""
+    global _fast, _blocks
+    saved, _fast, _blocks = (_fast, _blocks), fast, blocks
     try:
         yield
     finally:
-        _fast = saved
+        _fast, _blocks = saved
 
 
 @dataclass(frozen=True)
@@ -80,6 +85,42 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
             if kernel.accepts(x, weight, bias):
                 return kernel.fn(x, weight, bias)
     return F.linear(x, weight, bias)
+
+
+@dataclass(frozen=True)
+class BlockStep:
+    """One half of a `Block` fused for a decode step: ``x + r * part(norm(x))`` with ``part``
+    the block's mixer (``part == "mixer"``) or its FFN (``"ffn"``); or all blocks (``"stack"``).
+
+    ``fn(module, norm, x, state, r) -> (x_out, new_state)``, x: (B, 1, d_model), r the block's
+    residual multiplier, state the mixer's (``()`` for an FFN, whose aux loss is 0 here: no
+    gradients); called right after ``accepts(module, norm, x, state)`` returned True. For
+    ``"stack"``, module is the model's list of blocks, state the model's (one per block), x
+    the embeddings and x_out the last block's output; norm and r are None.
+    """
+
+    part: str
+    fn: Callable
+    accepts: Callable[..., bool]
+    description: str = ""
+
+
+@functools.cache
+def _block_steps(part: str) -> tuple[BlockStep, ...]:
+    from .registry import get_registry
+
+    return tuple(e.obj for e in get_registry().entries("block_step") if e.obj.part == part)
+
+
+def block_step(part: str, module, norm, x: Tensor, state, mask: Tensor | None) -> BlockStep | None:
+    """The first registered `BlockStep` of `part` that accepts one decoded token without a
+    padding mask, else None (the block runs its modules)."""
+    if mask is not None or x.shape[1] != 1 or not _blocks or not fast_decode():
+        return None
+    for step in _block_steps(part):
+        if step.accepts(module, norm, x, state):
+            return step
+    return None
 
 
 def dense(layer: torch.nn.Linear, x: Tensor) -> Tensor:

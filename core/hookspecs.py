@@ -98,6 +98,17 @@ def register_linear_kernels(register):
 
 
 @hookspec
+def register_block_steps(register):
+    """Register fused decode steps of a block's halves (norm, mixer or FFN, residual in one call).
+
+    :param register: ``register(name: str, step: hybrid_mllm.core.decode.BlockStep)``.
+        ``step.accepts(module, norm, x, state)`` says whether it takes this mixer or FFN and
+        input; ``step.fn`` returns ``(x + r * part(norm(x)), new_state)``. A `Block` uses the
+        first that accepts, for one token while decoding only, and runs its modules otherwise.
+    """
+
+
+@hookspec
 def register_ffns(register):
     """Register feed-forward layers (the FFN kinds of ``model.ffn_layers``; built in: ``mlp``, ``moe``).
 

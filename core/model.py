@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from .decode import dense
+from .decode import block_step, dense
 from .mixer import State
 from .norm import RMSNorm
 
@@ -61,14 +61,20 @@ class Block(nn.Module):
         return x + (y if self.residual_multiplier == 1.0 else y * self.residual_multiplier)
 
     def forward(self, x: Tensor, state: State | None = None, mask: Tensor | None = None):
-        """x: (B, L, d_model) -> (x, new_state, aux_loss)."""
-        if self.mixer_norm is not None:
+        """x: (B, L, d_model) -> (x, new_state, aux_loss). Decoding, either half may run fused
+        through a registered step (`hybrid_mllm.core.decode.block_step`)."""
+        if self.mixer_norm is None:
+            state = ()
+        elif (step := block_step("mixer", self.mixer, self.mixer_norm, x, state, mask)) is not None:
+            x, state = step.fn(self.mixer, self.mixer_norm, x, state, self.residual_multiplier)
+        else:
             y, state = self.mixer(self.mixer_norm(x), state, mask)
             x = self._residual(x, y)
-        else:
-            state = ()
         if self.ffn is None:
             return x, state, x.new_zeros((), dtype=torch.float32)
+        if (step := block_step("ffn", self.ffn, self.ffn_norm, x, (), None)) is not None:
+            x, _ = step.fn(self.ffn, self.ffn_norm, x, (), self.residual_multiplier)
+            return x, state, x.new_zeros((), dtype=torch.float32)  # decoding: no aux loss (no gradients)
         y, aux = self.ffn(self.ffn_norm(x))
         return self._residual(x, y), state, aux
 
@@ -135,6 +141,20 @@ class HybridLM(nn.Module):
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds
+        if (stack := block_step("stack", self.blocks, None, x, state, mask)) is not None:
+            x, new_states = stack.fn(self.blocks, None, x, state, None)  # decoding: all blocks in one fused step
+            aux = x.new_zeros((), dtype=torch.float32)
+        else:
+            x, new_states, aux = self._run_blocks(x, state, mask)
+        if num_logits is not None:
+            x = x[:, x.shape[1] - num_logits:]
+        logits = dense(self.lm_head, self.norm(x))
+        if self.logits_multiplier != 1.0:
+            logits = logits * self.logits_multiplier
+        return LMOutput(logits, tuple(new_states), aux)
+
+    def _run_blocks(self, x: Tensor, state: ModelState | None, mask: Tensor | None):
+        """x: (B, L, d_model) through each block -> (x, new states, summed aux loss)."""
         states = state if state is not None else (None,) * len(self.blocks)
         new_states, aux = [], x.new_zeros((), dtype=torch.float32)
         for block, layer_state in zip(self.blocks, states, strict=True):
@@ -144,12 +164,7 @@ class HybridLM(nn.Module):
                 x, layer_state, layer_aux = block(x, layer_state, mask)
             new_states.append(layer_state)
             aux = aux + layer_aux
-        if num_logits is not None:
-            x = x[:, x.shape[1] - num_logits:]
-        logits = dense(self.lm_head, self.norm(x))
-        if self.logits_multiplier != 1.0:
-            logits = logits * self.logits_multiplier
-        return LMOutput(logits, tuple(new_states), aux)
+        return x, new_states, aux
 
     @torch.no_grad()
     def prefill(self, input_ids: Tensor | None = None, *, inputs_embeds: Tensor | None = None,

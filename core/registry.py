@@ -39,6 +39,7 @@ KINDS = {
     "scan_kernel": "register_scan_kernels",
     "ssd_kernel": "register_ssd_kernels",
     "linear_kernel": "register_linear_kernels",
+    "block_step": "register_block_steps",
     "ffn": "register_ffns",
     "export": "register_exports",  # keyed by the component's class (`class_name`)
 }

@@ -25,6 +25,14 @@ def test_hybrid_plugins_lists_components_and_packages(capsys):
         assert name in out
 
 
+def test_hybrid_plugins_describes_linear_kernels_and_block_steps(capsys):
+    assert run_cli(cli_plugins.main, ["--kind", "block_step"]) == 0
+    out = capsys.readouterr().out
+    assert "cpu_stack" in out and "stack: every block" in out and "mixer: pre-norm, in_proj" in out
+    assert run_cli(cli_plugins.main, ["--kind", "linear_kernel"]) == 0
+    assert "AVX512 float32 / bfloat16 dot products" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["no-such-preset"], "no shipped preset of that name"),
     (["hybrid-tiny", "--seq-len", "0"], "--seq-len and --batch must be >= 1"),

@@ -1,5 +1,5 @@
-"""Built-in sequence mixers, selective-scan and SSD kernels, the bfloat16 CPU linear kernel of
-decoding and the Mamba / Mamba-2 export declarations, registered as a plugin."""
+"""Built-in sequence mixers, selective-scan and SSD kernels, the CPU linear kernel and fused
+block steps of decoding and the Mamba / Mamba-2 export declarations, registered as a plugin."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from hybrid_mllm.core.ssd import SSDKernel
 
 from ._scan_common import CHUNK
 from .attention import Attention
+from .block_cpu import CPU_ATTENTION, CPU_FFN, CPU_MAMBA
 from .gemv_cpu import CPU_FEW_ROWS
 from .mamba import Mamba
 from .mamba2 import Mamba2
@@ -21,6 +22,7 @@ from .scan_export import CHUNKED_EXPORT
 from .scan_mamba_ssm import MAMBA_SSM
 from .scan_ref import selective_scan_ref
 from .scan_triton import TRITON
+from .stack_cpu import CPU_STACK
 from .ssd_chunked import ssd_scan_chunked
 from .ssd_cpu import CPU_SSD
 from .ssd_mamba_ssm import MAMBA_SSM as SSD_MAMBA_SSM
@@ -80,3 +82,11 @@ def register_exports(register):
 @hookimpl
 def register_linear_kernels(register):
     register("cpu_few_rows", CPU_FEW_ROWS)
+
+
+@hookimpl
+def register_block_steps(register):
+    register("cpu_attention", CPU_ATTENTION)
+    register("cpu_ffn", CPU_FFN)
+    register("cpu_mamba", CPU_MAMBA)
+    register("cpu_stack", CPU_STACK)

@@ -7,23 +7,7 @@
  * time share each load of x. Threads take disjoint ranges of N. Without the instructions a
  * scalar loop computes the same (the Python side checks which one was built and declines it).
  */
-#include <stdint.h>
-#include <string.h>
-
-static inline float bf16_load(uint16_t v) {
-    uint32_t bits = (uint32_t)v << 16;
-    float f;
-    memcpy(&f, &bits, 4);
-    return f;
-}
-
-static inline uint16_t bf16_store(float f) {
-    uint32_t bits;
-    memcpy(&bits, &f, 4);
-    if ((bits & 0x7FFFFFFF) > 0x7F800000) return 0x7FC0;  /* NaN */
-    bits += 0x7FFF + ((bits >> 16) & 1);
-    return (uint16_t)(bits >> 16);
-}
+#include "cpu_math.h"
 
 #if defined(__AVX512BF16__) && defined(__AVX512BW__)
 #include <immintrin.h>

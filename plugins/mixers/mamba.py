@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+import weakref
 from collections.abc import Callable
 
 import torch
@@ -20,6 +21,9 @@ from . import step_cpu
 from .conv import causal_conv1d
 
 _STEP_DTYPES = (torch.float32, torch.bfloat16)
+# mixer -> (key, StepWeights): beside the module, not on it, so that copy.deepcopy and pickle
+# of a model never meet the ctypes structure
+_STEP_WEIGHTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 class Mamba(nn.Module):
@@ -120,8 +124,12 @@ class Mamba(nn.Module):
     def _fused_step_applies(self, x: Tensor, state: State | None, mask: Tensor | None) -> bool:
         """One token on the CPU from a given state, no padding, no gradients, the default scan
         (or the fused CPU one), and the C step built: `step_cpu`'s fused step."""
-        return (x.shape[1] == 1 and state is not None and mask is None and x.device.type == "cpu"
-                and self.impl in (AUTO, "cpu_fused") and x.dtype in _STEP_DTYPES and fast_decode()
+        return mask is None and fast_decode() and self.fused_step_takes(x, state)
+
+    def fused_step_takes(self, x: Tensor, state: State | None) -> bool:
+        """`_fused_step_applies` but for the decoding mode and the mask (checked by the caller)."""
+        return (x.shape[1] == 1 and state is not None and x.device.type == "cpu"
+                and self.impl in (AUTO, "cpu_fused") and x.dtype in _STEP_DTYPES
                 and state[0].dtype == x.dtype and state[1].dtype == torch.float32 and step_cpu.available() is None)
 
     def _fused_step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
@@ -133,14 +141,18 @@ class Mamba(nn.Module):
 
     def _step_weights(self) -> step_cpu.StepWeights:
         """The fused step's float32 copies of the parameters, rebuilt when one of them changes."""
-        read = [self.conv_weight, self.conv_bias, self.x_proj.weight, self.dt_proj.weight, self.dt_proj.bias,
-                self.A_log, self.D]  # what StepWeights copies (not in_proj / out_proj: applied outside)
+        # what StepWeights copies (not in_proj / out_proj: applied outside), read from the parameter
+        # dicts: this runs every token, and a module attribute that is a parameter or a submodule
+        # is found only through nn.Module's __getattr__ fallback
+        own, parts = self._parameters, self._modules
+        read = [own["conv_weight"], own.get("conv_bias"), parts["x_proj"]._parameters["weight"],
+                *parts["dt_proj"]._parameters.values(), own["A_log"], own["D"]]
         if self.inner_norms:
-            read += [self.dt_norm.weight, self.B_norm.weight, self.C_norm.weight]
+            read += [parts[name]._parameters["weight"] for name in ("dt_norm", "B_norm", "C_norm")]
         key = tuple((p.data_ptr(), p._version) for p in read if p is not None)
-        cached = getattr(self, "_step_cache", None)
+        cached = _STEP_WEIGHTS.get(self)
         if cached is None or cached[0] != key:
-            cached = self._step_cache = (key, step_cpu.StepWeights(self))
+            cached = _STEP_WEIGHTS[self] = (key, step_cpu.StepWeights(self))
         return cached[1]
 
     def mix(self, x: Tensor, state: State | None, mask: Tensor | None, *, conv: Callable,

@@ -19,6 +19,7 @@ import hashlib
 import itertools
 import os
 import platform
+import re
 import shlex
 import shutil
 import subprocess
@@ -93,9 +94,9 @@ def build_library(compiler: str | None, cache: Path) -> Path:
     """
     if compiler is None:
         raise BuildError("no C compiler found (looked for $CC, cc, gcc, clang)")
-    source = SOURCE.read_bytes()
     key = hashlib.sha256(b"\0".join([
-        source, compiler.encode(), _compiler_version(compiler).encode(),
+        SOURCE.read_bytes(), *(h.read_bytes() for h in local_headers(SOURCE)), compiler.encode(),
+        _compiler_version(compiler).encode(),
         " ".join(FLAGS).encode(), _cpu_id().encode(), platform.machine().encode(),
     ])).hexdigest()[:20]
     target = cache / f"scan_cpu_{key}.so"
@@ -108,6 +109,12 @@ def build_library(compiler: str | None, cache: Path) -> Path:
         if result.returncode != 0:
             raise BuildError(f"{compiler} failed: {_error_line(result.stderr)}")
     return target
+
+
+def local_headers(source: Path) -> list[Path]:
+    """The headers `source` includes with quotes (they sit beside it): part of a build's cache
+    key, so that a change to one rebuilds."""
+    return [source.with_name(name) for name in re.findall(r'^#include "([^"]+)"', source.read_text(), re.MULTILINE)]
 
 
 def _first_line(text: str) -> str:

@@ -11,11 +11,8 @@
  * folded in. Activations (xz, conv state, y) are float32 or bfloat16; weights arrive as
  * float32 copies; the SSM state and all arithmetic are float32.
  */
-#include <math.h>
-#include <stdint.h>
-#include <string.h>
-
-enum { F32 = 0, BF16 = 1 };
+#include "cpu_math.h"
+#include "vec_math.h"
 
 typedef struct {
     const void *xz;            /* (batch, 2 * d_inner), row stride xz_stride */
@@ -40,32 +37,6 @@ typedef struct {
     int32_t dtype;             /* of xz, the conv state and y */
 } StepArgs;
 
-static inline float bf16_load(uint16_t v) {
-    uint32_t bits = (uint32_t)v << 16;
-    float f;
-    memcpy(&f, &bits, 4);
-    return f;
-}
-
-static inline uint16_t bf16_store(float f) {  /* round to nearest even, as torch does */
-    uint32_t bits;
-    memcpy(&bits, &f, 4);
-    if (isnan(f)) return 0x7FC0;
-    bits += 0x7FFF + ((bits >> 16) & 1);
-    return (uint16_t)(bits >> 16);
-}
-
-static inline float load(const void *p, int64_t i, int32_t dtype) {
-    return dtype == F32 ? ((const float *)p)[i] : bf16_load(((const uint16_t *)p)[i]);
-}
-
-static inline void store(void *p, int64_t i, float v, int32_t dtype) {
-    if (dtype == F32) ((float *)p)[i] = v;
-    else ((uint16_t *)p)[i] = bf16_store(v);
-}
-
-static inline float silu(float v) { return v / (1.0f + expf(-v)); }
-
 static inline float softplus(float v) { return fmaxf(v, 0.0f) + log1pf(expf(-fabsf(v))); }
 
 static void rms_norm(float *v, const float *w, int64_t n, float eps) {
@@ -73,6 +44,16 @@ static void rms_norm(float *v, const float *w, int64_t n, float eps) {
     for (int64_t i = 0; i < n; i++) ss += v[i] * v[i];
     float scale = 1.0f / sqrtf(ss / (float)n + eps);
     for (int64_t i = 0; i < n; i++) v[i] = v[i] * scale * w[i];
+}
+
+/* v = v sigmoid(v) over n floats, LANES at a time (libm's expf does not vectorise). */
+static void silu_inplace(float *v, int64_t n) {
+    int64_t i = 0;
+    for (; i + LANES <= n; i += LANES) {
+        const vf x = vload(v + i);
+        vstore(v + i, x * sigmoid_v(x));
+    }
+    for (; i < n; i++) v[i] = silu(v[i]);
 }
 
 /* conv + SiLU of one row into xc (d_inner floats); shifts the conv state. */
@@ -90,8 +71,9 @@ static void conv_row(const StepArgs *a, int64_t b, float *xc) {
         }
         acc += x * w[S];
         if (S > 0) store(a->new_conv_state, base + S - 1, x, a->dtype);
-        xc[d] = silu(acc);
+        xc[d] = acc;
     }
+    silu_inplace(xc, D);
 }
 
 /* (dt_in, B, C) = W_x xc, then the optional RMSNorms. */
@@ -111,27 +93,56 @@ static void x_proj_row(const StepArgs *a, const float *xc, float *dbc) {
     }
 }
 
-/* dt_proj, softplus, the state update, D skip and the gate of one row. */
+/* h = exp(dt A) h0 + dtx B over the N state entries of one channel -> C . h. */
+static float update_channel(const float *h0, const float *A, const float *Bv, const float *Cv, float *h,
+                            int64_t N, float dt, float dtx) {
+    if (N % LANES == 0) {  /* vectors: libm's scalar expf was most of a step */
+        vf acc = vsplat(0.0f);
+        for (int64_t n = 0; n < N; n += LANES) {
+            const vf hn = exp2_v(vload(A + n) * (dt * LOG2E)) * vload(h0 + n) + dtx * vload(Bv + n);
+            vstore(h + n, hn);
+            acc += vload(Cv + n) * hn;
+        }
+        return vsum(acc);
+    }
+    float y = 0.0f;
+    for (int64_t n = 0; n < N; n++) {
+        const float hn = expf(dt * A[n]) * h0[n] + dtx * Bv[n];
+        h[n] = hn;
+        y += Cv[n] * hn;
+    }
+    return y;
+}
+
+/* dt_proj, softplus, the state update, D skip and the gate of one row, LANES channels at a
+ * time so that softplus and the gate's SiLU run in vectors. */
 static void scan_row(const StepArgs *a, int64_t b, const float *xc, const float *dbc) {
     const int64_t D = a->d_inner, R = a->dt_rank, N = a->d_state;
     const float *Bv = dbc + R, *Cv = dbc + R + N;
-    for (int64_t d = 0; d < D; d++) {
-        const float *wd = a->dt_proj_w + d * R;
-        float dt = a->dt_bias[d];
-        for (int64_t r = 0; r < R; r++) dt += wd[r] * dbc[r];
-        dt = softplus(dt);
-        const float *h0 = a->ssm_state + (b * D + d) * N, *A = a->A + d * N;
-        float *h = a->new_ssm_state + (b * D + d) * N;
-        const float dtx = dt * xc[d];
-        float y = 0.0f;
-        for (int64_t n = 0; n < N; n++) {
-            const float hn = expf(dt * A[n]) * h0[n] + dtx * Bv[n];
-            h[n] = hn;
-            y += Cv[n] * hn;
+    float dt[LANES], gate[LANES];
+    for (int64_t d0 = 0; d0 < D; d0 += LANES) {
+        const int64_t n = D - d0 < LANES ? D - d0 : LANES;
+        for (int64_t i = 0; i < n; i++) {
+            const float *wd = a->dt_proj_w + (d0 + i) * R;
+            float v = a->dt_bias[d0 + i];
+            for (int64_t r = 0; r < R; r++) v += wd[r] * dbc[r];
+            dt[i] = v;
+            gate[i] = load(a->xz, b * a->xz_stride + D + d0 + i, a->dtype);
         }
-        y += a->D[d] * xc[d];
-        const float z = load(a->xz, b * a->xz_stride + D + d, a->dtype);
-        store(a->y, b * D + d, y * silu(z), a->dtype);
+        if (n == LANES) {
+            vstore(dt, softplus_v(vload(dt)));
+            const vf z = vload(gate);
+            vstore(gate, z * sigmoid_v(z));
+        } else {
+            for (int64_t i = 0; i < n; i++) dt[i] = softplus(dt[i]), gate[i] = silu(gate[i]);
+        }
+        for (int64_t i = 0; i < n; i++) {
+            const int64_t d = d0 + i, row = (b * D + d) * N;
+            float y = update_channel(a->ssm_state + row, a->A + d * N, Bv, Cv, a->new_ssm_state + row, N, dt[i],
+                                     dt[i] * xc[d]);
+            y += a->D[d] * xc[d];
+            store(a->y, b * D + d, y * gate[i], a->dtype);
+        }
     }
 }
 

@@ -23,7 +23,7 @@ from torch import Tensor
 from hybrid_mllm.core.atomic import replacing
 
 from .scan_cpu import (FLAGS, KERNEL_DTYPES, BuildError, _compiler_version, _cpu_id, _error_line, _first_line,
-                       _run, _split, cache_dir, find_compiler)
+                       _run, _split, cache_dir, find_compiler, local_headers)
 
 SOURCE = Path(__file__).with_name("step_cpu.c")
 _F32P = ctypes.POINTER(ctypes.c_float)
@@ -40,20 +40,23 @@ class StepArgs(ctypes.Structure):
         ("norm_eps", ctypes.c_float), ("dtype", ctypes.c_int32)]
 
 
-def build_library(compiler: str | None, cache: Path, source: Path = SOURCE) -> Path:
-    """Compile `source` into `cache` once per source, compiler, flags and CPU (atomic rename)."""
+def build_library(compiler: str | None, cache: Path, source: Path = SOURCE, *, also: tuple[Path, ...] = ()) -> Path:
+    """Compile `source` (and the C files `also`, linked into the same library) into `cache`
+    once per sources, the headers they include, compiler, flags and CPU (atomic rename)."""
     if compiler is None:
         raise BuildError("no C compiler found (looked for $CC, cc, gcc, clang)")
+    sources = (source, *also)
+    files = [*sources, *sorted({h for s in sources for h in local_headers(s)})]
     key = hashlib.sha256(b"\0".join([
-        source.read_bytes(), compiler.encode(), _compiler_version(compiler).encode(), " ".join(FLAGS).encode(),
-        _cpu_id().encode(), platform.machine().encode(),
+        *(f.read_bytes() for f in files), compiler.encode(), _compiler_version(compiler).encode(),
+        " ".join(FLAGS).encode(), _cpu_id().encode(), platform.machine().encode(),
     ])).hexdigest()[:20]
     target = cache / f"{source.stem}_{key}.so"
     if target.exists():
         return target
     cache.mkdir(parents=True, exist_ok=True)
     with replacing(target) as tmp:
-        result = subprocess.run([compiler, *FLAGS, str(source), "-o", str(tmp), "-lm"],
+        result = subprocess.run([compiler, *FLAGS, *map(str, sources), "-o", str(tmp), "-lm"],
                                 capture_output=True, text=True, timeout=300, check=False)
         if result.returncode != 0:
             raise BuildError(f"{compiler} failed: {_error_line(result.stderr)}")
@@ -103,13 +106,9 @@ class StepWeights:
                              **{k: None if t is None else t.data_ptr() for k, t in self.tensors.items()})
 
 
-def mamba_step_cpu(weights: StepWeights, xz: Tensor, conv_state: Tensor, ssm_state: Tensor):
-    """One token through the fused step.
-
-    xz: (B, 2 * d_inner) in_proj's output, float32 or bfloat16, rows contiguous
-    conv_state: (B, d_inner, d_conv - 1) xz's dtype  ssm_state: (B, d_inner, d_state) float32
-    -> y: (B, d_inner) xz's dtype (before out_proj), new conv_state, new ssm_state.
-    """
+def prepare_step(weights: StepWeights, xz: Tensor, conv_state: Tensor, ssm_state: Tensor):
+    """The `StepArgs` of one call of `mamba_step` with its outputs allocated (shapes as in
+    `mamba_step_cpu`) -> (args, y, new conv_state, new ssm_state, work); keep all alive until it ran."""
     a = StepArgs.from_buffer_copy(weights.args)  # a private copy: layers may step from several threads
     batch = xz.shape[0]
     conv_state, ssm_state = conv_state.contiguous(), ssm_state.contiguous()
@@ -119,7 +118,18 @@ def mamba_step_cpu(weights: StepWeights, xz: Tensor, conv_state: Tensor, ssm_sta
     a.xz, a.conv_state, a.new_conv_state = xz.data_ptr(), conv_state.data_ptr(), new_conv.data_ptr()
     a.ssm_state, a.new_ssm_state, a.y, a.work = ssm_state.data_ptr(), new_ssm.data_ptr(), y.data_ptr(), work.data_ptr()
     a.xz_stride, a.batch, a.dtype = xz.stride(0), batch, KERNEL_DTYPES[xz.dtype]
-    lib = _load_library()
+    return a, y, new_conv, new_ssm, (conv_state, ssm_state, work)
+
+
+def mamba_step_cpu(weights: StepWeights, xz: Tensor, conv_state: Tensor, ssm_state: Tensor):
+    """One token through the fused step.
+
+    xz: (B, 2 * d_inner) in_proj's output, float32 or bfloat16, rows contiguous
+    conv_state: (B, d_inner, d_conv - 1) xz's dtype  ssm_state: (B, d_inner, d_state) float32
+    -> y: (B, d_inner) xz's dtype (before out_proj), new conv_state, new ssm_state.
+    """
+    a, y, new_conv, new_ssm, _alive = prepare_step(weights, xz, conv_state, ssm_state)
+    batch, lib = xz.shape[0], _load_library()
     if batch == 1 or torch.get_num_threads() == 1:
         lib.mamba_step(ctypes.byref(a), 0, batch)
     else:

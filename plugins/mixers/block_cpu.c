@@ -1,0 +1,346 @@
+/* The halves of a decoder block, and a stack of blocks, fused for a few rows of one decode
+ * step (B <= 4):
+ *
+ *   ffn_part:    out = x + r * ffn(RMSNorm(x)),  ffn a SwiGLU MLP, down(silu(gate(h)) * up(h)),
+ *                or a mixture of SwiGLU experts: p = softmax(router h), the top-k experts of p
+ *                (weights renormalised over the k when asked), y = sum_k w_k expert_k(h)
+ *   mamba_part:  out = x + r * out_proj(step(in_proj(RMSNorm(x))))
+ *                with step the fused Mamba-1 step of step_cpu.c (conv, x_proj, dt, scan, gate)
+ *   attention_part: out = x + r * o_proj(attend(q, K, V)), q, k, v = projections of RMSNorm(x),
+ *                RoPE (half-split) on q and k at the row's position (its real tokens so far),
+ *                k and v written into the cache's last position, each query head over its
+ *                KV head's cache (GQA): softmax(q . k_s / sqrt(hd), masked by kmask) . v_s
+ *   stack_step:  the layers of a model in order, each half one of the above
+ *
+ * x, out: (M, d_model); weights as the model holds them (float32 or bfloat16, row-major
+ * (out, in)), the products through gemv_cpu.c; arithmetic in float32. Each intermediate is
+ * rounded to the activations' dtype where the eager PyTorch ops round it (after each linear,
+ * the norm, the SiLU, the products and the residual), so bfloat16 follows the eager path.
+ */
+#include "cpu_math.h"
+#include "vec_math.h"
+
+/* step_cpu.c and pool_cpu.c (which calls gemv_cpu.c), linked into the same library */
+void mamba_step(const void *step_args, int64_t b0, int64_t b1);
+void pooled_gemv(const void *x, const void *w, const void *b, void *y, int64_t M, int64_t N, int64_t K,
+                 int32_t dtype);  /* pool_cpu.c */
+
+typedef struct {
+    const void *gate, *up, *down;        /* (H, d), (H, d), (d, H) */
+    const void *gate_b, *up_b, *down_b;  /* (H), (H), (d) or NULL */
+} SwiGLUWeights;
+
+typedef struct {
+    const void *x;                 /* (M, d) the block's input */
+    void *out;                     /* (M, d) x + r * ffn(norm(x)) */
+    const void *norm_w;            /* (d) */
+    const SwiGLUWeights *experts;  /* (n_experts); one for a dense MLP */
+    const void *router;            /* (n_experts, d), or NULL: a dense MLP */
+    void *work;                    /* M (4 d + 2 H + n_experts + top_k) + n_experts float32 slots */
+    int64_t M, d, H, n_experts, top_k;
+    float eps, r;
+    int32_t normalize, dtype;      /* renormalise the top-k weights; dtype of x, out, weights */
+} FFNArgs;
+
+typedef struct {
+    const void *x;                 /* (M, d) the block's input */
+    void *out;                     /* (M, d) x + r * mamba(norm(x)) */
+    const void *norm_w;            /* (d) */
+    const void *in_w, *in_b;       /* (2 d_inner, d), (2 d_inner) or NULL */
+    const void *out_w, *out_b;     /* (d, d_inner), (d) or NULL */
+    const void *step;              /* step_cpu.c's StepArgs, its xz and y pointing at xz and y here */
+    void *h;                       /* (M, d) scratch: the normed input */
+    void *xz;                      /* (M, 2 d_inner): in_proj's output, the step's input */
+    const void *y;                 /* (M, d_inner): the step's output */
+    int64_t M, d, d_inner;
+    float eps, r;
+    int32_t dtype;
+} MambaPartArgs;
+
+typedef struct {
+    const void *x;                 /* (M, d) the block's input */
+    void *out;                     /* (M, d) x + r * attention(norm(x)) */
+    const void *norm_w;            /* (d) */
+    const void *q_w, *k_w, *v_w, *o_w;  /* (H hd, d), (Hkv hd, d), (Hkv hd, d), (d, H hd) */
+    const void *q_b, *k_b, *v_b, *o_b;  /* biases or NULL */
+    void *k_cache, *v_cache;       /* (M, Hkv, S, hd), strides cache_b, cache_h, hd, 1; [:, :, S-1] written */
+    const uint8_t *kmask;          /* (M, S) bool, row stride kmask_b: which positions are real tokens */
+    const float *inv_freq;         /* (rotary_dim / 2) RoPE frequencies, or NULL: no RoPE */
+    void *work;                    /* M (d + (H + 2 Hkv) hd) + H hd + (H / Hkv) S + LANES float32 slots */
+    int64_t M, d, n_head, n_kv_head, head_dim, rotary_dim, S, cache_b, cache_h, kmask_b;
+    float eps, r;
+    int32_t dtype;
+} AttentionPartArgs;
+
+static inline void *at(const void *p, int64_t i, int32_t dtype) {
+    return (char *)p + i * (dtype == F32 ? 4 : 2);
+}
+
+static void linear(const void *x, const void *w, const void *b, void *y, int64_t M, int64_t N, int64_t K,
+                   int32_t dtype) {
+    pooled_gemv(x, w, b, y, M, N, K, dtype);  /* gemv_cpu.c's kernels, on a second thread when set */
+}
+
+/* h = w * rms_norm(x) per row, as core.norm.RMSNorm: normalised in float32, rounded, scaled. */
+static void rms_norm_rows(const void *x, const void *w, void *h, int64_t M, int64_t d, float eps, int32_t dtype) {
+    for (int64_t m = 0; m < M; m++) {
+        float ss = 0.0f;
+        for (int64_t i = 0; i < d; i++) {
+            const float v = load(x, m * d + i, dtype);
+            ss += v * v;
+        }
+        const float scale = 1.0f / sqrtf(ss / (float)d + eps);
+        for (int64_t i = 0; i < d; i++)
+            store(h, m * d + i, load(w, i, dtype) * round_to(load(x, m * d + i, dtype) * scale, dtype), dtype);
+    }
+}
+
+/* out = x + r * y elementwise (n values); out may be y. */
+static void residual(const void *x, const void *y, void *out, int64_t n, float r, int32_t dtype) {
+    for (int64_t i = 0; i < n; i++) {
+        const float v = load(y, i, dtype);
+        store(out, i, load(x, i, dtype) + (r == 1.0f ? v : round_to(v * r, dtype)), dtype);
+    }
+}
+
+/* y (M, d) = down(silu(gate(h)) * up(h)); g, u: (M, H) scratch. */
+static void swiglu(const SwiGLUWeights *e, const void *h, void *y, void *g, void *u, int64_t M, int64_t d,
+                   int64_t H, int32_t dtype) {
+    linear(h, e->gate, e->gate_b, g, M, H, d, dtype);
+    linear(h, e->up, e->up_b, u, M, H, d, dtype);
+    for (int64_t i = 0; i < M * H; i++)
+        store(g, i, round_to(silu(load(g, i, dtype)), dtype) * load(u, i, dtype), dtype);
+    linear(g, e->down, e->down_b, y, M, d, H, dtype);
+}
+
+/* Router probabilities of one row (softmax in float32) -> its top-k experts and weights. */
+static void route(const FFNArgs *a, const void *logits, float *p, int64_t *chosen, float *weight) {
+    const int64_t E = a->n_experts;
+    float top = -INFINITY, sum = 0.0f;
+    for (int64_t e = 0; e < E; e++) top = fmaxf(top, p[e] = load(logits, e, a->dtype));
+    for (int64_t e = 0; e < E; e++) sum += p[e] = expf(p[e] - top);
+    for (int64_t e = 0; e < E; e++) p[e] /= sum;
+    float kept = 0.0f;
+    for (int64_t k = 0; k < a->top_k; k++) {  /* k passes of argmax: k and E are small */
+        int64_t best = -1;
+        for (int64_t e = 0; e < E; e++)
+            if (p[e] >= 0.0f && (best < 0 || p[e] > p[best])) best = e;
+        chosen[k] = best;
+        kept += weight[k] = p[best];
+        p[best] = -1.0f;  /* taken */
+    }
+    if (a->normalize)
+        for (int64_t k = 0; k < a->top_k; k++) weight[k] /= kept;
+}
+
+/* The rows through the MoE, each expert once for all the rows routed to it (its weights read
+ * once, not once per row): y[m] = sum_k round(w_mk) * expert_mk(h[m]), summed in float32 in
+ * expert order (the same sums as slot order for k <= 2), rounded once. `scratch`: float slots. */
+static void moe_rows(const FFNArgs *a, const void *h, void *y, float *scratch) {
+    const int64_t M = a->M, d = a->d, H = a->H, E = a->n_experts, K = a->top_k;
+    const int32_t dt = a->dtype;
+    float *acc = scratch, *p = acc + M * d, *weight = p + E;      /* (M, d), (E), (M, K) */
+    void *logits = weight + M * K, *hb = (float *)logits + M * E;  /* (M, E), (M, d) of the dtype */
+    void *yb = (float *)hb + M * d, *g = (float *)yb + M * d, *u = (float *)g + M * H;
+    int64_t chosen[M * K], rows[M];
+    float slot_w[M];
+    linear(h, a->router, NULL, logits, M, E, d, dt);
+    for (int64_t m = 0; m < M; m++) route(a, at(logits, m * E, dt), p, chosen + m * K, weight + m * K);
+    for (int64_t i = 0; i < M * d; i++) acc[i] = 0.0f;
+    for (int64_t e = 0; e < E; e++) {
+        int64_t n = 0;
+        for (int64_t m = 0; m < M; m++)
+            for (int64_t k = 0; k < K; k++)
+                if (chosen[m * K + k] == e) {
+                    rows[n] = m, slot_w[n] = round_to(weight[m * K + k], dt);
+                    memcpy(at(hb, n * d, dt), at(h, m * d, dt), (size_t)d * (dt == F32 ? 4 : 2));
+                    n++;
+                }
+        if (n == 0) continue;
+        swiglu(&a->experts[e], hb, yb, g, u, n, d, H, dt);
+        for (int64_t j = 0; j < n; j++)
+            for (int64_t i = 0; i < d; i++)
+                acc[rows[j] * d + i] += round_to(load(yb, j * d + i, dt) * slot_w[j], dt);
+    }
+    for (int64_t i = 0; i < M * d; i++) store(y, i, acc[i], dt);
+}
+
+void ffn_part(const FFNArgs *a) {
+    const int64_t M = a->M, d = a->d;
+    const int32_t dt = a->dtype;
+    void *h = a->work;
+    float *rest = (float *)a->work + M * d;  /* float32 slots: h takes M d of them in either dtype */
+    rms_norm_rows(a->x, a->norm_w, h, M, d, a->eps, dt);
+    if (a->router == NULL) {
+        void *u = at(rest, M * a->H, dt);
+        swiglu(&a->experts[0], h, a->out, rest, u, M, d, a->H, dt);
+    } else {
+        moe_rows(a, h, a->out, rest);
+    }
+    residual(a->x, a->out, a->out, M * d, a->r, dt);
+}
+
+void mamba_part(const MambaPartArgs *a) {
+    const int64_t M = a->M, d = a->d;
+    rms_norm_rows(a->x, a->norm_w, a->h, M, d, a->eps, a->dtype);
+    linear(a->h, a->in_w, a->in_b, a->xz, M, 2 * a->d_inner, d, a->dtype);
+    mamba_step(a->step, 0, M);
+    linear(a->y, a->out_w, a->out_b, a->out, M, d, a->d_inner, a->dtype);
+    residual(a->x, a->out, a->out, M * d, a->r, a->dtype);
+}
+
+/* Rotate the first rotary_dim dims of one head (half-split pairs (i, i + half)) by pos * inv_freq[i]. */
+static void rope_head(void *v, int64_t off, const float *inv_freq, int64_t rotary_dim, float pos, int32_t dt) {
+    const int64_t half = rotary_dim / 2;
+    for (int64_t i = 0; i < half; i++) {
+        const float angle = pos * inv_freq[i], c = cosf(angle), s = sinf(angle);
+        const float x1 = load(v, off + i, dt), x2 = load(v, off + half + i, dt);
+        store(v, off + i, x1 * c - x2 * s, dt);
+        store(v, off + half + i, x2 * c + x1 * s, dt);
+    }
+}
+
+/* p[s] = exp(p[s] - max) / sum over s < S, masked entries (-inf) 0. */
+static void softmax(float *p, int64_t S) {
+    float top = -INFINITY, sum = 0.0f;
+    for (int64_t s = 0; s < S; s++) top = fmaxf(top, p[s]);
+    int64_t s = 0;
+    for (; s + LANES <= S; s += LANES) {  /* vectors: libm's expf does not vectorise */
+        vf e = exp2_v((vload(p + s) - top) * LOG2E);
+        e = vselect(vload(p + s) == -INFINITY, vsplat(0.0f), e);
+        vstore(p + s, e);
+        sum += vsum(e);
+    }
+    for (; s < S; s++) sum += p[s] = expf(p[s] - top);
+    const float inv = 1.0f / sum;
+    for (s = 0; s < S; s++) p[s] *= inv;
+}
+
+/* n (<= LANES) values of a KV row as float32 lanes, the rest 0 (the cache's room past the
+ * filled positions is uninitialised: never read it, even to multiply by 0). */
+typedef uint16_t vh __attribute__((vector_size(2 * LANES)));  /* LANES bfloat16 values */
+
+static inline vf kv_lanes(const void *p, int64_t i, int64_t n, int32_t dtype) {
+    if (n == LANES) {
+        if (dtype == F32) return vload((const float *)p + i);
+        vh raw;
+        memcpy(&raw, (const uint16_t *)p + i, sizeof raw);
+        return (vf)(__builtin_convertvector(raw, vu) << 16);  /* bfloat16 is float32's top half */
+    }
+    float f[LANES] = {0};
+    if (dtype == F32) memcpy(f, (const float *)p + i, (size_t)n * 4);
+    else for (int64_t j = 0; j < n; j++) f[j] = bf16_load(((const uint16_t *)p)[i + j]);
+    return vload(f);
+}
+
+/* The G query heads sharing one KV head (GQA), row b, over its S cached positions: each
+ * k_s and v_s is read once for all G heads (the cache is the traffic at long contexts).
+ * Scores: LANES positions at a time, their lane-wise products transposed and summed together
+ * (sum_rows) instead of one horizontal sum per position. q: (G, qpad) float32, zero-padded
+ * past hd; p: (G, S) scratch; acc: (G, qpad) float32 out (the heads' outputs). */
+static void attend_group(const AttentionPartArgs *a, int64_t b, int64_t base, int64_t G, const float *q,
+                         int64_t qpad, float *p, float *acc) {
+    const int64_t hd = a->head_dim, S = a->S, chunks = qpad / LANES;
+    const float scale = 1.0f / sqrtf((float)hd);
+    vf kv[chunks];
+    int64_t s0 = 0;
+    for (; s0 + LANES <= S; s0 += LANES) {
+        vf part[G][LANES];
+        for (int j = 0; j < LANES; j++) {
+            for (int64_t c = 0; c < chunks; c++) {
+                const int64_t i = c * LANES;
+                kv[c] = kv_lanes(a->k_cache, base + (s0 + j) * hd + i, hd - i < LANES ? hd - i : LANES, a->dtype);
+            }
+            for (int64_t h = 0; h < G; h++) {
+                vf sum = vsplat(0.0f);
+                for (int64_t c = 0; c < chunks; c++) sum += vload(q + h * qpad + c * LANES) * kv[c];
+                part[h][j] = sum;
+            }
+        }
+        for (int64_t h = 0; h < G; h++) vstore(p + h * S + s0, sum_rows(part[h]) * scale);
+    }
+    for (; s0 < S; s0++)
+        for (int64_t h = 0; h < G; h++) {
+            float dot = 0.0f;
+            for (int64_t i = 0; i < hd; i++) dot += q[h * qpad + i] * load(a->k_cache, base + s0 * hd + i, a->dtype);
+            p[h * S + s0] = dot * scale;
+        }
+    for (int64_t h = 0; h < G; h++) {
+        for (int64_t s = 0; s < S; s++)
+            if (!a->kmask[b * a->kmask_b + s]) p[h * S + s] = -INFINITY;
+        softmax(p + h * S, S);
+    }
+    vf out[G][chunks];
+    for (int64_t h = 0; h < G; h++)
+        for (int64_t c = 0; c < chunks; c++) out[h][c] = vsplat(0.0f);
+    for (int64_t s = 0; s < S; s++) {
+        for (int64_t c = 0; c < chunks; c++) {
+            const int64_t i = c * LANES;
+            kv[c] = kv_lanes(a->v_cache, base + s * hd + i, hd - i < LANES ? hd - i : LANES, a->dtype);
+        }
+        for (int64_t h = 0; h < G; h++) {
+            const float w = p[h * S + s];
+            for (int64_t c = 0; c < chunks; c++) out[h][c] += w * kv[c];
+        }
+    }
+    for (int64_t h = 0; h < G; h++)
+        for (int64_t c = 0; c < chunks; c++) vstore(acc + h * qpad + c * LANES, out[h][c]);
+}
+
+void attention_part(const AttentionPartArgs *a) {
+    const int64_t M = a->M, d = a->d, H = a->n_head, G = a->n_kv_head, hd = a->head_dim, S = a->S;
+    const int32_t dt = a->dtype;
+    const int64_t qn = H * hd, kn = G * hd;
+    float *slots = a->work;
+    void *h = slots, *q = slots + M * d, *k = slots + M * (d + qn), *v = slots + M * (d + qn + kn);
+    void *y = slots + M * (d + qn + 2 * kn);
+    float *p = slots + M * (d + qn + 2 * kn) + M * qn;
+    rms_norm_rows(a->x, a->norm_w, h, M, d, a->eps, dt);
+    linear(h, a->q_w, a->q_b, q, M, qn, d, dt);
+    linear(h, a->k_w, a->k_b, k, M, kn, d, dt);
+    linear(h, a->v_w, a->v_b, v, M, kn, d, dt);
+    for (int64_t b = 0; b < M; b++) {
+        if (a->inv_freq) {
+            int64_t pos = 0;  /* real tokens before this one: left padding does not shift positions */
+            for (int64_t s = 0; s < S - 1; s++) pos += a->kmask[b * a->kmask_b + s] != 0;
+            for (int64_t i = 0; i < H; i++) rope_head(q, b * qn + i * hd, a->inv_freq, a->rotary_dim, (float)pos, dt);
+            for (int64_t i = 0; i < G; i++) rope_head(k, b * kn + i * hd, a->inv_freq, a->rotary_dim, (float)pos, dt);
+        }
+        for (int64_t g = 0; g < G; g++)
+            for (int64_t i = 0; i < hd; i++) {
+                const int64_t cell = b * a->cache_b + g * a->cache_h + (S - 1) * hd + i;
+                store(a->k_cache, cell, load(k, b * kn + g * hd + i, dt), dt);
+                store(a->v_cache, cell, load(v, b * kn + g * hd + i, dt), dt);
+            }
+        const int64_t group = H / G, qpad = (hd + LANES - 1) / LANES * LANES;
+        float qf[group * qpad], acc[group * qpad];
+        for (int64_t g = 0; g < G; g++) {  /* query heads g * group .. (g + 1) * group - 1 share KV head g */
+            for (int64_t j = 0; j < group; j++)
+                for (int64_t i = 0; i < qpad; i++)
+                    qf[j * qpad + i] = i < hd ? load(q, b * qn + (g * group + j) * hd + i, dt) : 0.0f;
+            attend_group(a, b, b * a->cache_b + g * a->cache_h, group, qf, qpad, p, acc);
+            for (int64_t j = 0; j < group; j++)
+                for (int64_t i = 0; i < hd; i++) store(y, b * qn + (g * group + j) * hd + i, acc[j * qpad + i], dt);
+        }
+    }
+    linear(y, a->o_w, a->o_b, a->out, M, d, qn, dt);
+    residual(a->x, a->out, a->out, M * d, a->r, dt);
+}
+
+enum { NO_MIXER = 0, MAMBA = 1, ATTENTION = 2 };
+
+typedef struct {
+    int32_t mixer;                 /* NO_MIXER, MAMBA (MambaPartArgs) or ATTENTION (AttentionPartArgs) */
+    int32_t ffn;                   /* 0 or 1 (FFNArgs) */
+    const void *mixer_args, *ffn_args;
+} LayerArgs;
+
+/* The layers in order, each half's output the next one's input (the caller chains the pointers). */
+void stack_step(const LayerArgs *layers, int64_t n_layers) {
+    for (int64_t i = 0; i < n_layers; i++) {
+        const LayerArgs *l = &layers[i];
+        if (l->mixer == MAMBA) mamba_part(l->mixer_args);
+        else if (l->mixer == ATTENTION) attention_part(l->mixer_args);
+        if (l->ffn) ffn_part(l->ffn_args);
+    }
+}
