@@ -21,14 +21,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define LANES 16           /* floats per vector */
+#include "vec_math.h"  /* vf, LANES, vload / vstore, vsum, sum_rows */
+
 #define GROUP_V 4          /* vectors of headdim a unit walks together (64 floats) */
 #define BLOCK 32           /* time steps per checkpoint of the backward, a multiple of TSTEP */
 #ifndef TSTEP
 #define TSTEP 2            /* time steps of the forward per pass over the state */
 #endif
-
-typedef float vf __attribute__((vector_size(4 * LANES)));
 
 typedef struct {
     const float *x;            /* (batch, L, H, P) */
@@ -53,42 +52,6 @@ typedef struct {
     float *dB, *dC;            /* (batch, parts, L, G, N), zeroed: part k sums its heads */
     int64_t parts;             /* head ranges per (batch, group) */
 } ssd_grad_args;
-
-static inline vf vload(const float *p) { vf v; memcpy(&v, p, sizeof v); return v; }
-static inline void vstore(float *p, vf v) { memcpy(p, &v, sizeof v); }
-
-static inline float vsum(vf v)
-{
-    float s = 0.0f;
-    for (int i = 0; i < LANES; i++)
-        s += v[i];
-    return s;
-}
-
-typedef int32_t vi __attribute__((vector_size(4 * LANES)));
-#ifdef __clang__
-#define SHUFFLE(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
-#else
-#define SHUFFLE(a, b, ...) __builtin_shuffle(a, b, (vi){__VA_ARGS__})
-#endif
-
-/* Lane j of the result is the sum of v[j]'s lanes: four rounds of pairing vectors and adding
- * their halves (16 sums in 30 shuffles and 15 adds, where one vsum each costs 15 adds). */
-static inline vf sums_of(const vf v[LANES])
-{
-    vf halves[8], quarters[4], eighths[2];
-    for (int i = 0; i < 8; i++)
-        halves[i] = SHUFFLE(v[2 * i], v[2 * i + 1], 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23)
-                  + SHUFFLE(v[2 * i], v[2 * i + 1], 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
-    for (int i = 0; i < 4; i++)
-        quarters[i] = SHUFFLE(halves[2 * i], halves[2 * i + 1], 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27)
-                    + SHUFFLE(halves[2 * i], halves[2 * i + 1], 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31);
-    for (int i = 0; i < 2; i++)
-        eighths[i] = SHUFFLE(quarters[2 * i], quarters[2 * i + 1], 0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29)
-                   + SHUFFLE(quarters[2 * i], quarters[2 * i + 1], 2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31);
-    return SHUFFLE(eighths[0], eighths[1], 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30)
-         + SHUFFLE(eighths[0], eighths[1], 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
-}
 
 int ssd_lanes(void) { return LANES; }
 
@@ -210,7 +173,7 @@ static inline __attribute__((always_inline)) float adjoint_step(const ssd_grad_a
         xdy += xv[i] * dyv[i];
     }
     float xgB = 0.0f;  /* sum over p, n of g x B */
-    for (int64_t n0 = 0; n0 < N; n0 += LANES) {  /* LANES entries at a time: their sums over p in one sums_of */
+    for (int64_t n0 = 0; n0 < N; n0 += LANES) {  /* LANES entries at a time: their sums over p in one sum_rows */
         const int count = N - n0 < LANES ? (int)(N - n0) : LANES;
         vf dc[LANES], gx[LANES];
         for (int j = 0; j < LANES; j++)
@@ -228,7 +191,7 @@ static inline __attribute__((always_inline)) float adjoint_step(const ssd_grad_a
                 vstore(gn + i * LANES, gv * decay);
             }
         }
-        const vf dcs = sums_of(dc), q = sums_of(gx);
+        const vf dcs = sum_rows(dc), q = sum_rows(gx);
         for (int j = 0; j < count; j++) {
             dCt[n0 + j] += dcs[j];
             dBt[n0 + j] += dtt * q[j];

@@ -15,9 +15,6 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
-import platform
-import subprocess
 import threading
 import warnings
 
@@ -25,37 +22,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from hybrid_mllm.core.atomic import replacing
 from hybrid_mllm.core.errors import KernelUnavailableError
 from hybrid_mllm.core.ssd import SSDKernel, check_shapes
 
-from . import scan_cpu
+from . import scan_cpu, step_cpu
 from .scan_cpu import BuildError
 
 SOURCE = scan_cpu.SOURCE.with_name("ssd_cpu.c")
-FLAGS = (*scan_cpu.FLAGS, "-lm")
 GRAD_PARTS = 8  # head ranges per (batch, group) in the backward, fixed for determinism
 _F32P = ctypes.POINTER(ctypes.c_float)
 
 
 def build_library() -> ctypes.CDLL:
-    """Compile `SOURCE` once per source, compiler, flags and CPU into scan_cpu's cache; load it."""
-    compiler = scan_cpu.find_compiler()
-    if compiler is None:
-        raise BuildError("no C compiler found (looked for $CC, cc, gcc, clang)")
-    key = hashlib.sha256(b"\0".join([
-        SOURCE.read_bytes(), compiler.encode(), scan_cpu._compiler_version(compiler).encode(),
-        " ".join(FLAGS).encode(), scan_cpu._cpu_id().encode(), platform.machine().encode(),
-    ])).hexdigest()[:20]
-    target = scan_cpu.cache_dir() / f"ssd_cpu_{key}.so"
-    if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with replacing(target) as tmp:
-            result = subprocess.run([compiler, *FLAGS[:-1], str(SOURCE), "-o", str(tmp), FLAGS[-1]],
-                                    capture_output=True, text=True, timeout=300, check=False)
-            if result.returncode != 0:
-                raise BuildError(f"{compiler} failed: {scan_cpu._error_line(result.stderr)}")
-    return ctypes.CDLL(str(target))
+    """Compile `SOURCE` once per source, headers, compiler, flags and CPU into scan_cpu's cache
+    (`step_cpu.build_library`); load it."""
+    return ctypes.CDLL(str(step_cpu.build_library(scan_cpu.find_compiler(), scan_cpu.cache_dir(), SOURCE)))
 
 
 _load_lock = threading.Lock()

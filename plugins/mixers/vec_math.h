@@ -1,7 +1,7 @@
 /* float32 vectors (GCC vector extensions, also understood by clang) and the vector math of
  * the CPU kernels: exp2, log on [1, 2], exp(-|x|), softplus and sigmoid written out (range
  * reduction + polynomial, bit tricks on the float representation), because libm's scalar
- * calls do not vectorise. Shared by scan_cpu.c and step_cpu.c. */
+ * calls do not vectorise. Shared by scan_cpu.c, step_cpu.c, ssd_cpu.c and block_cpu.c. */
 #ifndef HYBRID_MLLM_VEC_MATH_H
 #define HYBRID_MLLM_VEC_MATH_H
 
