@@ -41,6 +41,14 @@ def _ints(text: str) -> list[int]:
     return [int(v) for v in text.split(",")]
 
 
+def _paths(text: str) -> str:
+    """--paths: a comma-separated subset of `PATHS`; anything else is a usage error naming it."""
+    unknown = set(text.split(",")) - set(PATHS)
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown {', '.join(sorted(unknown))}: expected some of {', '.join(PATHS)}")
+    return text
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", default=",".join(SIZES), help="comma-separated: small, large")
@@ -50,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=_ints, default=[torch.get_num_threads()], help="torch threads, interleaved")
     p.add_argument("--steps", type=int, default=6, help="decode steps per timing (default 6)")
     p.add_argument("--repeats", type=int, default=3, help="interleaved timings per path, median (default 3)")
-    p.add_argument("--paths", default=",".join(PATHS), help=f"comma-separated: {', '.join(PATHS)}")
+    p.add_argument("--paths", type=_paths, default=",".join(PATHS), help=f"comma-separated: {', '.join(PATHS)}")
     p.add_argument("--json", help="also write the rows here")
     return p
 
