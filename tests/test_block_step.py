@@ -233,19 +233,30 @@ def test_stack_plan_rebinds_for_other_batch_sizes_and_a_longer_cache(ran):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_products_on_two_threads_equal_one_thread(dtype, ran):
     """pool_cpu.c cuts each product's columns into chunks claimed by two threads: the same
-    kernels on the same columns, so the same bits as one thread."""
+    kernels on the same columns, so the same bits as one thread. The prompt is prefilled once
+    on one thread (PyTorch's own matmuls may split their sums by thread count), then stepped
+    on one and on two."""
     lm = _jamba(dtype)
     ids = torch.randint(0, 263, (3, 16), generator=torch.Generator().manual_seed(0))
     saved = torch.get_num_threads()
+    stepped = {}
     try:
         torch.set_num_threads(1)
-        alone = _decode_logits(lm, ids, 8)
-        torch.set_num_threads(2)
-        pooled = _decode_logits(lm, ids, 8)
+        with torch.no_grad():
+            start = lm.prefill(ids[:, :8], chunk_size=8).state
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            state, logits = start, []
+            with torch.no_grad(), decode_paths(fast=True):
+                for i in range(8, 16):
+                    out = lm(ids[:, i:i + 1], state=state)
+                    state = out.state
+                    logits.append(out.logits)
+            stepped[threads] = torch.cat(logits, 1)
     finally:
         torch.set_num_threads(saved)
     assert ran["stack"] == 2 * 8
-    torch.testing.assert_close(pooled, alone, atol=0, rtol=0)
+    torch.testing.assert_close(stepped[2], stepped[1], atol=0, rtol=0)
 
 
 def test_a_block_the_stack_does_not_take_leaves_the_model_on_its_per_block_path(ran):
