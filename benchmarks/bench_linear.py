@@ -3,7 +3,7 @@
 Per call, over `--weights` distinct weights (so each call reads a weight the previous one did
 not), the two interleaved, medians of `--repeats`: wall time (what a decode step waits for,
 OpenMP's thread wake-ups included) and CPU time (process time, all threads; less sensitive to a
-loaded machine). This chose `gemv_cpu.MAX_ROWS`, `THREADED_BYTES` and `F32_MAX_BYTES`.
+loaded machine). This chose `gemv_cpu.MAX_ROWS` and `THREADED_BYTES`.
 
     python benchmarks/bench_linear.py                          # bfloat16, 4096 x 1024 and 1024 x 256
     python benchmarks/bench_linear.py --dtype float32 --shapes 1024x256,768x256,256x768,4096x1024
