@@ -330,6 +330,88 @@ def test_stack_step_follows_changed_parameters_and_modules(name, how, ran):
     assert err < 1e-4, f"after changing {name} ({how}): max |stack decode - full forward| = {err}"
 
 
+def _full_checks(monkeypatch) -> list:
+    """Calls of the stack plan's signature: once per full check (the start of a chain)."""
+    calls = []
+    signature = stack_cpu._signature
+    monkeypatch.setattr(stack_cpu, "_signature", lambda blocks: calls.append(1) or signature(blocks))
+    return calls
+
+
+def test_a_chain_of_steps_is_checked_once_and_a_branch_again(monkeypatch, ran):
+    """Steps from the state the previous step returned reuse the plan unchecked; stepping a
+    state that is not the last one returned (a branch, a copy) checks again, with the same
+    logits as the per-block path."""
+    lm = _jamba()
+    checks = _full_checks(monkeypatch)
+    ids = torch.randint(0, 263, (2, 14), generator=torch.Generator().manual_seed(0))
+    _decode_logits(lm, ids, 6)
+    assert ran["stack"] == 8 and len(checks) == 1
+    with torch.no_grad():
+        state = lm.prefill(ids[:, :6]).state
+        first = lm(ids[:, 6:7], state=state)
+        again = lm(ids[:, 6:7], state=state)  # a branch from the prefill's state
+        copied = lm(ids[:, 7:8], state=tuple(tuple(t.clone() for t in layer) for layer in first.state))
+        with decode_paths(fast=False):
+            expected = lm(ids[:, 7:8], state=first.state)
+    assert len(checks) == 1 + 3
+    torch.testing.assert_close(again.logits, first.logits, atol=0, rtol=0)
+    torch.testing.assert_close(copied.logits, expected.logits, atol=1e-5, rtol=1e-5)
+
+
+def test_a_chain_is_checked_again_for_another_input_dtype_or_thread_count(monkeypatch, ran):
+    lm = _jamba()
+    checks = _full_checks(monkeypatch)
+    ids = torch.randint(0, 263, (1, 10), generator=torch.Generator().manual_seed(0))
+    saved = torch.get_num_threads()
+    try:
+        with torch.no_grad():
+            state = lm.prefill(ids[:, :6]).state
+            torch.set_num_threads(1)
+            state = lm(ids[:, 6:7], state=state).state
+            torch.set_num_threads(2)
+            state = lm(ids[:, 7:8], state=state).state
+            state = lm(ids[:, 8:9], state=state).state
+    finally:
+        torch.set_num_threads(saved)
+    assert ran["stack"] == 3 and len(checks) == 2
+
+
+def test_within_a_chain_weights_updated_in_place_are_read_live(ran):
+    """(Mamba's own small weights excepted: the step keeps float32 copies of them.)"""
+    lm = _jamba()
+    ids = torch.randint(0, 263, (2, 10), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        state = lm.prefill(ids[:, :6]).state
+        state = lm(ids[:, 6:7], state=state).state
+        for p in (lm.blocks[1].mixer.in_proj.weight, lm.blocks[4].mixer.q_proj.weight, lm.blocks[3].ffn_norm.weight):
+            p.mul_(1.25)
+        fused = lm(ids[:, 7:8], state=state).logits
+        with decode_paths(fast=False):
+            expected = lm(ids[:, 7:8], state=state).logits
+    assert ran["stack"] == 2
+    torch.testing.assert_close(fused, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_a_storage_swapped_within_a_chain_is_not_read_after_it_is_freed(ran):
+    """The plan holds every weight's storage: the chain keeps computing with the old values
+    (the new ones apply from the next chain) and never reads freed memory."""
+    lm = _jamba()
+    ids = torch.randint(0, 263, (1, 10), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        state = lm.prefill(ids[:, :6]).state
+        state = lm(ids[:, 6:7], state=state).state
+        reference = copy.deepcopy(lm)
+        weight = lm.blocks[0].mixer.in_proj.weight
+        weight.data = torch.randn_like(weight)
+        gc.collect()
+        torch.randn(weight.shape)  # likely to reuse the freed block, were it not held
+        stale = lm(ids[:, 7:8], state=state).logits
+        with decode_paths(fast=False):
+            expected = reference(ids[:, 7:8], state=state).logits
+    torch.testing.assert_close(stale, expected, atol=1e-5, rtol=1e-5)
+
+
 def test_fused_steps_follow_changed_settings(ran):
     torch.manual_seed(0)
     block = Block(D, Attention(D, n_head=4, rope=True), MoE(D, n_experts=4, top_k=2, d_hidden=32)).eval()

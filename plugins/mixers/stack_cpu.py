@@ -7,6 +7,17 @@ from the halves' plans in `block_cpu`) and kept; a step sets only the input, the
 pointers and the KV cache's (grown by `kv_cache.append`). That removes the per-block
 dispatch: module calls, a ctypes call and the argument set-up per half. Any block it does
 not take leaves the model on its per-block path, where each half may still run fused.
+
+The full check (`stack_accepts` over every half, then the plan's signature) reads every module,
+parameter pointer and setting of the model: ~0.3 ms a token on a 2-core machine, a fifth of a
+small model's step. It runs at the start of each chain of steps (a state from a prefill, or any
+state this plan did not return last); a step from the state the plan's previous step returned,
+with an input of the same dtype and shape and the same thread count, reuses the plan unchecked.
+So within a chain, weights updated in place are read live (but for the float32 copies the Mamba
+step keeps of its small weights), and replaced modules, parameters or storages and changed
+settings take effect from the next chain. The plan holds each weight's storage, so a storage
+swapped mid-chain (``.data =``) is never read after it was freed (it is released when the plan
+is rebuilt, at the next chain).
 """
 
 from __future__ import annotations
@@ -14,6 +25,7 @@ from __future__ import annotations
 import ctypes
 import threading
 import weakref
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -39,9 +51,13 @@ MIXERS = {Mamba: (block_cpu.mamba_accepts, 1, block_cpu.mamba_plans),
 
 
 def stack_accepts(blocks, norm, x: Tensor, states) -> bool:
-    """Every block's halves taken by a fused step, from a given state."""
+    """Every block's halves taken by a fused step, from a given state: the kept plan's chain
+    continues, or the full check of every half passes (module docstring)."""
     if states is None:
         return False
+    plan = _STACKS.get(blocks)
+    if plan is not None and plan.continues(x, states):
+        return True
     for block, state in zip(blocks, states, strict=True):
         parts = block._modules  # not attribute lookups: nn.Module's fall back to __getattr__
         mixer_norm, ffn = parts.get("mixer_norm"), parts.get("ffn")
@@ -73,6 +89,22 @@ def _signature(blocks) -> tuple:
         signature.append((mixer_plan, weights, None if ffn is None else block_cpu.ffn_plans.last(ffn),
                           block.residual_multiplier))
     return tuple(signature)
+
+
+class _Chain(NamedTuple):
+    """What a plan's last step returned and was given: the states tuple's id and one of its new
+    tensors (alive only while that state may be stepped again), the input's dtype and shape,
+    and whether the products ran on two threads."""
+
+    states_id: int
+    marker: weakref.ref
+    dtype: torch.dtype
+    shape: torch.Size
+    threaded: bool
+
+
+def _first_tensor(states) -> Tensor | None:
+    return next((t for state in states for t in state), None)
 
 
 class _Half:
@@ -113,6 +145,15 @@ class _StackPlan:
             self.layers[i].mixer_args = None if m is None else ctypes.addressof(m.args)
             self.layers[i].ffn, self.layers[i].ffn_args = (0, None) if f is None else (1, ctypes.addressof(f.args))
         self.rows = self.positions = 0
+        self.weights = [p.detach() for p in blocks.parameters()]  # their storages stay alive
+        self.chain: _Chain | None = None
+
+    def continues(self, x: Tensor, states) -> bool:
+        """`states` is what this plan's last step returned, for an input like that step's."""
+        c = self.chain
+        return (c is not None and id(states) == c.states_id and x.dtype == c.dtype and x.shape == c.shape
+                and x.device.type == "cpu" and (torch.get_num_threads() > 1) == c.threaded
+                and (marker := c.marker()) is not None and _first_tensor(states) is marker)
 
     def _scratch_floats(self, rows: int, positions: int) -> int:
         need = 16
@@ -162,9 +203,14 @@ class _StackPlan:
                 else:
                     new_states.append(_bind_kv_cache(half.args, state))
             lib = block_cpu._load_library()
-            lib.pool_set_threads(torch.get_num_threads())
+            threads = torch.get_num_threads()
+            lib.pool_set_threads(threads)
             lib.stack_step(self.layers, len(self.layers))
-            return self.outputs[-1].clone(), tuple(new_states)
+            new_states = tuple(new_states)
+            marker = _first_tensor(new_states)
+            self.chain = None if marker is None else _Chain(id(new_states), weakref.ref(marker), x.dtype, x.shape,
+                                                            threads > 1)
+            return self.outputs[-1].clone(), new_states
 
 
 def _bind_mamba_state(step, state, alive: list) -> tuple:
@@ -190,11 +236,14 @@ def _bind_kv_cache(a, state) -> tuple:
 
 
 def stack_step(blocks, norm, x: Tensor, states, r) -> tuple[Tensor, tuple]:
-    """x: (B, 1, d_model) embeddings, states: one per block -> the last block's output, the new states."""
-    signature = _signature(blocks)
+    """x: (B, 1, d_model) embeddings, states: one per block -> the last block's output, the new
+    states. Right after `stack_accepts`; at the start of a chain the plan is checked against the
+    halves' plans (rebuilt if they changed)."""
     plan = _STACKS.get(blocks)
-    if plan is None or plan.signature != signature or plan.dtype != x.dtype:
-        plan = _STACKS[blocks] = _StackPlan(blocks, x.dtype, signature)
+    if plan is None or not plan.continues(x, states):
+        signature = _signature(blocks)
+        if plan is None or plan.signature != signature or plan.dtype != x.dtype:
+            plan = _STACKS[blocks] = _StackPlan(blocks, x.dtype, signature)
     return plan.run(x.contiguous(), states)
 
 
