@@ -2,9 +2,10 @@
  *
  * pooled_gemv(x, W, b, y, M, N, K, dtype) computes gemv_cpu.c's product with W's rows (y's
  * columns) cut into chunks that the calling thread and one worker thread claim from a shared
- * counter. The caller never waits for the worker to start: if the worker is asleep or
- * descheduled (a loaded 2-core machine), the caller claims every chunk itself; it waits only
- * for chunks the worker has claimed and is computing. The worker spins briefly for the next
+ * counter; pooled_for(fn, args, n, chunk) runs fn(args, i0, i1) over [0, n) the same way (the
+ * Mamba step's channels, step_cpu.c). The caller never waits for the worker to start: if the
+ * worker is asleep or descheduled (a loaded 2-core machine), the caller claims every chunk
+ * itself; it waits only for chunks the worker has claimed and is computing. The worker spins briefly for the next
  * product, then yields, then sleeps on a condition variable: it never spins for long.
  *
  * The counter `next` holds (job tag << 32 | next chunk); the caller opens a job by storing a
@@ -37,10 +38,14 @@ void gemv_bf16(const uint16_t *x, const uint16_t *w, const uint16_t *bias, uint1
 #define YIELDS 50                     /* sched_yield calls before sleeping */
 #define MIN_BYTES (64 << 10)          /* smaller weights: one thread (the hand-off costs more) */
 
+typedef void (*RangeFn)(const void *args, int64_t i0, int64_t i1);
+
 typedef struct {
+    RangeFn fn;                       /* NULL: a product (the fields below); else fn over [0, N) */
+    const void *args;                 /* fn's */
     const void *x, *w, *b;
     void *y;
-    int64_t M, N, K, chunks;
+    int64_t M, N, K, chunk, chunks;   /* chunk: columns (or fn's indices) per claim */
     int32_t dtype;
 } Job;
 
@@ -62,8 +67,9 @@ static void columns(const Job *j, int64_t n0, int64_t n1) {
 }
 
 static void run_chunk(const Job *j, int64_t c) {
-    const int64_t n0 = c * CHUNK;
-    columns(j, n0, n0 + CHUNK < j->N ? n0 + CHUNK : j->N);
+    const int64_t n0 = c * j->chunk, n1 = n0 + j->chunk < j->N ? n0 + j->chunk : j->N;
+    if (j->fn) j->fn(j->args, n0, n1);
+    else columns(j, n0, n1);
 }
 
 /* Claim and compute chunks of the job tagged `tag` (arguments `j`) until none is left. */
@@ -119,22 +125,21 @@ static int start_worker(void) {
     return pool.started > 0;
 }
 
-void pooled_gemv(const void *x, const void *w, const void *b, void *y, int64_t M, int64_t N, int64_t K,
-                 int32_t dtype) {
-    const int64_t bytes = N * K * (dtype == F32 ? 4 : 2);
+/* Run `job` (its chunks set) on the caller and the worker; alone when the pool is busy or
+ * the worker cannot start. */
+static void run_job(Job job) {
     int32_t free_ = 0;
-    if (pool.threads < 2 || bytes < MIN_BYTES || N <= CHUNK
-        || !__atomic_compare_exchange_n(&pool.busy, &free_, 1, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED)) {
-        columns(&(Job){x, w, b, y, M, N, K, 1, dtype}, 0, N);  /* alone */
+    if (!__atomic_compare_exchange_n(&pool.busy, &free_, 1, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED)) {
+        for (int64_t c = 0; c < job.chunks; c++) run_chunk(&job, c);  /* another thread's step owns it */
         return;
     }
     if (!start_worker()) {
         __atomic_store_n(&pool.busy, 0, __ATOMIC_RELEASE);
-        columns(&(Job){x, w, b, y, M, N, K, 1, dtype}, 0, N);
+        for (int64_t c = 0; c < job.chunks; c++) run_chunk(&job, c);
         return;
     }
     const uint32_t tag = ++pool.tag ? pool.tag : ++pool.tag;  /* never 0: the worker starts having seen 0 */
-    pool.job = (Job){x, w, b, y, M, N, K, (N + CHUNK - 1) / CHUNK, dtype};
+    pool.job = job;
     __atomic_store_n(&pool.done, 0, __ATOMIC_RELAXED);
     __atomic_store_n(&pool.next, (uint64_t)tag << 32, __ATOMIC_SEQ_CST);  /* open: arguments visible */
     if (__atomic_load_n(&pool.sleeping, __ATOMIC_SEQ_CST)) {
@@ -149,4 +154,23 @@ void pooled_gemv(const void *x, const void *w, const void *b, void *y, int64_t M
     }
     __atomic_store_n(&pool.next, (uint64_t)tag << 32 | CLOSED, __ATOMIC_RELEASE);
     __atomic_store_n(&pool.busy, 0, __ATOMIC_RELEASE);
+}
+
+void pooled_gemv(const void *x, const void *w, const void *b, void *y, int64_t M, int64_t N, int64_t K,
+                 int32_t dtype) {
+    const int64_t bytes = N * K * (dtype == F32 ? 4 : 2);
+    if (pool.threads < 2 || bytes < MIN_BYTES || N <= CHUNK) {
+        columns(&(Job){.x = x, .w = w, .b = b, .y = y, .M = M, .N = N, .K = K, .dtype = dtype}, 0, N);  /* alone */
+        return;
+    }
+    run_job((Job){.x = x, .w = w, .b = b, .y = y, .M = M, .N = N, .K = K, .chunk = CHUNK,
+                  .chunks = (N + CHUNK - 1) / CHUNK, .dtype = dtype});
+}
+
+void pooled_for(RangeFn fn, const void *args, int64_t n, int64_t chunk) {
+    if (pool.threads < 2 || n <= chunk) {
+        fn(args, 0, n);
+        return;
+    }
+    run_job((Job){.fn = fn, .args = args, .N = n, .chunk = chunk, .chunks = (n + chunk - 1) / chunk});
 }

@@ -14,6 +14,12 @@
 #include "cpu_math.h"
 #include "vec_math.h"
 
+/* pool_cpu.c's parallel for, where it is linked into the same library (block_cpu's); absent
+ * (NULL) in this file's own library, whose caller splits the batch over threads instead. */
+void pooled_for(void (*fn)(const void *args, int64_t i0, int64_t i1), const void *args, int64_t n, int64_t chunk)
+    __attribute__((weak));
+#define SCAN_CHUNK 256  /* channels per claim of pooled_for (a multiple of LANES): two claims at d_inner 512 */
+
 typedef struct {
     const void *xz;            /* (batch, 2 * d_inner), row stride xz_stride */
     const void *conv_state;    /* (batch, d_inner, d_conv - 1), contiguous */
@@ -114,19 +120,21 @@ static float update_channel(const float *h0, const float *A, const float *Bv, co
     return y;
 }
 
-/* dt_proj, softplus, the state update, D skip and the gate of one row, LANES channels at a
- * time so that softplus and the gate's SiLU run in vectors. */
-static void scan_row(const StepArgs *a, int64_t b, const float *xc, const float *dbc) {
+/* dt_proj, softplus, the state update, D skip and the gate of channels c0 .. c1 - 1 of one row
+ * (c0 a multiple of LANES), LANES channels at a time so that softplus and the gate's SiLU run in
+ * vectors. */
+static void scan_channels(const StepArgs *a, int64_t b, const float *xc, const float *dbc, int64_t c0, int64_t c1) {
     const int64_t D = a->d_inner, R = a->dt_rank, N = a->d_state;
     const float *Bv = dbc + R, *Cv = dbc + R + N;
     float dt[LANES], gate[LANES];
-    for (int64_t d0 = 0; d0 < D; d0 += LANES) {
-        const int64_t n = D - d0 < LANES ? D - d0 : LANES;
+    for (int64_t d0 = c0; d0 < c1; d0 += LANES) {
+        const int64_t n = c1 - d0 < LANES ? c1 - d0 : LANES;
         for (int64_t i = 0; i < n; i++) {
             const float *wd = a->dt_proj_w + (d0 + i) * R;
-            float v = a->dt_bias[d0 + i];
+            float v = 0.0f;
+#pragma omp simd reduction(+ : v)
             for (int64_t r = 0; r < R; r++) v += wd[r] * dbc[r];
-            dt[i] = v;
+            dt[i] = v + a->dt_bias[d0 + i];
             gate[i] = load(a->xz, b * a->xz_stride + D + d0 + i, a->dtype);
         }
         if (n == LANES) {
@@ -146,13 +154,27 @@ static void scan_row(const StepArgs *a, int64_t b, const float *xc, const float 
     }
 }
 
-/* Rows b0 .. b1 - 1 of the batch (threads take disjoint ranges). */
+typedef struct {
+    const StepArgs *a;
+    int64_t b;
+    const float *xc, *dbc;
+} ScanRow;
+
+static void scan_range(const void *row, int64_t c0, int64_t c1) {
+    const ScanRow *r = row;
+    scan_channels(r->a, r->b, r->xc, r->dbc, c0, c1);
+}
+
+/* Rows b0 .. b1 - 1 of the batch (threads take disjoint ranges); in block_cpu's library each
+ * row's channels are shared with pool_cpu.c's worker. */
 void mamba_step(const StepArgs *a, int64_t b0, int64_t b1) {
     const int64_t width = a->d_inner + a->dt_rank + 2 * a->d_state;
     for (int64_t b = b0; b < b1; b++) {
         float *xc = a->work + b * width, *dbc = xc + a->d_inner;
         conv_row(a, b, xc);
         x_proj_row(a, xc, dbc);
-        scan_row(a, b, xc, dbc);
+        const ScanRow row = {a, b, xc, dbc};
+        if (pooled_for) pooled_for(scan_range, &row, a->d_inner, SCAN_CHUNK);
+        else scan_range(&row, 0, a->d_inner);
     }
 }
