@@ -5,8 +5,9 @@
  * counter; pooled_for(fn, args, n, chunk) runs fn(args, i0, i1) over [0, n) the same way (the
  * Mamba step's channels, step_cpu.c). The caller never waits for the worker to start: if the
  * worker is asleep or descheduled (a loaded 2-core machine), the caller claims every chunk
- * itself; it waits only for chunks the worker has claimed and is computing. The worker spins briefly for the next
- * product, then yields, then sleeps on a condition variable: it never spins for long.
+ * itself; it waits only for chunks the worker has claimed and is computing. The worker spins
+ * briefly for the next job, then yields, then sleeps on a condition variable: it never spins
+ * for long.
  *
  * The counter `next` holds (job tag << 32 | next chunk); the caller opens a job by storing a
  * new tag with chunk 0 (after writing the job's arguments) and closes it with chunk CLOSED
