@@ -16,6 +16,28 @@
 #define XROWS 4  /* rows of x per pass over W */
 #define WROWS 8  /* rows of W per block, reused from cache by every XROWS rows of x */
 
+/* The body of both kernels: y's columns n0 .. n1 - 1 of every row, W's rows in blocks of WROWS,
+ * each row's products with up to XROWS rows of x from DOT (inlined with the row count a
+ * constant in each case); LOAD reads the bias, STORE rounds the result to y's dtype. */
+#define GEMV_COLUMNS(T, DOT, LOAD, STORE)                                                          \
+    float out[XROWS];                                                                              \
+    for (int64_t nb = n0; nb < n1; nb += WROWS)                                                    \
+        for (int64_t m0 = 0; m0 < M; m0 += XROWS) {                                                \
+            const int64_t rows = M - m0 < XROWS ? M - m0 : XROWS, nend = nb + WROWS < n1 ? nb + WROWS : n1; \
+            const T *xm = x + m0 * K;                                                              \
+            for (int64_t n = nb; n < nend; n++) {                                                  \
+                switch (rows) {                                                                    \
+                    case 1: DOT(xm, w + n * K, K, 1, out); break;                                  \
+                    case 2: DOT(xm, w + n * K, K, 2, out); break;                                  \
+                    case 3: DOT(xm, w + n * K, K, 3, out); break;                                  \
+                    default: DOT(xm, w + n * K, K, XROWS, out);                                    \
+                }                                                                                  \
+                const float b = bias ? LOAD(bias[n]) : 0.0f;                                       \
+                for (int64_t m = 0; m < rows; m++) y[(m0 + m) * N + n] = STORE(out[m] + b);       \
+            }                                                                                      \
+        }
+#define AS_IS(v) (v)
+
 #if defined(__AVX512BF16__) && defined(__AVX512BW__)
 #include <immintrin.h>
 
@@ -57,22 +79,7 @@ static inline void dot_rows_bf16(const uint16_t *x, const uint16_t *w, int64_t K
 /* Output columns n0 .. n1 - 1 of every row. */
 void gemv_bf16(const uint16_t *x, const uint16_t *w, const uint16_t *bias, uint16_t *y,
                int64_t M, int64_t N, int64_t K, int64_t n0, int64_t n1) {
-    float out[XROWS];
-    for (int64_t nb = n0; nb < n1; nb += WROWS)
-    for (int64_t m0 = 0; m0 < M; m0 += XROWS) {
-        const int64_t rows = M - m0 < XROWS ? M - m0 : XROWS;
-        const uint16_t *xm = x + m0 * K;
-        for (int64_t n = nb; n < (nb + WROWS < n1 ? nb + WROWS : n1); n++) {
-            switch (rows) {  /* each case inlined with its row count a constant */
-                case 1: dot_rows_bf16(xm, w + n * K, K, 1, out); break;
-                case 2: dot_rows_bf16(xm, w + n * K, K, 2, out); break;
-                case 3: dot_rows_bf16(xm, w + n * K, K, 3, out); break;
-                default: dot_rows_bf16(xm, w + n * K, K, XROWS, out);
-            }
-            const float b = bias ? bf16_load(bias[n]) : 0.0f;
-            for (int64_t m = 0; m < rows; m++) y[(m0 + m) * N + n] = bf16_store(out[m] + b);
-        }
-    }
+    GEMV_COLUMNS(uint16_t, dot_rows_bf16, bf16_load, bf16_store)
 }
 
 #if defined(__AVX512F__)
@@ -114,20 +121,5 @@ static inline void dot_rows_f32(const float *x, const float *w, int64_t K, int r
 /* Output columns n0 .. n1 - 1 of every row, float32. */
 void gemv_f32(const float *x, const float *w, const float *bias, float *y,
               int64_t M, int64_t N, int64_t K, int64_t n0, int64_t n1) {
-    float out[XROWS];
-    for (int64_t nb = n0; nb < n1; nb += WROWS)
-    for (int64_t m0 = 0; m0 < M; m0 += XROWS) {
-        const int64_t rows = M - m0 < XROWS ? M - m0 : XROWS;
-        const float *xm = x + m0 * K;
-        for (int64_t n = nb; n < (nb + WROWS < n1 ? nb + WROWS : n1); n++) {
-            switch (rows) {
-                case 1: dot_rows_f32(xm, w + n * K, K, 1, out); break;
-                case 2: dot_rows_f32(xm, w + n * K, K, 2, out); break;
-                case 3: dot_rows_f32(xm, w + n * K, K, 3, out); break;
-                default: dot_rows_f32(xm, w + n * K, K, XROWS, out);
-            }
-            const float b = bias ? bias[n] : 0.0f;
-            for (int64_t m = 0; m < rows; m++) y[(m0 + m) * N + n] = out[m] + b;
-        }
-    }
+    GEMV_COLUMNS(float, dot_rows_f32, AS_IS, AS_IS)
 }
