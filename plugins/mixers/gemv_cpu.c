@@ -6,8 +6,9 @@
  * 16 pairs per step. With few rows the product is bound by reading W, so W is read once, in
  * order: one row after another, each row's vectors shared by up to XROWS rows of x (their
  * products with it in two accumulators each). A single sequential stream is what the hardware
- * prefetcher streams fastest; on the AMD EPYC of RESULTS.md it read W from memory at 1.6-2.5x
- * the rate of eight rows read side by side (benchmarks/probe_gemv_order.py). Threads take
+ * prefetcher streams fastest; on the AMD EPYC of RESULTS.md it read W from memory at 1.7-2.4x
+ * the rate of eight rows read side by side at the small decode model's shapes, 1.0-2.0x at the
+ * large one's (benchmarks/probe_gemv_order.py). Threads take
  * disjoint ranges of N. Without the instructions a scalar loop computes the same (the Python
  * side checks which one was built and declines it).
  */
