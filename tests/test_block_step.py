@@ -127,6 +127,25 @@ def test_attention_moe_block_fused_matches_unfused(dtype, batch, residual_multip
     assert ran == {"mixer": steps, "ffn": steps, "stack": 0}
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("head_dim", [16, 24, 32, 48, 64, 128])
+def test_attention_step_over_a_longer_cache_matches_unfused(dtype, head_dim, ran):
+    """37 cached positions and more: the scores' vector loop (16 positions at a time) and its
+    tail, the vector softmax, and each head size's specialised slices (48: the generic path)."""
+    torch.manual_seed(0)
+    block = Block(D, Attention(D, n_head=4, n_kv_head=2, head_dim=head_dim, rope=True, dtype=dtype), None,
+                  dtype=dtype).eval()
+    _randomize_norms(block)
+    gen = torch.Generator().manual_seed(1)
+    prompt, tokens = (torch.randn(2, n, D, generator=gen).to(dtype) for n in (37, 5))
+    with torch.no_grad():
+        _, state, _ = block(prompt)
+    y_fast, _ = _steps(block, tokens, state, fast=True)
+    y_ref, _ = _steps(block, tokens, state, fast=False)
+    _assert_close(y_fast, y_ref, dtype, f"output, head_dim {head_dim}")
+    assert ran == {"mixer": 5, "ffn": 0, "stack": 0}
+
+
 def test_attention_step_keeps_the_kv_cache_contract(ran):
     """The cache grows in place in the prefill's buffer; an older state stepped again is copied,
     never overwritten; left padding in kmask (a joined batch) neither counts as a position nor

@@ -203,8 +203,15 @@ static void rope_head(void *v, int64_t off, const float *inv_freq, int64_t rotar
 /* p[s] = exp(p[s] - max) / sum over s < S, masked entries (-inf) 0. */
 static void softmax(float *p, int64_t S) {
     float top = -INFINITY, sum = 0.0f;
-    for (int64_t s = 0; s < S; s++) top = fmaxf(top, p[s]);
+    vf tops = vsplat(-INFINITY);
     int64_t s = 0;
+    for (; s + LANES <= S; s += LANES) {  /* vectors: fmaxf is a libm call here */
+        const vf v = vload(p + s);
+        tops = vselect(v > tops, v, tops);
+    }
+    for (int j = 0; j < LANES; j++) top = tops[j] > top ? tops[j] : top;
+    for (; s < S; s++) top = p[s] > top ? p[s] : top;
+    s = 0;
     for (; s + LANES <= S; s += LANES) {  /* vectors: libm's expf does not vectorise */
         vf e = exp2_v((vload(p + s) - top) * LOG2E);
         e = vselect(vload(p + s) == -INFINITY, vsplat(0.0f), e);
@@ -238,9 +245,12 @@ static inline vf kv_lanes(const void *p, int64_t i, int64_t n, int32_t dtype) {
  * Scores: LANES positions at a time, their lane-wise products transposed and summed together
  * (sum_rows) instead of one horizontal sum per position. q: (G, qpad) float32, zero-padded
  * past hd; p: (G, S) scratch; acc: (G, qpad) float32 out (the heads' outputs). */
-static void attend_group(const AttentionPartArgs *a, int64_t b, int64_t base, int64_t G, const float *q,
-                         int64_t qpad, float *p, float *acc) {
-    const int64_t hd = a->head_dim, S = a->S, chunks = qpad / LANES;
+#define VALUE_HEADS 8  /* query heads whose value sums are kept in registers together */
+
+static inline __attribute__((always_inline))
+void attend_group_n(const AttentionPartArgs *a, int64_t b, int64_t base, int64_t G, const float *q,
+                    int64_t qpad, float *p, float *acc, const int64_t chunks) {
+    const int64_t hd = a->head_dim, S = a->S;
     const float scale = 1.0f / sqrtf((float)hd);
     vf kv[chunks];
     int64_t s0 = 0;
@@ -270,21 +280,36 @@ static void attend_group(const AttentionPartArgs *a, int64_t b, int64_t base, in
             if (!a->kmask[b * a->kmask_b + s]) p[h * S + s] = -INFINITY;
         softmax(p + h * S, S);
     }
-    vf out[G][chunks];
-    for (int64_t h = 0; h < G; h++)
-        for (int64_t c = 0; c < chunks; c++) out[h][c] = vsplat(0.0f);
-    for (int64_t s = 0; s < S; s++) {
-        for (int64_t c = 0; c < chunks; c++) {
-            const int64_t i = c * LANES;
-            kv[c] = kv_lanes(a->v_cache, base + s * hd + i, hd - i < LANES ? hd - i : LANES, a->dtype);
-        }
-        for (int64_t h = 0; h < G; h++) {
-            const float w = p[h * S + s];
-            for (int64_t c = 0; c < chunks; c++) out[h][c] += w * kv[c];
+    /* Values: one LANES-wide slice of hd at a time, so that each head's sum over the positions
+     * stays in a register (a sum per head and slice held in memory made this loop most of an
+     * 8k-token step); the same sums, in the same order, as all slices at once. */
+    for (int64_t c = 0; c < chunks; c++) {
+        const int64_t i = c * LANES, n = hd - i < LANES ? hd - i : LANES;
+        for (int64_t h0 = 0; h0 < G; h0 += VALUE_HEADS) {
+            vf out[VALUE_HEADS];
+            for (int h = 0; h < VALUE_HEADS; h++) out[h] = vsplat(0.0f);
+            for (int64_t s = 0; s < S; s++) {
+                const vf v = kv_lanes(a->v_cache, base + s * hd + i, n, a->dtype);
+#pragma GCC unroll 8
+                for (int h = 0; h < VALUE_HEADS; h++)
+                    if (h0 + h < G) out[h] += p[(h0 + h) * S + s] * v;
+            }
+            for (int h = 0; h < VALUE_HEADS && h0 + h < G; h++) vstore(acc + (h0 + h) * qpad + i, out[h]);
         }
     }
-    for (int64_t h = 0; h < G; h++)
-        for (int64_t c = 0; c < chunks; c++) vstore(acc + h * qpad + c * LANES, out[h][c]);
+}
+
+/* attend_group_n with its LANES-wide slices of a head a constant for the usual head sizes (16
+ * to 128), so that the loops over them unroll and their vectors stay in registers. */
+static void attend_group(const AttentionPartArgs *a, int64_t b, int64_t base, int64_t G, const float *q,
+                         int64_t qpad, float *p, float *acc) {
+    switch (qpad / LANES) {
+        case 1: attend_group_n(a, b, base, G, q, qpad, p, acc, 1); break;
+        case 2: attend_group_n(a, b, base, G, q, qpad, p, acc, 2); break;
+        case 4: attend_group_n(a, b, base, G, q, qpad, p, acc, 4); break;
+        case 8: attend_group_n(a, b, base, G, q, qpad, p, acc, 8); break;
+        default: attend_group_n(a, b, base, G, q, qpad, p, acc, qpad / LANES);
+    }
 }
 
 void attention_part(const AttentionPartArgs *a) {
