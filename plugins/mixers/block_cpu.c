@@ -240,13 +240,14 @@ static inline vf kv_lanes(const void *p, int64_t i, int64_t n, int32_t dtype) {
     return vload(f);
 }
 
+#define VALUE_HEADS 8  /* query heads whose value sums are kept in registers together */
+
 /* The G query heads sharing one KV head (GQA), row b, over its S cached positions: each
  * k_s and v_s is read once for all G heads (the cache is the traffic at long contexts).
  * Scores: LANES positions at a time, their lane-wise products transposed and summed together
  * (sum_rows) instead of one horizontal sum per position. q: (G, qpad) float32, zero-padded
- * past hd; p: (G, S) scratch; acc: (G, qpad) float32 out (the heads' outputs). */
-#define VALUE_HEADS 8  /* query heads whose value sums are kept in registers together */
-
+ * past hd; p: (G, S) scratch; acc: (G, qpad) float32 out (the heads' outputs); chunks: the
+ * LANES-wide slices of a head (a constant where `attend_group` inlines it). */
 static inline __attribute__((always_inline))
 void attend_group_n(const AttentionPartArgs *a, int64_t b, int64_t base, int64_t G, const float *q,
                     int64_t qpad, float *p, float *acc, const int64_t chunks) {
@@ -281,8 +282,7 @@ void attend_group_n(const AttentionPartArgs *a, int64_t b, int64_t base, int64_t
         softmax(p + h * S, S);
     }
     /* Values: one LANES-wide slice of hd at a time, so that each head's sum over the positions
-     * stays in a register (a sum per head and slice held in memory made this loop most of an
-     * 8k-token step); the same sums, in the same order, as all slices at once. */
+     * stays in a register; the same sums, in the same order, as all slices at once. */
     for (int64_t c = 0; c < chunks; c++) {
         const int64_t i = c * LANES, n = hd - i < LANES ? hd - i : LANES;
         for (int64_t h0 = 0; h0 < G; h0 += VALUE_HEADS) {
