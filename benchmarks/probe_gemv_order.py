@@ -24,6 +24,8 @@ from pathlib import Path
 
 import torch
 
+from hybrid_mllm.core.cli import check_at_least_one, run_cli
+from hybrid_mllm.core.errors import HybridError
 from hybrid_mllm.plugins.mixers import gemv_cpu
 from hybrid_mllm.plugins.mixers.scan_cpu import FLAGS, find_compiler
 
@@ -48,20 +50,26 @@ SIDE_BY_SIDE = r"""
 void side_by_side_f32(const float *x, const float *w, float *y, int64_t M, int64_t N, int64_t K) {
     DOT8(__m512, 16, _mm512_loadu_ps, F32_MUL)
 }
+#ifdef __AVX512BF16__
 void side_by_side_bf16(const uint16_t *x, const uint16_t *w, float *y, int64_t M, int64_t N, int64_t K) {
     DOT8(__m512bh, 32, BF16_LOAD, BF16_MUL)
 }
+#endif
 """
 
 
-def _build_reference(folder: Path) -> ctypes.CDLL:
+def _build_reference(folder: Path, dtypes: list[torch.dtype]) -> ctypes.CDLL:
+    """The side-by-side loops, for `dtypes` (those whose gemv_cpu kernel is built here)."""
     source, lib = folder / "side_by_side.c", folder / "side_by_side.so"
     source.write_text(SIDE_BY_SIDE)
     subprocess.run([find_compiler(), *FLAGS, str(source), "-o", str(lib)], check=True)
     ref = ctypes.CDLL(str(lib))
-    for name in ("side_by_side_f32", "side_by_side_bf16"):
-        getattr(ref, name).argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 3
+    for dtype in dtypes:
+        getattr(ref, _REFERENCE[dtype]).argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 3
     return ref
+
+
+_REFERENCE = {torch.float32: "side_by_side_f32", torch.bfloat16: "side_by_side_bf16"}
 
 
 def _seconds(call, weights: list[torch.Tensor], repeats: int = 7) -> float:
@@ -81,7 +89,7 @@ def probe(ref: ctypes.CDLL, dtype: torch.dtype, rows: int, N: int, K: int) -> st
     weights = [torch.randn(N, K).to(dtype) for _ in range(copies)]
     x = torch.randn(rows, K).to(dtype)
     y_ours, y_ref = torch.empty(rows, N, dtype=dtype), torch.empty(rows, N)
-    ref_fn = getattr(ref, "side_by_side_" + ("f32" if dtype == torch.float32 else "bf16"))
+    ref_fn = getattr(ref, _REFERENCE[dtype])
 
     def ours(w):
         getattr(lib, name)(x.data_ptr(), w.data_ptr(), None, y_ours.data_ptr(), rows, N, K, 0, N)
@@ -107,27 +115,40 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rows", type=int, nargs="+", default=[1, 4], help="rows of x (default 1 4)")
     p.add_argument("--shapes", nargs="+", default=["1024x256", "256x512", "4096x1024", "1024x4096"],
-                   help="W's N x K (default: the small and large decode models' products)")
+                   help="W's N x K, N a multiple of 8 and K of 32 (default: the small and large decode "
+                        "models' products)")
     args = p.parse_args(argv)
+    check_at_least_one(*(("--rows", rows) for rows in args.rows))
+    shapes = [_shape(p, text) for text in args.shapes]
     for dtype in (torch.float32, torch.bfloat16):
         if (why := gemv_cpu.available(dtype)) is not None:
             print(f"skipping {dtype}: {why}", file=sys.stderr)
     dtypes = [d for d in (torch.float32, torch.bfloat16) if gemv_cpu.available(d) is None]
+    if not dtypes:
+        raise HybridError("neither of gemv_cpu's kernels is built here: nothing to compare")
     torch.set_num_threads(1)
     print("one thread; GB/s of W read; ratio = side-by-side time / gemv_cpu time")
     print("dtype | W | rows | memory: side by side | gemv_cpu | ratio | cache: side by side | gemv_cpu | ratio")
     print("-|-|-|-|-|-|-|-|-")
     with tempfile.TemporaryDirectory() as folder:
-        ref = _build_reference(Path(folder))
+        ref = _build_reference(Path(folder), dtypes)
         for dtype in dtypes:
-            for shape in args.shapes:
-                N, K = map(int, shape.lower().split("x"))
-                if N % 8 or K % 32:
-                    raise SystemExit(f"--shapes {shape}: the side-by-side reference needs N % 8 == 0 and K % 32 == 0")
+            for N, K in shapes:
                 for rows in args.rows:
                     print(probe(ref, dtype, rows, N, K), flush=True)
     return 0
 
 
+def _shape(p: argparse.ArgumentParser, text: str) -> tuple[int, int]:
+    """'NxK' -> (N, K), or a usage error naming what is wrong."""
+    try:
+        N, K = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        p.error(f"--shapes {text!r}: give N x K as two integers, e.g. 4096x1024")
+    if N < 8 or K < 32 or N % 8 or K % 32:
+        p.error(f"--shapes {text}: the side-by-side reference needs N a multiple of 8 and K of 32")
+    return N, K
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -19,7 +19,9 @@ import time
 
 import torch
 
+from hybrid_mllm.core.cli import check_at_least_one, run_cli
 from hybrid_mllm.core.decode import decode_paths
+from hybrid_mllm.core.errors import HybridError
 from hybrid_mllm.core.model import Block
 from hybrid_mllm.plugins.mixers import block_cpu
 from hybrid_mllm.plugins.mixers.mamba import Mamba
@@ -34,14 +36,16 @@ def _us_per_call(block: Block, x: torch.Tensor, state, calls: int) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--d-model", type=int, nargs="+", default=[256, 1024], help="widths (d_inner = 2 d_model)")
+    p.add_argument("--d-model", type=int, nargs="+", default=[256, 1024],
+                   help="widths (d_inner = 2 d_model; default 256 1024)")
     p.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16")
-    p.add_argument("--rounds", type=int, default=9)
-    p.add_argument("--calls", type=int, default=300, help="calls per round")
+    p.add_argument("--rounds", type=int, default=9, help="rounds per thread count, medians reported (default 9)")
+    p.add_argument("--calls", type=int, default=300, help="calls per round (default 300)")
     args = p.parse_args(argv)
+    check_at_least_one(("--rounds", args.rounds), ("--calls", args.calls), *(("--d-model", d) for d in args.d_model))
     dtype = getattr(torch, args.dtype)
     if (why := block_cpu.available(dtype)) is not None:
-        sys.exit(f"the fused block steps are not available here: {why}")
+        raise HybridError(f"the fused block steps are not available here: {why}")
     saved = torch.get_num_threads()
     print("d_model | d_inner | 1 thread us/call | 2 threads us/call | 1 / 2")
     print("-|-|-|-|-")
@@ -68,4 +72,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))
