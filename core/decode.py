@@ -6,7 +6,8 @@ and their linear layers `linear`, which hands a few rows to a registered linear 
 (``register_linear_kernels``: the built-in float32 / bfloat16 CPU one) that accepts them. A
 `Block` may run either half whole through a registered `BlockStep` (``register_block_steps``:
 the built-in CPU ones fuse norm, Mamba / attention / FFN and residual into one C call), and
-`HybridLM` all its blocks at once (a "stack" step: one C call per token).
+`HybridLM` all its blocks at once (a "stack" step: one C call per token), or its whole step
+from the token ids to the logits (a "model" step).
 Each is tested against the general path, which stays reachable for comparison:
 ``HYBRID_MLLM_DECODE=generic`` in the environment, or `decode_paths(fast=False)` in code
 (benchmarks time both in one process).
@@ -90,13 +91,16 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
 @dataclass(frozen=True)
 class BlockStep:
     """One half of a `Block` fused for a decode step: ``x + r * part(norm(x))`` with ``part``
-    the block's mixer (``part == "mixer"``) or its FFN (``"ffn"``); or all blocks (``"stack"``).
+    the block's mixer (``part == "mixer"``) or its FFN (``"ffn"``); or all blocks (``"stack"``);
+    or a whole `HybridLM` step (``"model"``).
 
     ``fn(module, norm, x, state, r) -> (x_out, new_state)``, x: (B, 1, d_model), r the block's
     residual multiplier, state the mixer's (``()`` for an FFN, whose aux loss is 0 here: no
     gradients); called right after ``accepts(module, norm, x, state)`` returned True. For
     ``"stack"``, module is the model's list of blocks, state the model's (one per block), x
-    the embeddings and x_out the last block's output; norm and r are None.
+    the embeddings and x_out the last block's output; norm and r are None. For ``"model"``,
+    module is the `HybridLM`, x its input ids (B, 1) and x_out the logits (B, 1, vocab), state
+    as for ``"stack"``; norm and r are None.
     """
 
     part: str

@@ -140,6 +140,10 @@ class HybridLM(nn.Module):
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
+        if (input_ids is not None and (num_logits is None or num_logits >= 1)
+                and (whole := block_step("model", self, None, input_ids, state, mask)) is not None):
+            logits, new_states = whole.fn(self, None, input_ids, state, None)  # decoding: the whole step in one call
+            return LMOutput(logits, new_states, logits.new_zeros((), dtype=torch.float32))
         x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds
         if (stack := block_step("stack", self.blocks, None, x, state, mask)) is not None:
             x, new_states = stack.fn(self.blocks, None, x, state, None)  # decoding: all blocks in one fused step

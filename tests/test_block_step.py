@@ -8,13 +8,12 @@ on the registered steps say which ran.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import gc
 
 import pytest
 import torch
+from _decode_fixtures import decode_logits, jamba, spy_steps, without
 
-from hybrid_mllm.core import decode
 from hybrid_mllm.core.decode import decode_paths
 from hybrid_mllm.core.ffn import MoE, SwiGLU
 from hybrid_mllm.core.model import Block
@@ -32,21 +31,8 @@ pytestmark = needs_block
 
 @pytest.fixture
 def ran(monkeypatch):
-    """Counts of the fused calls per part ('mixer', 'ffn', 'stack'), through spies on the registered steps."""
-    counts = {"mixer": 0, "ffn": 0, "stack": 0}
-    registered = {part: decode._block_steps(part) for part in counts}
-    assert block_cpu.CPU_FFN in registered["ffn"] and block_cpu.CPU_MAMBA in registered["mixer"]
-    assert block_cpu.CPU_ATTENTION in registered["mixer"] and stack_cpu.CPU_STACK in registered["stack"]
-
-    def spy(step):
-        def fn(*args):
-            counts[step.part] += 1
-            return step.fn(*args)
-        return dataclasses.replace(step, fn=fn)
-
-    spies = {part: tuple(spy(s) for s in steps) for part, steps in registered.items()}
-    monkeypatch.setattr(decode, "_block_steps", lambda part: spies[part])
-    return counts
+    """Counts of the fused calls per part, through spies on the registered steps."""
+    return spy_steps(monkeypatch)
 
 
 def _ffn(kind: str, dtype, **options):
@@ -107,7 +93,7 @@ def test_mamba_block_fused_matches_unfused(dtype, batch, kind, options, inner_no
                   residual_multiplier=0.7 if inner_norms else 1.0, dtype=dtype).eval()
     _randomize_norms(block)
     steps = _compare(block, batch, dtype)
-    assert ran == {"mixer": steps, "ffn": steps, "stack": 0}
+    assert ran == {"mixer": steps, "ffn": steps, "stack": 0, "model": 0}
 
 
 ATTENTIONS = [{"n_head": 4, "n_kv_head": 2, "rope": True}, {"n_head": 4}, {"n_head": 4, "n_kv_head": 1, "bias": True},
@@ -124,7 +110,7 @@ def test_attention_moe_block_fused_matches_unfused(dtype, batch, residual_multip
                   residual_multiplier=residual_multiplier, dtype=dtype).eval()
     _randomize_norms(block)
     steps = _compare(block, batch, dtype)
-    assert ran == {"mixer": steps, "ffn": steps, "stack": 0}
+    assert ran == {"mixer": steps, "ffn": steps, "stack": 0, "model": 0}
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -143,7 +129,7 @@ def test_attention_step_over_a_longer_cache_matches_unfused(dtype, head_dim, ran
     y_fast, _ = _steps(block, tokens, state, fast=True)
     y_ref, _ = _steps(block, tokens, state, fast=False)
     _assert_close(y_fast, y_ref, dtype, f"output, head_dim {head_dim}")
-    assert ran == {"mixer": 5, "ffn": 0, "stack": 0}
+    assert ran == {"mixer": 5, "ffn": 0, "stack": 0, "model": 0}
 
 
 def test_attention_step_keeps_the_kv_cache_contract(ran):
@@ -174,76 +160,58 @@ def test_mamba_and_mlp_biases(bias, ran):
     torch.manual_seed(0)
     block = Block(D, Mamba(D, bias=bias, conv_bias=not bias, d_conv=2), SwiGLU(D, d_hidden=40, bias=bias)).eval()
     steps = _compare(block, 2, torch.float32)
-    assert ran == {"mixer": steps, "ffn": steps, "stack": 0}
-
-
-def _jamba(dtype=torch.float32, **changes):
-    import dataclasses as dc
-
-    from hybrid_mllm.core.build import build_model
-    from hybrid_mllm.core.config import load_config
-    from hybrid_mllm.core.presets import resolve_config_path
-
-    config = load_config(resolve_config_path("jamba-small"))
-    config.model = dc.replace(config.model, **changes)
-    return build_model(config, seed=0, dtype=dtype).eval()
-
-
-def _decode_logits(lm, ids: torch.Tensor, prompt: int, **paths) -> torch.Tensor:
-    """Logits (B, L - prompt + 1, vocab) after prefilling `prompt` tokens, then stepping the rest."""
-    with torch.no_grad(), decode_paths(fast=True, **paths):
-        out = lm.prefill(ids[:, :prompt], chunk_size=8)
-        state, logits = out.state, [out.logits[:, -1]]
-        for i in range(prompt, ids.shape[1]):
-            out = lm(ids[:, i:i + 1], state=state)
-            state = out.state
-            logits.append(out.logits[:, -1])
-    return torch.stack(logits, 1)
+    assert ran == {"mixer": steps, "ffn": steps, "stack": 0, "model": 0}
 
 
 @pytest.mark.parametrize("batch", [1, 3])
-def test_jamba_decode_runs_as_one_stack_call_and_equals_full_forward(batch, ran):
-    lm = _jamba()
+@pytest.mark.parametrize("part", ["model", "stack"])
+def test_jamba_decode_runs_as_one_call_and_equals_full_forward(batch, part, ran):
+    """From token ids the whole step is one call (`model_cpu`); with the model step off, or
+    from embeddings, all blocks are (`stack_cpu`)."""
+    lm = jamba()
     ids = torch.randint(0, 263, (batch, 24), generator=torch.Generator().manual_seed(0))
     with torch.no_grad(), decode_paths(fast=False):
         full = lm(ids).logits[:, 15:]
-    stepped = _decode_logits(lm, ids, 16)
+    stepped = decode_logits(lm, ids, 16) if part == "model" else without(("model",), lambda: decode_logits(lm, ids, 16))
     err = (stepped - full).abs().max().item()
     assert err < 1e-4, f"max |decode - full forward| = {err}"
-    assert ran == {"mixer": 0, "ffn": 0, "stack": 8}  # every step: all 8 blocks in one call
+    assert ran == {"mixer": 0, "ffn": 0, "stack": 0, "model": 0, part: 8}  # every step in one call
+
+
+def test_a_step_from_embeddings_runs_all_blocks_in_one_call(ran):
+    lm = jamba()
+    ids = torch.randint(0, 263, (2, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        state = lm.prefill(ids[:, :8]).state
+        stepped = lm(inputs_embeds=lm.embed(ids[:, 8:]), state=state).logits
+        with decode_paths(fast=False):
+            expected = lm(ids[:, 8:], state=state).logits
+    assert ran == {"mixer": 0, "ffn": 0, "stack": 1, "model": 0}
+    torch.testing.assert_close(stepped, expected, atol=1e-5, rtol=1e-5)
 
 
 def test_stack_step_equals_block_steps_in_bfloat16(ran):
-    lm = _jamba(torch.bfloat16)
+    lm = jamba(torch.bfloat16)
     ids = torch.randint(0, 263, (2, 20), generator=torch.Generator().manual_seed(0))
-    stacked = _decode_logits(lm, ids, 12)
+    stacked = without(("model",), lambda: decode_logits(lm, ids, 12))
     assert ran["stack"] == 8
-    blocks = _without_stack(lambda: _decode_logits(lm, ids, 12))
+    blocks = without(("model", "stack"), lambda: decode_logits(lm, ids, 12))
     assert ran["mixer"] == 8 * 8 and ran["ffn"] == 8 * 8
     torch.testing.assert_close(stacked, blocks, atol=0, rtol=0)  # the same C halves in the same order
-
-
-def _without_stack(fn):
-    saved = decode._block_steps
-    decode._block_steps = lambda part: () if part == "stack" else saved(part)
-    try:
-        return fn()
-    finally:
-        decode._block_steps = saved
 
 
 def test_stack_plan_rebinds_for_other_batch_sizes_and_a_longer_cache(ran):
     """One model's kept stack plan, stepped with 2 rows, then 1, then past the positions its
     scratch was sized for: the same logits as the per-block steps (the same C halves)."""
-    lm = _jamba()
+    lm = jamba()
     gen = torch.Generator().manual_seed(0)
     sizes = []
     for batch, prompt, steps in ((1, 250, 12), (2, 6, 3), (3, 4, 2)):
         ids = torch.randint(0, 263, (batch, prompt + steps), generator=gen)
-        stacked = _decode_logits(lm, ids, prompt)
+        stacked = without(("model",), lambda ids=ids, prompt=prompt: decode_logits(lm, ids, prompt))
         plan = stack_cpu._STACKS[lm.blocks]
         sizes.append((plan.rows, plan.positions))
-        blocks = _without_stack(lambda ids=ids, prompt=prompt: _decode_logits(lm, ids, prompt))
+        blocks = without(("model", "stack"), lambda ids=ids, prompt=prompt: decode_logits(lm, ids, prompt))
         torch.testing.assert_close(stacked, blocks, atol=0, rtol=0)
     assert ran["stack"] == 12 + 3 + 2
     assert sizes[0] == (1, 512) and sizes[1][0] == 2 and sizes[2][0] == 3  # 256 positions first, then grown
@@ -255,7 +223,7 @@ def test_products_on_two_threads_equal_one_thread(dtype, ran):
     kernels on the same columns, so the same bits as one thread. The prompt is prefilled once
     on one thread (PyTorch's own matmuls may split their sums by thread count), then stepped
     on one and on two."""
-    lm = _jamba(dtype)
+    lm = jamba(dtype)
     ids = torch.randint(0, 263, (3, 16), generator=torch.Generator().manual_seed(0))
     saved = torch.get_num_threads()
     stepped = {}
@@ -274,19 +242,19 @@ def test_products_on_two_threads_equal_one_thread(dtype, ran):
             stepped[threads] = torch.cat(logits, 1)
     finally:
         torch.set_num_threads(saved)
-    assert ran["stack"] == 2 * 8
+    assert ran["model"] == 2 * 8
     torch.testing.assert_close(stepped[2], stepped[1], atol=0, rtol=0)
 
 
 def test_a_block_the_stack_does_not_take_leaves_the_model_on_its_per_block_path(ran):
-    lm = _jamba()
+    lm = jamba()
     lm.blocks[2].mixer.impl = "ref"  # this Mamba layer's own fused step does not apply either
     ids = torch.randint(0, 263, (2, 20), generator=torch.Generator().manual_seed(0))
     with torch.no_grad(), decode_paths(fast=False):
         full = lm(ids).logits[:, 11:]
-    stepped = _decode_logits(lm, ids, 12)
+    stepped = decode_logits(lm, ids, 12)
     assert (stepped - full).abs().max().item() < 1e-4
-    assert ran == {"mixer": 8 * 7, "ffn": 8 * 8, "stack": 0}
+    assert ran == {"mixer": 8 * 7, "ffn": 8 * 8, "stack": 0, "model": 0}
 
 
 @pytest.mark.parametrize("name", ["mixer_norm.weight", "mixer.in_proj.weight", "mixer.out_proj.weight", "mixer.D",
@@ -308,7 +276,7 @@ def test_fused_step_follows_changed_parameters(name, how, ran):
         after = block(x, state)[0]
         with decode_paths(fast=False):
             expected = block(x, state)[0]
-    assert ran == {"mixer": 2, "ffn": 2, "stack": 0}
+    assert ran == {"mixer": 2, "ffn": 2, "stack": 0, "model": 0}
     assert not torch.allclose(before, after)
     torch.testing.assert_close(after, expected, atol=1e-5, rtol=1e-5)
 
@@ -316,12 +284,13 @@ def test_fused_step_follows_changed_parameters(name, how, ran):
 @pytest.mark.parametrize("name", ["blocks.0.mixer_norm.weight", "blocks.0.mixer.in_proj.weight", "blocks.2.mixer.A_log",
                                   "blocks.2.mixer.dt_proj.bias", "blocks.4.mixer.k_proj.weight",
                                   "blocks.4.ffn_norm.weight", "blocks.5.ffn.router.weight",
-                                  "blocks.7.ffn.experts.3.up.weight", "blocks.6.ffn.down.weight"])
+                                  "blocks.7.ffn.experts.3.up.weight", "blocks.6.ffn.down.weight", "norm.weight",
+                                  "lm_head.weight"])
 @pytest.mark.parametrize("how", ["in_place", "new_storage", "new_parameter", "new_module"])
 def test_stack_step_follows_changed_parameters_and_modules(name, how, ran):
-    lm = _jamba()
+    lm = jamba()
     ids = torch.randint(0, 263, (2, 14), generator=torch.Generator().manual_seed(0))
-    before = _decode_logits(lm, ids, 12)
+    before = decode_logits(lm, ids, 12)
     owner_name, _, leaf = name.rpartition(".")
     owner = lm.get_submodule(owner_name)
     with torch.no_grad():
@@ -340,10 +309,10 @@ def test_stack_step_follows_changed_parameters_and_modules(name, how, ran):
             setattr(lm.get_submodule(parent_name), child, replacement)
             del owner, p
             gc.collect()
-    after = _decode_logits(lm, ids, 12)
+    after = decode_logits(lm, ids, 12)
     with torch.no_grad(), decode_paths(fast=False):
         expected = lm(ids).logits[:, 11:]
-    assert ran["stack"] == 2 * 2
+    assert ran["model"] == 2 * 2
     assert not torch.allclose(before, after)
     err = (after - expected).abs().max().item()
     assert err < 1e-4, f"after changing {name} ({how}): max |stack decode - full forward| = {err}"
@@ -361,11 +330,11 @@ def test_a_chain_of_steps_is_checked_once_and_a_branch_again(monkeypatch, ran):
     """Steps from the state the previous step returned reuse the plan unchecked; stepping a
     state that is not the last one returned (a branch, a copy) checks again, with the same
     logits as the per-block path."""
-    lm = _jamba()
+    lm = jamba()
     checks = _full_checks(monkeypatch)
     ids = torch.randint(0, 263, (2, 14), generator=torch.Generator().manual_seed(0))
-    _decode_logits(lm, ids, 6)
-    assert ran["stack"] == 8 and len(checks) == 1
+    decode_logits(lm, ids, 6)
+    assert ran["model"] == 8 and len(checks) == 1
     with torch.no_grad():
         state = lm.prefill(ids[:, :6]).state
         first = lm(ids[:, 6:7], state=state)
@@ -379,7 +348,7 @@ def test_a_chain_of_steps_is_checked_once_and_a_branch_again(monkeypatch, ran):
 
 
 def test_a_chain_is_checked_again_for_another_input_dtype_or_thread_count(monkeypatch, ran):
-    lm = _jamba()
+    lm = jamba()
     checks = _full_checks(monkeypatch)
     ids = torch.randint(0, 263, (1, 10), generator=torch.Generator().manual_seed(0))
     saved = torch.get_num_threads()
@@ -393,12 +362,12 @@ def test_a_chain_is_checked_again_for_another_input_dtype_or_thread_count(monkey
             state = lm(ids[:, 8:9], state=state).state
     finally:
         torch.set_num_threads(saved)
-    assert ran["stack"] == 3 and len(checks) == 2
+    assert ran["model"] == 3 and len(checks) == 2
 
 
 def test_within_a_chain_weights_updated_in_place_are_read_live(ran):
     """(Mamba's own small weights excepted: the step keeps float32 copies of them.)"""
-    lm = _jamba()
+    lm = jamba()
     ids = torch.randint(0, 263, (2, 10), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         state = lm.prefill(ids[:, :6]).state
@@ -408,14 +377,14 @@ def test_within_a_chain_weights_updated_in_place_are_read_live(ran):
         fused = lm(ids[:, 7:8], state=state).logits
         with decode_paths(fast=False):
             expected = lm(ids[:, 7:8], state=state).logits
-    assert ran["stack"] == 2
+    assert ran["model"] == 2
     torch.testing.assert_close(fused, expected, atol=1e-5, rtol=1e-5)
 
 
 def test_a_storage_swapped_within_a_chain_is_not_read_after_it_is_freed(ran):
     """The plan holds every weight's storage: the chain keeps computing with the old values
     (the new ones apply from the next chain) and never reads freed memory."""
-    lm = _jamba()
+    lm = jamba()
     ids = torch.randint(0, 263, (1, 10), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         state = lm.prefill(ids[:, :6]).state
@@ -443,7 +412,7 @@ def test_fused_steps_follow_changed_settings(ran):
         fused = block(x, state)[0]
         with decode_paths(fast=False):
             expected = block(x, state)[0]
-    assert ran == {"mixer": 2, "ffn": 2, "stack": 0}
+    assert ran == {"mixer": 2, "ffn": 2, "stack": 0, "model": 0}
     _assert_close(fused, expected, torch.float32, "output after changing top_k, eps and rope_theta")
 
 
@@ -483,7 +452,7 @@ def test_unsupported_configs_take_the_unfused_path(case, ran):
         y, _, _ = block(x, state, mask)
         with decode_paths(fast=False):
             ref, _, _ = block(x, state, mask)
-    assert ran == {**fused, "stack": 0}
+    assert ran == {**fused, "stack": 0, "model": 0}
     torch.testing.assert_close(y, ref, atol=1e-5, rtol=1e-5)
 
 
@@ -496,4 +465,4 @@ def test_nothing_fused_with_gradients_in_generic_mode_or_blocks_off(ran):
         block(x, state)
     with torch.no_grad(), decode_paths(fast=True, blocks=False):  # the fast path without block steps
         block(x, state)
-    assert ran == {"mixer": 0, "ffn": 0, "stack": 0}
+    assert ran == {"mixer": 0, "ffn": 0, "stack": 0, "model": 0}

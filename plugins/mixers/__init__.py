@@ -15,6 +15,7 @@ from .mamba import Mamba
 from .mamba2 import Mamba2
 from .mamba2_export import MAMBA2_EXPORT
 from .mamba_export import MAMBA_EXPORT
+from .model_cpu import CPU_MODEL
 from .parallel import Parallel
 from .scan_chunked import selective_scan_chunked
 from .scan_cpu import CPU_FUSED
@@ -90,3 +91,4 @@ def register_block_steps(register):
     register("cpu_ffn", CPU_FFN)
     register("cpu_mamba", CPU_MAMBA)
     register("cpu_stack", CPU_STACK)
+    register("cpu_model", CPU_MODEL)

@@ -8,9 +8,12 @@
  *                with step the fused Mamba-1 step of step_cpu.c (conv, x_proj, dt, scan, gate)
  *   attention_part: out = x + r * o_proj(attend(q, K, V)), q, k, v = projections of RMSNorm(x),
  *                RoPE (half-split) on q and k at the row's position (its real tokens so far),
- *                k and v written into the cache's last position, each query head over its
- *                KV head's cache (GQA): softmax(q . k_s / sqrt(hd), masked by kmask) . v_s
+ *                k and v written into the cache's last position (kmask's set: a real token),
+ *                each query head over its KV head's cache (GQA):
+ *                softmax(q . k_s / sqrt(hd), masked by kmask) . v_s
  *   stack_step:  the layers of a model in order, each half one of the above
+ *   model_step:  a model's decode step: the token's embedding, stack_step, the final RMSNorm and
+ *                the LM head's logits
  *
  * x, out: (M, d_model); weights as the model holds them (float32 or bfloat16, row-major
  * (out, in)), the products through gemv_cpu.c; arithmetic in float32. Each intermediate is
@@ -64,7 +67,7 @@ typedef struct {
     const void *q_w, *k_w, *v_w, *o_w;  /* (H hd, d), (Hkv hd, d), (Hkv hd, d), (d, H hd) */
     const void *q_b, *k_b, *v_b, *o_b;  /* biases or NULL */
     void *k_cache, *v_cache;       /* (M, Hkv, S, hd), strides cache_b, cache_h, hd, 1; [:, :, S-1] written */
-    const uint8_t *kmask;          /* (M, S) bool, row stride kmask_b: which positions are real tokens */
+    uint8_t *kmask;                /* (M, S) bool, row stride kmask_b: which positions are real tokens; [:, S-1] set */
     const float *inv_freq;         /* (rotary_dim / 2) RoPE frequencies, or NULL: no RoPE */
     void *work;                    /* M (d + (H + 2 Hkv) hd) + H hd + (H / Hkv) S + LANES float32 slots */
     int64_t M, d, n_head, n_kv_head, head_dim, rotary_dim, S, cache_b, cache_h, kmask_b;
@@ -331,6 +334,7 @@ void attention_part(const AttentionPartArgs *a) {
             for (int64_t i = 0; i < H; i++) rope_head(q, b * qn + i * hd, a->inv_freq, a->rotary_dim, (float)pos, dt);
             for (int64_t i = 0; i < G; i++) rope_head(k, b * kn + i * hd, a->inv_freq, a->rotary_dim, (float)pos, dt);
         }
+        a->kmask[b * a->kmask_b + S - 1] = 1;
         for (int64_t g = 0; g < G; g++)
             for (int64_t i = 0; i < hd; i++) {
                 const int64_t cell = b * a->cache_b + g * a->cache_h + (S - 1) * hd + i;
@@ -368,4 +372,42 @@ void stack_step(const LayerArgs *layers, int64_t n_layers) {
         else if (l->mixer == ATTENTION) attention_part(l->mixer_args);
         if (l->ffn) ffn_part(l->ffn_args);
     }
+}
+
+typedef struct {
+    const int64_t *ids;            /* (M) the tokens */
+    const void *embed;             /* (n_embed, d) the embedding table */
+    void *x;                       /* (M, d) their embeddings: the first half's input */
+    const LayerArgs *layers;       /* n_layers, chained from x to `last` */
+    const void *last;              /* (M, d) the last half's output */
+    const void *norm_w;            /* (d) the final norm's */
+    void *h;                       /* (M, d) scratch: the normed output */
+    const void *head;              /* (vocab, d) the LM head */
+    void *logits;                  /* (M, vocab) */
+    int64_t n_layers, M, d, n_embed, vocab;
+    float embed_scale, eps, logits_scale;  /* ScaledEmbedding's multiplier, the norm's eps, HybridLM's */
+    int32_t dtype;
+} ModelArgs;
+
+/* x * scale per value (n of them), rounded as the eager `tensor * multiplier`; in place. */
+static void scale_values(void *x, int64_t n, float scale, int32_t dtype) {
+    if (scale != 1.0f)
+        for (int64_t i = 0; i < n; i++) store(x, i, round_to(load(x, i, dtype) * scale, dtype), dtype);
+}
+
+/* One decode step of a HybridLM: logits = head(norm(stack(embed[ids] * embed_scale))) *
+ * logits_scale, as its forward computes them. Returns -1, or the first row whose id is not in
+ * [0, n_embed) (then nothing ran). */
+int64_t model_step(const ModelArgs *a) {
+    const int64_t d = a->d, size = a->dtype == F32 ? 4 : 2;
+    for (int64_t m = 0; m < a->M; m++)
+        if (a->ids[m] < 0 || a->ids[m] >= a->n_embed) return m;
+    for (int64_t m = 0; m < a->M; m++)
+        memcpy((char *)a->x + m * d * size, (const char *)a->embed + a->ids[m] * d * size, d * size);
+    scale_values(a->x, a->M * d, a->embed_scale, a->dtype);
+    stack_step(a->layers, a->n_layers);
+    rms_norm_rows(a->last, a->norm_w, a->h, a->M, d, a->eps, a->dtype);
+    linear(a->h, a->head, NULL, a->logits, a->M, a->vocab, d, a->dtype);
+    scale_values(a->logits, a->M * a->vocab, a->logits_scale, a->dtype);
+    return -1;
 }

@@ -84,6 +84,7 @@ def _load_library() -> ctypes.CDLL | str:
     lib.mamba_part.argtypes = [ctypes.POINTER(MambaPartArgs)]
     lib.attention_part.argtypes = [ctypes.POINTER(AttentionPartArgs)]
     lib.stack_step.argtypes = [ctypes.c_void_p, ctypes.c_int64]  # (LayerArgs *, n_layers): stack_cpu.py
+    lib.model_step.argtypes, lib.model_step.restype = [ctypes.c_void_p], ctypes.c_int64  # (ModelArgs *): model_cpu.py
     lib.pool_set_threads.argtypes, lib.pool_set_threads.restype = [ctypes.c_int32], None
     lib.ffn_part.restype = lib.mamba_part.restype = lib.attention_part.restype = lib.stack_step.restype = None
     return lib
@@ -317,20 +318,24 @@ def attention_call(attn, x: Tensor, out: Tensor, state, r: float) -> tuple[Atten
     contiguous), the new (k, v, kmask), and what must stay alive until the call ran; after
     `attention_accepts`.
 
-    The cache grows through `kv_cache.append` as on the unfused path (room reserved, old
-    states never overwritten); the C call writes the new position's k and v into it. The views
-    `append` returns have the layout the C call reads: (S, hd) rows contiguous, kmask rows too."""
+    The cache grows by one position through `kv_cache.extend`, as `kv_cache.append` on the
+    unfused path (room reserved, old states never overwritten); the C call writes the new
+    position's k, v and kmask into it. The views `extend` returns have the layout the C call
+    reads: (S, hd) rows contiguous, kmask rows too."""
     plan, batch = attention_plans.last(attn), x.shape[0]
-    past_k, past_v, past_mask = state
-    new = past_k.new_empty(batch, plan.n_kv_head, 1, plan.head_dim)  # filled by the C call
-    k, v = kv_cache.append(past_k, new, 2), kv_cache.append(past_v, new, 2)
-    kmask = kv_cache.append(past_mask, torch.ones(batch, 1, dtype=torch.bool), 1)
+    k, v, kmask = grown_kv_cache(state)
     work = torch.empty(plan.work_floats(batch, k.shape[2]))
     a = AttentionPartArgs.from_buffer_copy(plan.args)
     a.x, a.out, a.work, a.M, a.r = x.data_ptr(), out.data_ptr(), work.data_ptr(), batch, r
     a.k_cache, a.v_cache, a.kmask, a.S = k.data_ptr(), v.data_ptr(), kmask.data_ptr(), k.shape[2]
     a.cache_b, a.cache_h, a.kmask_b = k.stride(0), k.stride(1), kmask.stride(0)
     return a, (k, v, kmask), (work,)
+
+
+def grown_kv_cache(state) -> tuple[Tensor, Tensor, Tensor]:
+    """(k, v, kmask) of S positions -> views of S + 1, the last position unwritten (`kv_cache.extend`)."""
+    past_k, past_v, past_mask = state
+    return kv_cache.extend(past_k, 1, 2), kv_cache.extend(past_v, 1, 2), kv_cache.extend(past_mask, 1, 1)
 
 
 def attention_block_step(attn, norm, x: Tensor, state, r: float) -> tuple[Tensor, tuple]:

@@ -20,18 +20,23 @@ GROWTH = 8  # ... or 1/GROWTH of the new length: reallocations amortise to O(1) 
 
 def append(past: Tensor, new: Tensor, dim: int) -> Tensor:
     """past (..., S, ...) and new (..., L, ...) along `dim` -> the (..., S + L, ...) concatenation."""
-    filled, length = past.shape[dim], new.shape[dim]
+    view = extend(past, new.shape[dim], dim)
+    view.narrow(dim, past.shape[dim], new.shape[dim]).copy_(new)
+    return view
+
+
+def extend(past: Tensor, length: int, dim: int) -> Tensor:
+    """past (..., S, ...) -> a (..., S + length, ...) view whose first S positions are `past`'s
+    and whose last `length` are unwritten (the caller fills them, as a C step does)."""
+    filled = past.shape[dim]
     buffer = getattr(past, "_kv_buffer", None)  # set on the views this function returns
-    if (buffer is not None and buffer._kv_filled == filled and buffer.shape[dim] >= filled + length
+    if not (buffer is not None and buffer._kv_filled == filled and buffer.shape[dim] >= filled + length
             and past.data_ptr() == buffer.data_ptr() and past.stride() == buffer.stride()
             and _same_but(past.shape, buffer.shape, dim)):
-        buffer.narrow(dim, filled, length).copy_(new)
-    else:
         shape = list(past.shape)
         shape[dim] = filled + length + max(MIN_ROOM, (filled + length) // GROWTH)
         buffer = past.new_empty(shape)
         buffer.narrow(dim, 0, filled).copy_(past)
-        buffer.narrow(dim, filled, length).copy_(new)
     buffer._kv_filled = filled + length
     view = buffer.narrow(dim, 0, filled + length)
     view._kv_buffer = buffer  # an attribute, not `view._base`: inference mode keeps no view base

@@ -4,9 +4,16 @@ Where every block's halves are ones the fused CPU steps take (Mamba-1 or attenti
 none; SwiGLU or MoE FFNs, none), the model's step runs them all in one call, each half's
 output the next half's input. The argument structs are built once per model (`_StackPlan`,
 from the halves' plans in `block_cpu`) and kept; a step sets only the input, the states'
-pointers and the KV cache's (grown by `kv_cache.append`). That removes the per-block
+pointers and the KV cache's (grown by `kv_cache.extend`). That removes the per-block
 dispatch: module calls, a ctypes call and the argument set-up per half. Any block it does
 not take leaves the model on its per-block path, where each half may still run fused.
+`model_cpu` runs the same plan inside a whole model step (embedding and head too).
+
+Each torch op a step runs outside the call is slow: the call has just streamed the weights
+through the caches, evicting the op's dispatch code and data (measured on a 2-core AMD EPYC:
+the final norm 21 us in a loop of its own, 74-96 us right after the call; the embedding 7
+vs 32-44 us). So per step the Mamba layers' new states are two allocations for all layers, and
+within a chain (below) their old ones are not read at all: they are where the last step wrote.
 
 The full check (`stack_accepts` over every half, then the plan's signature) reads every module,
 parameter pointer and setting of the model: ~0.3 ms a token on a 2-core machine, a fifth of a
@@ -23,6 +30,7 @@ is rebuilt, at the next chain).
 from __future__ import annotations
 
 import ctypes
+import math
 import threading
 import weakref
 from typing import NamedTuple
@@ -32,7 +40,7 @@ from torch import Tensor
 
 from hybrid_mllm.core.decode import BlockStep
 
-from . import block_cpu, kv_cache, step_cpu
+from . import block_cpu, step_cpu
 from .attention import Attention
 from .mamba import Mamba
 from .scan_cpu import KERNEL_DTYPES
@@ -53,11 +61,21 @@ MIXERS = {Mamba: (block_cpu.mamba_accepts, 1, block_cpu.mamba_plans),
 def stack_accepts(blocks, norm, x: Tensor, states) -> bool:
     """Every block's halves taken by a fused step, from a given state: the kept plan's chain
     continues, or the full check of every half passes (module docstring)."""
-    if states is None:
+    if states is None or x.device.type != "cpu":
         return False
+    return chain_continues(blocks, x.dtype, x.shape, states) or halves_accept(blocks, x, states)
+
+
+def chain_continues(blocks, dtype: torch.dtype, shape: torch.Size, states) -> bool:
+    """`states` is what the kept plan of `blocks` returned last, for inputs of that dtype and shape."""
     plan = _STACKS.get(blocks)
-    if plan is not None and plan.continues(x, states):
-        return True
+    return plan is not None and plan.continues(dtype, shape, states)
+
+
+def halves_accept(blocks, x: Tensor, states) -> bool:
+    """The full check: each block's halves taken by its fused step, for inputs like `x` from
+    `states` (and one half at least)."""
+    halves = 0
     for block, state in zip(blocks, states, strict=True):
         parts = block._modules  # not attribute lookups: nn.Module's fall back to __getattr__
         mixer_norm, ffn = parts.get("mixer_norm"), parts.get("ffn")
@@ -68,7 +86,8 @@ def stack_accepts(blocks, norm, x: Tensor, states) -> bool:
                 return False
         if ffn is not None and not block_cpu.ffn_accepts(ffn, parts["ffn_norm"], x, ()):
             return False
-    return True
+        halves += (mixer_norm is not None) + (ffn is not None)
+    return halves > 0
 
 
 NO_MIXER, MAMBA, ATTENTION = 0, 1, 2  # block_cpu.c's codes of a mixer half
@@ -144,15 +163,17 @@ class _StackPlan:
             self.layers[i].mixer = NO_MIXER if m is None else m.kind
             self.layers[i].mixer_args = None if m is None else ctypes.addressof(m.args)
             self.layers[i].ffn, self.layers[i].ffn_args = (0, None) if f is None else (1, ctypes.addressof(f.args))
+        self.mamba_layers = [i for i, m in enumerate(self.mixers) if m is not None and m.kind == MAMBA]
+        self.attention_layers = [i for i, m in enumerate(self.mixers) if m is not None and m.kind == ATTENTION]
         self.rows = self.positions = 0
         self.weights = [p.detach() for p in blocks.parameters()]  # their storages stay alive
         self.chain: _Chain | None = None
 
-    def continues(self, x: Tensor, states) -> bool:
+    def continues(self, dtype: torch.dtype, shape: torch.Size, states) -> bool:
         """`states` is what this plan's last step returned, for an input like that step's."""
         c = self.chain
-        return (c is not None and id(states) == c.states_id and x.dtype == c.dtype and x.shape == c.shape
-                and x.device.type == "cpu" and (torch.get_num_threads() > 1) == c.threaded
+        return (c is not None and id(states) == c.states_id and dtype == c.dtype and shape == c.shape
+                and (torch.get_num_threads() > 1) == c.threaded
                 and (marker := c.marker()) is not None and _first_tensor(states) is marker)
 
     def _scratch_floats(self, rows: int, positions: int) -> int:
@@ -167,11 +188,11 @@ class _StackPlan:
                 need = max(need, h.plan.work_floats(rows))
         return need
 
-    def _bind(self, x: Tensor, positions: int) -> None:
-        """Buffers for `x`'s rows and up to `positions` cached positions; every half's pointers into them."""
-        rows = x.shape[0]
+    def _bind(self, shape: torch.Size, positions: int) -> None:
+        """Buffers for `shape`'s rows and up to `positions` cached positions; every half's pointers into them."""
+        rows = shape[0]
         self.rows, self.positions = rows, max(positions, 2 * self.positions, 256)
-        self.outputs = torch.empty(len(self.halves), *x.shape, dtype=x.dtype)
+        self.outputs = torch.empty(len(self.halves), *shape, dtype=self.dtype)
         self.scratch = torch.empty(self._scratch_floats(rows, self.positions))
         base, slot = self.scratch.data_ptr(), 4  # float32 slots, whatever the activations' dtype
         for j, h in enumerate(self.halves):
@@ -187,64 +208,106 @@ class _StackPlan:
             else:
                 a.work = base
 
-    def run(self, x: Tensor, states) -> tuple[Tensor, tuple]:
-        positions = max([s[0].shape[2] + 1 for s, m in zip(states, self.mixers, strict=True)
-                         if m is not None and m.kind == ATTENTION], default=0)
+    def bind_step(self, shape: torch.Size, states, alive: list, continuing: bool) -> tuple:
+        """Before a step of inputs of `shape` (B, 1, d) from `states`: buffers sized, the
+        products' thread count set, every half pointed at its state and at the new state it
+        writes (returned). `continuing`: `states` is what the last step returned (`continues`),
+        so the Mamba halves read their states where that step wrote them; else from `states`
+        (their contiguous copies go into `alive`). The first half's input is the caller's to
+        set. Under `lock`."""
+        positions = max([states[i][0].shape[2] + 1 for i in self.attention_layers], default=0)
+        if shape[0] != self.rows or positions > self.positions:
+            self._bind(shape, positions)
+        block_cpu._load_library().pool_set_threads(torch.get_num_threads())
+        mamba = self.mamba_layers
+        if continuing:
+            for i in mamba:
+                step = self.mixers[i].step
+                step.conv_state, step.ssm_state = step.new_conv_state, step.new_ssm_state
+        else:
+            self.mamba_states = _MambaStates([states[i] for i in mamba])
+            for i in mamba:
+                conv, ssm = (t if t.is_contiguous() else t.contiguous() for t in states[i])
+                step = self.mixers[i].step
+                step.conv_state, step.ssm_state = conv.data_ptr(), ssm.data_ptr()
+                alive.append((conv, ssm))
+        new_states = [()] * len(self.mixers)
+        for i, (conv, ssm, conv_ptr, ssm_ptr) in zip(mamba, self.mamba_states.new(), strict=True):
+            step = self.mixers[i].step
+            step.new_conv_state, step.new_ssm_state = conv_ptr, ssm_ptr
+            new_states[i] = (conv, ssm)
+        for i in self.attention_layers:
+            new_states[i] = _bind_kv_cache(self.mixers[i].args, states[i])
+        return tuple(new_states)
+
+    def chained(self, new_states: tuple, dtype: torch.dtype, shape: torch.Size) -> tuple:
+        """After a step that returned `new_states`: the next step from them continues the chain."""
+        marker = _first_tensor(new_states)
+        self.chain = None if marker is None else _Chain(id(new_states), weakref.ref(marker), dtype, shape,
+                                                        torch.get_num_threads() > 1)
+        return new_states
+
+    def run(self, x: Tensor, states, continuing: bool) -> tuple[Tensor, tuple]:
+        """x: (B, 1, d) contiguous embeddings -> the last block's output (B, 1, d), the new states."""
         with self.lock:
-            if x.shape[0] != self.rows or positions > self.positions:
-                self._bind(x, positions)
+            alive = []
+            new_states = self.bind_step(x.shape, states, alive, continuing)
             self.halves[0].args.x = x.data_ptr()
-            new_states, alive = [], []
-            for state, half in zip(states, self.mixers, strict=True):
-                if half is None:
-                    new_states.append(())
-                elif half.kind == MAMBA:
-                    new_states.append(_bind_mamba_state(half.step, state, alive))
-                else:
-                    new_states.append(_bind_kv_cache(half.args, state))
-            lib = block_cpu._load_library()
-            threads = torch.get_num_threads()
-            lib.pool_set_threads(threads)
-            lib.stack_step(self.layers, len(self.layers))
-            new_states = tuple(new_states)
-            marker = _first_tensor(new_states)
-            self.chain = None if marker is None else _Chain(id(new_states), weakref.ref(marker), x.dtype, x.shape,
-                                                            threads > 1)
-            return self.outputs[-1].clone(), new_states
+            block_cpu._load_library().stack_step(self.layers, len(self.layers))
+            return self.outputs[-1].clone(), self.chained(new_states, x.dtype, x.shape)
 
 
-def _bind_mamba_state(step, state, alive: list) -> tuple:
-    """Point the step at (conv_state, ssm_state) and at new tensors for the state after it."""
-    conv_state, ssm_state = state[0].contiguous(), state[1].contiguous()
-    new_conv, new_ssm = torch.empty_like(conv_state), torch.empty_like(ssm_state)
-    step.conv_state, step.new_conv_state = conv_state.data_ptr(), new_conv.data_ptr()
-    step.ssm_state, step.new_ssm_state = ssm_state.data_ptr(), new_ssm.data_ptr()
-    alive.append((conv_state, ssm_state))
-    return new_conv, new_ssm
+class _MambaStates:
+    """The Mamba layers' (conv_state, ssm_state) shapes and dtypes, read at a chain's start;
+    `new` allocates the pairs a step writes: two tensors for all the layers when the shapes
+    agree (the usual case, their pointers found by arithmetic), else one per state."""
+
+    def __init__(self, states: list):
+        self.pairs = [((c.shape, c.dtype), (s.shape, s.dtype)) for c, s in states]
+        self.stacked = len(set(self.pairs)) == 1
+        if self.stacked:
+            (c, cd), (s, sd) = self.pairs[0]
+            self.conv_bytes, self.ssm_bytes = math.prod(c) * cd.itemsize, math.prod(s) * sd.itemsize
+
+    def new(self) -> list[tuple[Tensor, Tensor, int, int]]:
+        """-> per layer (conv_state, ssm_state, their data pointers), unwritten."""
+        if not self.stacked:
+            pairs = [(torch.empty(c, dtype=cd), torch.empty(s, dtype=sd)) for (c, cd), (s, sd) in self.pairs]
+            return [(c, s, c.data_ptr(), s.data_ptr()) for c, s in pairs]
+        n, ((c, cd), (s, sd)) = len(self.pairs), self.pairs[0]
+        conv, ssm = torch.empty((n, *c), dtype=cd), torch.empty((n, *s), dtype=sd)
+        c0, s0 = conv.data_ptr(), ssm.data_ptr()
+        return [(conv_i, ssm_i, c0 + i * self.conv_bytes, s0 + i * self.ssm_bytes)
+                for i, (conv_i, ssm_i) in enumerate(zip(conv.unbind(0), ssm.unbind(0)))]
 
 
 def _bind_kv_cache(a, state) -> tuple:
-    """Grow the KV cache by one position (`kv_cache.append`, as `block_cpu.attention_call`) and
-    point the attention half at it; the C call writes the new k and v."""
-    past_k, past_v, past_mask = state
-    new = past_k.new_empty(past_k.shape[0], past_k.shape[1], 1, past_k.shape[3])
-    k, v = kv_cache.append(past_k, new, 2), kv_cache.append(past_v, new, 2)
-    kmask = kv_cache.append(past_mask, torch.ones(past_mask.shape[0], 1, dtype=torch.bool), 1)
+    """Grow the KV cache by one position (`block_cpu.grown_kv_cache`, as `attention_call`) and
+    point the attention half at it; the C call writes the new k, v and kmask."""
+    k, v, kmask = block_cpu.grown_kv_cache(state)
     a.k_cache, a.v_cache, a.kmask, a.S = k.data_ptr(), v.data_ptr(), kmask.data_ptr(), k.shape[2]
     a.cache_b, a.cache_h, a.kmask_b = k.stride(0), k.stride(1), kmask.stride(0)
     return k, v, kmask
 
 
+def plan_for(blocks, dtype: torch.dtype, shape: torch.Size, states) -> tuple[_StackPlan, bool]:
+    """The kept plan of `blocks` for inputs of `dtype` and `shape`, and whether `states`
+    continues its chain; right after `stack_accepts` (or `halves_accept`). At the start of a
+    chain the plan is checked against the halves' plans, and rebuilt if they changed."""
+    plan = _STACKS.get(blocks)
+    if plan is not None and plan.continues(dtype, shape, states):
+        return plan, True
+    signature = _signature(blocks)
+    if plan is None or plan.signature != signature or plan.dtype != dtype:
+        plan = _STACKS[blocks] = _StackPlan(blocks, dtype, signature)
+    return plan, False
+
+
 def stack_step(blocks, norm, x: Tensor, states, r) -> tuple[Tensor, tuple]:
     """x: (B, 1, d_model) embeddings, states: one per block -> the last block's output, the new
-    states. Right after `stack_accepts`; at the start of a chain the plan is checked against the
-    halves' plans (rebuilt if they changed)."""
-    plan = _STACKS.get(blocks)
-    if plan is None or not plan.continues(x, states):
-        signature = _signature(blocks)
-        if plan is None or plan.signature != signature or plan.dtype != x.dtype:
-            plan = _STACKS[blocks] = _StackPlan(blocks, x.dtype, signature)
-    return plan.run(x.contiguous(), states)
+    states. Right after `stack_accepts`."""
+    plan, continuing = plan_for(blocks, x.dtype, x.shape, states)
+    return plan.run(x.contiguous(), states, continuing)
 
 
 CPU_STACK = BlockStep(part="stack", fn=stack_step, accepts=stack_accepts,
