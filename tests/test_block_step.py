@@ -114,13 +114,17 @@ def test_attention_moe_block_fused_matches_unfused(dtype, batch, residual_multip
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("head_dim", [16, 24, 32, 48, 64, 128])
-def test_attention_step_over_a_longer_cache_matches_unfused(dtype, head_dim, ran):
+@pytest.mark.parametrize("head_dim", [16, 24, 32, 48, 64, 128, 320])
+@pytest.mark.parametrize("heads", [(4, 2), (4, 4), (8, 2), (8, 1), (6, 2)])
+def test_attention_step_over_a_longer_cache_matches_unfused(dtype, head_dim, heads, ran):
     """37 cached positions and more: the scores' vector loop (16 positions at a time) and its
-    tail, the vector softmax, and each head size's specialised slices (48: the generic path)."""
+    tail, the vector softmax, and the specialised query heads per KV head (1, 2, 4, 8; 3: the
+    generic path) and slices of a head (48: the generic path; 320: more slices than the value
+    sums' registers)."""
     torch.manual_seed(0)
-    block = Block(D, Attention(D, n_head=4, n_kv_head=2, head_dim=head_dim, rope=True, dtype=dtype), None,
-                  dtype=dtype).eval()
+    n_head, n_kv_head = heads
+    block = Block(D, Attention(D, n_head=n_head, n_kv_head=n_kv_head, head_dim=head_dim, rope=True, dtype=dtype),
+                  None, dtype=dtype).eval()
     _randomize_norms(block)
     gen = torch.Generator().manual_seed(1)
     prompt, tokens = (torch.randn(2, n, D, generator=gen).to(dtype) for n in (37, 5))

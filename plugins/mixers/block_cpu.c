@@ -27,6 +27,8 @@
 void mamba_step(const void *step_args, int64_t b0, int64_t b1);
 void pooled_gemv(const void *x, const void *w, const void *b, void *y, int64_t M, int64_t N, int64_t K,
                  int32_t dtype);  /* pool_cpu.c */
+void pooled_for(void (*fn)(const void *args, int64_t i0, int64_t i1), const void *args, int64_t n,
+                int64_t chunk);  /* pool_cpu.c */
 
 typedef struct {
     const void *gate, *up, *down;        /* (H, d), (H, d), (d, H) */
@@ -69,7 +71,7 @@ typedef struct {
     void *k_cache, *v_cache;       /* (M, Hkv, S, hd), strides cache_b, cache_h, hd, 1; [:, :, S-1] written */
     uint8_t *kmask;                /* (M, S) bool, row stride kmask_b: which positions are real tokens; [:, S-1] set */
     const float *inv_freq;         /* (rotary_dim / 2) RoPE frequencies, or NULL: no RoPE */
-    void *work;                    /* M (d + (H + 2 Hkv) hd) + H hd + (H / Hkv) S + LANES float32 slots */
+    void *work;                    /* M (d + (H + 2 Hkv) hd) + M H hd + M H S + LANES float32 slots */
     int64_t M, d, n_head, n_kv_head, head_dim, rotary_dim, S, cache_b, cache_h, kmask_b;
     float eps, r;
     int32_t dtype;
@@ -243,16 +245,16 @@ static inline vf kv_lanes(const void *p, int64_t i, int64_t n, int32_t dtype) {
     return vload(f);
 }
 
-#define VALUE_HEADS 8  /* query heads whose value sums are kept in registers together */
+#define VALUE_REGS 16  /* value sums (heads x LANES-wide slices of hd) kept in registers in one sweep */
 
 /* The G query heads sharing one KV head (GQA), row b, over its S cached positions: each
  * k_s and v_s is read once for all G heads (the cache is the traffic at long contexts).
  * Scores: LANES positions at a time, their lane-wise products transposed and summed together
  * (sum_rows) instead of one horizontal sum per position. q: (G, qpad) float32, zero-padded
  * past hd; p: (G, S) scratch; acc: (G, qpad) float32 out (the heads' outputs); chunks: the
- * LANES-wide slices of a head (a constant where `attend_group` inlines it). */
+ * LANES-wide slices of a head. G and chunks are constants where `attend_group` inlines it. */
 static inline __attribute__((always_inline))
-void attend_group_n(const AttentionPartArgs *a, int64_t b, int64_t base, int64_t G, const float *q,
+void attend_group_n(const AttentionPartArgs *a, int64_t b, int64_t base, const int64_t G, const float *q,
                     int64_t qpad, float *p, float *acc, const int64_t chunks) {
     const int64_t hd = a->head_dim, S = a->S;
     const float scale = 1.0f / sqrtf((float)hd);
@@ -284,34 +286,72 @@ void attend_group_n(const AttentionPartArgs *a, int64_t b, int64_t base, int64_t
             if (!a->kmask[b * a->kmask_b + s]) p[h * S + s] = -INFINITY;
         softmax(p + h * S, S);
     }
-    /* Values: one LANES-wide slice of hd at a time, so that each head's sum over the positions
-     * stays in a register; the same sums, in the same order, as all slices at once. */
-    for (int64_t c = 0; c < chunks; c++) {
-        const int64_t i = c * LANES, n = hd - i < LANES ? hd - i : LANES;
-        for (int64_t h0 = 0; h0 < G; h0 += VALUE_HEADS) {
-            vf out[VALUE_HEADS];
-            for (int h = 0; h < VALUE_HEADS; h++) out[h] = vsplat(0.0f);
-            for (int64_t s = 0; s < S; s++) {
-                const vf v = kv_lanes(a->v_cache, base + s * hd + i, n, a->dtype);
-#pragma GCC unroll 8
-                for (int h = 0; h < VALUE_HEADS; h++)
-                    if (h0 + h < G) out[h] += p[(h0 + h) * S + s] * v;
-            }
-            for (int h = 0; h < VALUE_HEADS && h0 + h < G; h++) vstore(acc + (h0 + h) * qpad + i, out[h]);
+    /* Values: `per` heads' sums over `width` slices at once in registers (every slice of the
+     * group's heads for the usual sizes: V swept once); each sum over the positions in order,
+     * as one head and slice at a time would sum it. */
+    const int64_t width = chunks < VALUE_REGS ? chunks : VALUE_REGS, per = VALUE_REGS / width;
+    for (int64_t h0 = 0; h0 < G; h0 += per)
+        for (int64_t c0 = 0; c0 < chunks; c0 += width) {
+            const int64_t nh = G - h0 < per ? G - h0 : per, nc = chunks - c0 < width ? chunks - c0 : width;
+            vf out[VALUE_REGS];
+            for (int r = 0; r < VALUE_REGS; r++) out[r] = vsplat(0.0f);
+            for (int64_t s = 0; s < S; s++)
+                for (int64_t c = 0; c < nc; c++) {
+                    const int64_t i = (c0 + c) * LANES;
+                    const vf v = kv_lanes(a->v_cache, base + s * hd + i, hd - i < LANES ? hd - i : LANES, a->dtype);
+                    for (int64_t h = 0; h < nh; h++) out[h * width + c] += p[(h0 + h) * S + s] * v;
+                }
+            for (int64_t h = 0; h < nh; h++)
+                for (int64_t c = 0; c < nc; c++) vstore(acc + (h0 + h) * qpad + (c0 + c) * LANES, out[h * width + c]);
         }
+}
+
+/* attend_group_n with the group's heads and a head's LANES-wide slices constants for the
+ * usual sizes (1-8 heads, head sizes 16-128), so that the loops over them unroll and the
+ * sums stay in registers. */
+#define ATTEND_SLICES(G)                                                                     \
+    switch (qpad / LANES) {                                                                  \
+        case 1: attend_group_n(a, b, base, G, q, qpad, p, acc, 1); return;                  \
+        case 2: attend_group_n(a, b, base, G, q, qpad, p, acc, 2); return;                  \
+        case 4: attend_group_n(a, b, base, G, q, qpad, p, acc, 4); return;                  \
+        case 8: attend_group_n(a, b, base, G, q, qpad, p, acc, 8); return;                  \
+        default: attend_group_n(a, b, base, G, q, qpad, p, acc, qpad / LANES); return;      \
+    }
+
+static void attend_group(const AttentionPartArgs *a, int64_t b, int64_t base, int64_t G, const float *q,
+                         int64_t qpad, float *p, float *acc) {
+    switch (G) {
+        case 1: ATTEND_SLICES(1)
+        case 2: ATTEND_SLICES(2)
+        case 4: ATTEND_SLICES(4)
+        case 8: ATTEND_SLICES(8)
+        default: attend_group_n(a, b, base, G, q, qpad, p, acc, qpad / LANES);
     }
 }
 
-/* attend_group_n with its LANES-wide slices of a head a constant for the usual head sizes (16
- * to 128), so that the loops over them unroll and their vectors stay in registers. */
-static void attend_group(const AttentionPartArgs *a, int64_t b, int64_t base, int64_t G, const float *q,
-                         int64_t qpad, float *p, float *acc) {
-    switch (qpad / LANES) {
-        case 1: attend_group_n(a, b, base, G, q, qpad, p, acc, 1); break;
-        case 2: attend_group_n(a, b, base, G, q, qpad, p, acc, 2); break;
-        case 4: attend_group_n(a, b, base, G, q, qpad, p, acc, 4); break;
-        case 8: attend_group_n(a, b, base, G, q, qpad, p, acc, 8); break;
-        default: attend_group_n(a, b, base, G, q, qpad, p, acc, qpad / LANES);
+typedef struct {
+    const AttentionPartArgs *a;
+    const void *q;                 /* (M, H hd) the queries, RoPE applied */
+    void *y;                       /* (M, H hd) the heads' outputs */
+    float *p;                      /* (M G, H / G, S) scores: each unit its own */
+} AttendJob;
+
+/* Units u0 .. u1 - 1 of the M G (row, KV head) pairs, each the query heads of its KV head over
+ * the row's cache; the units are independent, so pool_cpu.c shares them between two threads. */
+static void attend_units(const void *job, int64_t u0, int64_t u1) {
+    const AttendJob *j = job;
+    const AttentionPartArgs *a = j->a;
+    const int64_t G = a->n_kv_head, hd = a->head_dim, group = a->n_head / G, qn = a->n_head * hd;
+    const int64_t qpad = (hd + LANES - 1) / LANES * LANES;
+    const int32_t dt = a->dtype;
+    float qf[group * qpad], acc[group * qpad];
+    for (int64_t u = u0; u < u1; u++) {
+        const int64_t b = u / G, g = u % G, first = b * qn + g * group * hd;  /* query heads g group .. */
+        for (int64_t h = 0; h < group; h++)
+            for (int64_t i = 0; i < qpad; i++) qf[h * qpad + i] = i < hd ? load(j->q, first + h * hd + i, dt) : 0.0f;
+        attend_group(a, b, b * a->cache_b + g * a->cache_h, group, qf, qpad, j->p + u * group * a->S, acc);
+        for (int64_t h = 0; h < group; h++)
+            for (int64_t i = 0; i < hd; i++) store(j->y, first + h * hd + i, acc[h * qpad + i], dt);
     }
 }
 
@@ -341,17 +381,9 @@ void attention_part(const AttentionPartArgs *a) {
                 store(a->k_cache, cell, load(k, b * kn + g * hd + i, dt), dt);
                 store(a->v_cache, cell, load(v, b * kn + g * hd + i, dt), dt);
             }
-        const int64_t group = H / G, qpad = (hd + LANES - 1) / LANES * LANES;
-        float qf[group * qpad], acc[group * qpad];
-        for (int64_t g = 0; g < G; g++) {  /* query heads g * group .. (g + 1) * group - 1 share KV head g */
-            for (int64_t j = 0; j < group; j++)
-                for (int64_t i = 0; i < qpad; i++)
-                    qf[j * qpad + i] = i < hd ? load(q, b * qn + (g * group + j) * hd + i, dt) : 0.0f;
-            attend_group(a, b, b * a->cache_b + g * a->cache_h, group, qf, qpad, p, acc);
-            for (int64_t j = 0; j < group; j++)
-                for (int64_t i = 0; i < hd; i++) store(y, b * qn + (g * group + j) * hd + i, acc[j * qpad + i], dt);
-        }
     }
+    const AttendJob job = {a, q, y, p};
+    pooled_for(attend_units, &job, M * G, 1);
     linear(y, a->o_w, a->o_b, a->out, M, d, qn, dt);
     residual(a->x, a->out, a->out, M * d, a->r, dt);
 }

@@ -292,10 +292,10 @@ class _AttentionPlan:
         self.inv_freq = attn.rope_theta ** (-torch.arange(half, dtype=torch.float32) / half) if attn.rope else None
         self.n_kv_head, self.head_dim = attn.n_kv_head, attn.head_dim
         width = norm_w.shape[0] + (attn.n_head + 2 * attn.n_kv_head) * attn.head_dim  # work slots per row
-        group = attn.n_head // attn.n_kv_head
-        # rows (h, q, k, v) + y + scores of one KV head's query heads over the positions
-        self.work_floats = lambda rows, positions: (rows * width + (rows + 1) * attn.n_head * attn.head_dim
-                                                    + group * positions + 16)
+        # rows (h, q, k, v) + y + scores of every query head over the positions (each (row, KV
+        # head) unit its own: the units run on two threads)
+        self.work_floats = lambda rows, positions: (rows * width + rows * attn.n_head * attn.head_dim
+                                                    + rows * attn.n_head * positions + 16)
         self.args = AttentionPartArgs(
             norm_w=norm_w.data_ptr(), q_w=q_w.data_ptr(), k_w=k_w.data_ptr(), v_w=v_w.data_ptr(), o_w=o_w.data_ptr(),
             q_b=_ptr(q_b), k_b=_ptr(k_b), v_b=_ptr(v_b), o_b=_ptr(o_b), inv_freq=_ptr(self.inv_freq),
