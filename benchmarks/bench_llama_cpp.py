@@ -13,8 +13,8 @@ prompt and ``--decode`` single-token steps after it, rounds alternating ours / l
 ``--threads`` threads each; a row gives the medians of ``--repeats`` rounds and their ratio.
 Each engine runs in a worker process of its own (its own OpenMP runtime): ours as
 ``hybrid-run`` runs it (its OpenMP wait policy where this version sets one,
-``load_checkpoint(dtype=...)``, ``TorchDecoder``, the runtime's prefill chunk and malloc
-settings), llama.cpp through ``Llama.eval`` with an f32 KV cache for f32 and bf16 for bf16
+``load_checkpoint(dtype=...)``, ``TorchDecoder``, the runtime's prefill chunk, malloc
+settings and weights on huge pages), llama.cpp through ``Llama.eval`` with an f32 KV cache for f32 and bf16 for bf16
 and ``--peer-omp-wait`` as its ``OMP_WAIT_POLICY``.
 
     python benchmarks/bench_llama_cpp.py --llama-cpp /tmp/llama_cpp_python-0.3.36/vendor/llama.cpp
@@ -76,6 +76,11 @@ class Ours:
 
         self.malloc = keep_freed_memory()
         self.lm = load_checkpoint(path, dtype=getattr(torch, dtype)).model.lm.eval()
+        try:  # hybrid-run's placement of the weights, where this version has it
+            from hybrid_mllm.runtime.huge_pages import weights_on_huge_pages
+            self.pages = weights_on_huge_pages(self.lm)
+        except ImportError:
+            self.pages = "malloc's"
         self.decoder = TorchDecoder(self.lm, prefill_chunk=PREFILL_CHUNK)
         self.state = None
 
@@ -170,7 +175,7 @@ def _worker(args) -> None:
 
         torch.set_num_threads(args.threads)
         engine = Ours(args.model, args.dtype)
-        info = {"malloc": engine.malloc, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY")}
+        info = {"malloc": engine.malloc, "weights": engine.pages, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY")}
     else:
         engine = Peer(args.model, args.dtype, args.n_ctx, args.threads, args.flash_attn)
         info = {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY")}

@@ -25,6 +25,7 @@ from hybrid_mllm.core.errors import HybridError
 from hybrid_mllm.core.presets import resolve_config_path
 
 from .generate import Decoder, GenerationConfig
+from .huge_pages import weights_on_huge_pages
 from .pipeline import PREFILL_CHUNK, Overrides, Pipeline, Request
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -84,6 +85,7 @@ def _load(args) -> tuple[Pipeline, Decoder | None]:
     else:
         config = load_config(resolve_config_path(args.config))
         model, tokenizer = build_mllm(config, seed=args.seed, device=args.device, dtype=dtype)
+    weights_on_huge_pages(model)  # the decode steps stream them (huge_pages.py)
     return Pipeline(model.eval(), tokenizer, config), None
 
 

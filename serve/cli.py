@@ -88,6 +88,7 @@ def build_app(args: argparse.Namespace):
 
 def _load(args: argparse.Namespace):
     """The pipeline (rendering, media) and the engine's backend for the chosen model source."""
+    from hybrid_mllm.runtime.huge_pages import weights_on_huge_pages
     from hybrid_mllm.runtime.pipeline import Pipeline
 
     from .backends import OrtBackend, TorchBackend
@@ -105,6 +106,7 @@ def _load(args: argparse.Namespace):
     else:
         config = load_config(resolve_config_path(args.config))
         model, tokenizer = build_mllm(config, seed=args.seed)
+    weights_on_huge_pages(model)  # the decode steps stream them (runtime/huge_pages.py)
     return Pipeline(model.eval(), tokenizer, config), TorchBackend(model)
 
 
