@@ -5,8 +5,9 @@ stream them. PyTorch's tensors come from malloc, on 4 KiB pages unless the kerne
 setting is "always" (it is "madvise" on most distributions): a TLB miss every 4 KiB of
 weights. Measured on a 2-core AMD EPYC (THP "madvise"), a one-row bf16 product over 512 MiB
 of 4096 x 1024 weights read 27-33 GB/s from 4 KiB pages and 31-39 GB/s from huge pages on two
-threads; a whole decode step of the ~366M Jamba was 1.04x faster (fp32 and bf16, in-process
-A/B). llama.cpp gets the same from its memory-mapped GGUF file (the page cache's large folios).
+threads; a whole decode step 1.04-1.07x faster (bench_llama_cpp's 15.6M and 366M Jambas, fp32
+and bf16, in-process A/B of two copies of one model). llama.cpp gets the same from its
+memory-mapped GGUF file (the page cache's large folios).
 
 `weights_on_huge_pages` copies a module's CPU parameters into one private anonymous mapping
 advised ``MADV_HUGEPAGE`` and points them at it: values, dtypes, shapes, strides and the
