@@ -11,7 +11,8 @@ memory on every op, however long the process runs. Serving every block from the 
 price is that the process keeps its peak footprint until it exits
 (benchmarks/probe_prefill_faults.py measures both sides).
 
-``HYBRID_MLLM_MALLOC=system`` leaves glibc's defaults alone.
+``HYBRID_MLLM_MALLOC=system`` leaves glibc's defaults alone, and the weights where they were
+loaded (no move onto huge pages: `huge_pages.py`).
 """
 
 from __future__ import annotations
