@@ -83,6 +83,48 @@ def test_an_id_outside_the_embedding_raises_and_the_state_still_steps(bad, ran):
     torch.testing.assert_close(stepped, expected, atol=1e-5, rtol=1e-5)
 
 
+def test_a_step_that_fails_within_a_chain_leaves_the_chain_to_start_again(ran):
+    """The failed step had pointed the Mamba halves at new states it then dropped: the retry
+    from the same state must read that state, not the dropped one."""
+    lm = jamba()
+    ids = _ids(1, 9)
+    with torch.no_grad():
+        state = lm(ids[:, 7:8], state=lm.prefill(ids[:, :7]).state).state  # a chain of one step
+        with pytest.raises(IndexError):
+            lm(torch.tensor([[VOCAB]]), state=state)
+        stepped = lm(ids[:, 8:9], state=state).logits
+        with decode_paths(fast=False):
+            expected = lm(ids[:, 8:9], state=state).logits
+    torch.testing.assert_close(stepped, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_threads_stepping_one_model_from_one_state_get_its_next_logits():
+    """Each thread's step reads the state it was given, whatever another thread stepped meanwhile."""
+    import threading
+
+    lm = jamba()
+    ids = _ids(1, 8)
+    with torch.no_grad():
+        state = lm(ids[:, 6:7], state=lm.prefill(ids[:, :6]).state).state
+        expected = lm(ids[:, 7:8], state=state).logits
+    results, start = [], threading.Barrier(4)
+
+    def step():
+        start.wait()
+        with torch.no_grad():
+            for _ in range(20):
+                results.append(lm(ids[:, 7:8], state=state).logits)
+
+    threads = [threading.Thread(target=step) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 80
+    for logits in results:
+        torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)
+
+
 def _biased_head(lm: HybridLM) -> None:
     head = torch.nn.Linear(lm.lm_head.in_features, lm.lm_head.out_features, bias=True)
     with torch.no_grad():

@@ -122,10 +122,10 @@ def model_step(lm: HybridLM, norm, ids: Tensor, states, r) -> tuple[Tensor, tupl
         if ends is None or ends.signature != signature:
             ends = _PLANS[lm] = _EndsPlan(lm, dtype, signature)
     dtype, shape = ends.dtype, ends.shape(ids)
-    plan, continuing = stack_cpu.plan_for(lm.blocks, dtype, shape, states)
+    plan = stack_cpu.plan_for(lm.blocks, dtype, shape, states)
     with plan.lock:
         alive = []
-        new_states = plan.bind_step(shape, states, alive, continuing)
+        new_states = plan.bind_step(shape, states, alive)
         ends.bind(shape[0])
         a = ends.args
         plan.halves[0].args.x = a.x

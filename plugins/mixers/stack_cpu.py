@@ -208,13 +208,15 @@ class _StackPlan:
             else:
                 a.work = base
 
-    def bind_step(self, shape: torch.Size, states, alive: list, continuing: bool) -> tuple:
+    def bind_step(self, shape: torch.Size, states, alive: list) -> tuple:
         """Before a step of inputs of `shape` (B, 1, d) from `states`: buffers sized, the
         products' thread count set, every half pointed at its state and at the new state it
-        writes (returned). `continuing`: `states` is what the last step returned (`continues`),
-        so the Mamba halves read their states where that step wrote them; else from `states`
-        (their contiguous copies go into `alive`). The first half's input is the caller's to
-        set. Under `lock`."""
+        writes (returned). Where `states` is what the last step returned (`continues`, checked
+        here, under `lock`: another thread may have stepped since), the Mamba halves read their
+        states where that step wrote them; else from `states` (their contiguous copies go into
+        `alive`). The chain ends here and starts again at `chained`, after the call: a step
+        that fails in between leaves none. The first half's input is the caller's to set."""
+        continuing, self.chain = self.continues(self.dtype, shape, states), None
         positions = max([states[i][0].shape[2] + 1 for i in self.attention_layers], default=0)
         if shape[0] != self.rows or positions > self.positions:
             self._bind(shape, positions)
@@ -247,11 +249,11 @@ class _StackPlan:
                                                         torch.get_num_threads() > 1)
         return new_states
 
-    def run(self, x: Tensor, states, continuing: bool) -> tuple[Tensor, tuple]:
+    def run(self, x: Tensor, states) -> tuple[Tensor, tuple]:
         """x: (B, 1, d) contiguous embeddings -> the last block's output (B, 1, d), the new states."""
         with self.lock:
             alive = []
-            new_states = self.bind_step(x.shape, states, alive, continuing)
+            new_states = self.bind_step(x.shape, states, alive)
             self.halves[0].args.x = x.data_ptr()
             block_cpu._load_library().stack_step(self.layers, len(self.layers))
             return self.outputs[-1].clone(), self.chained(new_states, x.dtype, x.shape)
@@ -290,24 +292,23 @@ def _bind_kv_cache(a, state) -> tuple:
     return k, v, kmask
 
 
-def plan_for(blocks, dtype: torch.dtype, shape: torch.Size, states) -> tuple[_StackPlan, bool]:
-    """The kept plan of `blocks` for inputs of `dtype` and `shape`, and whether `states`
-    continues its chain; right after `stack_accepts` (or `halves_accept`). At the start of a
-    chain the plan is checked against the halves' plans, and rebuilt if they changed."""
+def plan_for(blocks, dtype: torch.dtype, shape: torch.Size, states) -> _StackPlan:
+    """The kept plan of `blocks` for inputs of `dtype` and `shape`, right after `stack_accepts`
+    (or `halves_accept`): at the start of a chain checked against the halves' plans, and
+    rebuilt if they changed."""
     plan = _STACKS.get(blocks)
     if plan is not None and plan.continues(dtype, shape, states):
-        return plan, True
+        return plan
     signature = _signature(blocks)
     if plan is None or plan.signature != signature or plan.dtype != dtype:
         plan = _STACKS[blocks] = _StackPlan(blocks, dtype, signature)
-    return plan, False
+    return plan
 
 
 def stack_step(blocks, norm, x: Tensor, states, r) -> tuple[Tensor, tuple]:
     """x: (B, 1, d_model) embeddings, states: one per block -> the last block's output, the new
     states. Right after `stack_accepts`."""
-    plan, continuing = plan_for(blocks, x.dtype, x.shape, states)
-    return plan.run(x.contiguous(), states, continuing)
+    return plan_for(blocks, x.dtype, x.shape, states).run(x.contiguous(), states)
 
 
 CPU_STACK = BlockStep(part="stack", fn=stack_step, accepts=stack_accepts,
