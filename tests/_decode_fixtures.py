@@ -55,6 +55,15 @@ def decode_logits(lm, ids: torch.Tensor, prompt: int, **paths) -> torch.Tensor:
     return torch.stack(logits, 1)
 
 
+def fast_and_generic(lm, ids: torch.Tensor, state) -> tuple[torch.Tensor, torch.Tensor]:
+    """The logits of one step of `ids` (B, 1) from `state`, on the decode paths and on the general forward."""
+    with torch.no_grad():
+        fast = lm(ids, state=state).logits
+        with decode_paths(fast=False):
+            generic = lm(ids, state=state).logits
+    return fast, generic
+
+
 def without(parts: tuple[str, ...], fn):
     """fn() with the registered steps of `parts` off."""
     saved = decode._block_steps

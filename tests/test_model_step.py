@@ -12,7 +12,7 @@ import copy
 
 import pytest
 import torch
-from _decode_fixtures import decode_logits, jamba, spy_steps, without
+from _decode_fixtures import decode_logits, fast_and_generic, jamba, spy_steps, without
 
 from hybrid_mllm.core.decode import decode_paths
 from hybrid_mllm.core.model import HybridLM
@@ -76,9 +76,7 @@ def test_an_id_outside_the_embedding_raises_and_the_state_still_steps(bad, ran):
         with pytest.raises(IndexError, match=f"token id {bad} is out of range: the embedding has {VOCAB} rows"):
             lm(torch.tensor([[3], [bad]]), state=state)
         assert all(torch.equal(a, b) for a, b in zip(kept, [t for layer in state for t in layer], strict=True))
-        stepped = lm(ids[:, 6:7], state=state).logits
-        with decode_paths(fast=False):
-            expected = lm(ids[:, 6:7], state=state).logits
+    stepped, expected = fast_and_generic(lm, ids[:, 6:7], state)
     assert ran["model"] == 2
     torch.testing.assert_close(stepped, expected, atol=1e-5, rtol=1e-5)
 
@@ -92,9 +90,7 @@ def test_a_step_that_fails_within_a_chain_leaves_the_chain_to_start_again(ran):
         state = lm(ids[:, 7:8], state=lm.prefill(ids[:, :7]).state).state  # a chain of one step
         with pytest.raises(IndexError):
             lm(torch.tensor([[VOCAB]]), state=state)
-        stepped = lm(ids[:, 8:9], state=state).logits
-        with decode_paths(fast=False):
-            expected = lm(ids[:, 8:9], state=state).logits
+    stepped, expected = fast_and_generic(lm, ids[:, 8:9], state)
     torch.testing.assert_close(stepped, expected, atol=1e-5, rtol=1e-5)
 
 
