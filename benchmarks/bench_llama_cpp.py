@@ -14,8 +14,8 @@ prompt and ``--decode`` single-token steps after it, rounds alternating ours / l
 Each engine runs in a worker process of its own (its own OpenMP runtime): ours as
 ``hybrid-run`` runs it (its OpenMP wait policy where this version sets one,
 ``load_checkpoint(dtype=...)``, ``TorchDecoder``, the runtime's prefill chunk, malloc
-settings and weights on huge pages), llama.cpp through ``Llama.eval`` with an f32 KV cache for f32 and bf16 for bf16
-and ``--peer-omp-wait`` as its ``OMP_WAIT_POLICY``.
+settings and weights on huge pages), llama.cpp through ``Llama.eval`` with an f32 KV cache
+for f32 and bf16 for bf16 and ``--peer-omp-wait`` as its ``OMP_WAIT_POLICY``.
 
     python benchmarks/bench_llama_cpp.py --llama-cpp /tmp/llama_cpp_python-0.3.36/vendor/llama.cpp
     python benchmarks/bench_llama_cpp.py --llama-cpp DIR --sizes large --contexts 512 2048 --repeats 3

@@ -9,11 +9,12 @@ threads; a whole decode step 1.04-1.07x faster (bench_llama_cpp's 15.6M and 366M
 and bf16, in-process A/B of two copies of one model). llama.cpp gets the same from its
 memory-mapped GGUF file (the page cache's large folios).
 
-`weights_on_huge_pages` copies a module's CPU parameters into one private anonymous mapping
-advised ``MADV_HUGEPAGE`` and points them at it: values, dtypes, shapes, strides and the
-sharing between parameters (tied weights, views of one storage) stay as they were, and the
-old memory goes back to the OS. It does nothing where THP is off or not Linux, below one huge
-page of weights, or with ``HYBRID_MLLM_MALLOC=system`` (the allocator left to its defaults).
+`weights_on_huge_pages` (called by hybrid-run, hybrid-serve and hybrid-eval) copies a
+module's CPU parameters into one private anonymous mapping advised ``MADV_HUGEPAGE`` and
+points them at it: values, dtypes, shapes, strides and the sharing between parameters (tied
+weights, views of one storage) stay as they were, and the old memory goes back to the OS. It
+does nothing where THP is off or not Linux, below one huge page of weights, or with
+``HYBRID_MLLM_MALLOC=system`` (the allocator left to its defaults).
 """
 
 from __future__ import annotations

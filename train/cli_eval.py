@@ -11,6 +11,7 @@ from pathlib import Path
 
 from hybrid_mllm.core.checkpoint import load_checkpoint
 from hybrid_mllm.core.cli import check_at_least_one, check_device, run_cli
+from hybrid_mllm.runtime.huge_pages import weights_on_huge_pages
 from hybrid_mllm.runtime.pipeline import PREFILL_CHUNK, Pipeline
 from hybrid_mllm.runtime.visual_inputs import Overrides
 
@@ -45,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     model, tokenizer, config = load_checkpoint(args.checkpoint, device=check_device(args.device))
     records = read_records(args.data, args.data_root)[: args.limit]
     raw = [item for _, item in json_items(Path(args.data), Path(args.data).read_text())][: len(records)]
+    weights_on_huge_pages(model)  # the decode steps stream them (runtime/huge_pages.py)
     pipeline = Pipeline(model.eval(), tokenizer, config)
     rows, summary = evaluate(pipeline, records, raw, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
                              overrides=Overrides(args.max_tiles, args.max_frames, max_visual_tokens=args.max_visual_tokens),
