@@ -74,6 +74,8 @@ class MoE(nn.Module):
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """x: (B, L, d_model) -> y: (B, L, d_model), aux_loss: () float32."""
         tokens = x.reshape(-1, x.shape[-1])  # (T, d)
+        if tokens.shape[0] == 0:  # an empty batch or sequence: nothing to route (torch.cat needs a part)
+            return torch.zeros_like(x), x.new_zeros((), dtype=torch.float32)
         probs, weights, chosen = self.route(tokens)
         few = fast_decode() and tokens.shape[0] * self.top_k <= self.n_experts
         dispatch = self._each_slot if few else self._dispatch

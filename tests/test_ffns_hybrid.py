@@ -50,3 +50,15 @@ def test_shared_moe_trains():
     y, aux = ffn(_x())
     (y.square().mean() + aux).backward()
     assert ffn.shared.down.weight.grad.abs().sum() > 0 and ffn.routed.router.weight.grad.abs().sum() > 0
+
+
+def test_moe_takes_zero_tokens_on_every_path():
+    """An empty batch or sequence: zeros of its shape and a zero aux loss, decoding or not."""
+    from hybrid_mllm.core.decode import decode_paths
+
+    moe = MoE(16, n_experts=4, top_k=2, d_hidden=24).eval()
+    for shape in ((0, 1, 16), (0, 5, 16), (2, 0, 16)):
+        for fast, grad in ((True, False), (False, False), (False, True)):
+            with torch.set_grad_enabled(grad), decode_paths(fast=fast):
+                y, aux = moe(torch.randn(*shape))
+            assert y.shape == shape and aux.item() == 0.0, (shape, fast, grad)
