@@ -105,6 +105,8 @@ def register_block_steps(register):
         ``step.accepts(module, norm, x, state)`` says whether it takes this mixer or FFN and
         input; ``step.fn`` returns ``(x + r * part(norm(x)), new_state)``. A `Block` uses the
         first that accepts, for one token while decoding only, and runs its modules otherwise.
+        ``step.part`` "stack" takes all of a `HybridLM`'s blocks at once and "model" its whole
+        step from token ids to logits (`hybrid_mllm.core.decode.BlockStep`).
     """
 
 
