@@ -21,14 +21,10 @@
  * the norm, the SiLU, the products and the residual), so bfloat16 follows the eager path.
  */
 #include "cpu_math.h"
+#include "pool_cpu.h"  /* pool_cpu.c (which calls gemv_cpu.c), linked into the same library */
 #include "vec_math.h"
 
-/* step_cpu.c and pool_cpu.c (which calls gemv_cpu.c), linked into the same library */
-void mamba_step(const void *step_args, int64_t b0, int64_t b1);
-void pooled_gemv(const void *x, const void *w, const void *b, void *y, int64_t M, int64_t N, int64_t K,
-                 int32_t dtype);  /* pool_cpu.c */
-void pooled_for(void (*fn)(const void *args, int64_t i0, int64_t i1), const void *args, int64_t n,
-                int64_t chunk);  /* pool_cpu.c */
+void mamba_step(const void *step_args, int64_t b0, int64_t b1);  /* step_cpu.c, linked in too */
 
 typedef struct {
     const void *gate, *up, *down;        /* (H, d), (H, d), (d, H) */

@@ -20,6 +20,7 @@
 #include <string.h>
 
 #include "cpu_math.h"
+#include "pool_cpu.h"
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -38,8 +39,6 @@ void gemv_bf16(const uint16_t *x, const uint16_t *w, const uint16_t *bias, uint1
 #define SPINS 1000                    /* pause loops before yielding (~10-40 us) */
 #define YIELDS 50                     /* sched_yield calls before sleeping */
 #define MIN_BYTES (64 << 10)          /* smaller weights: one thread (the hand-off costs more) */
-
-typedef void (*RangeFn)(const void *args, int64_t i0, int64_t i1);
 
 typedef struct {
     RangeFn fn;                       /* NULL: a product (the fields below); else fn over [0, N) */

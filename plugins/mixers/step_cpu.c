@@ -12,12 +12,12 @@
  * float32 copies; the SSM state and all arithmetic are float32.
  */
 #include "cpu_math.h"
+#include "pool_cpu.h"
 #include "vec_math.h"
 
 /* pool_cpu.c's parallel for, where it is linked into the same library (block_cpu's); absent
  * (NULL) in this file's own library, whose caller splits the batch over threads instead. */
-void pooled_for(void (*fn)(const void *args, int64_t i0, int64_t i1), const void *args, int64_t n, int64_t chunk)
-    __attribute__((weak));
+#pragma weak pooled_for
 #define SCAN_CHUNK 256  /* channels per claim of pooled_for (a multiple of LANES): two claims at d_inner 512 */
 
 typedef struct {
