@@ -3,10 +3,10 @@
 A CPU decode step reads every weight once, from memory: it is bound by how fast two threads
 stream them. PyTorch's tensors come from malloc, on 4 KiB pages unless the kernel's THP
 setting is "always" (it is "madvise" on most distributions): a TLB miss every 4 KiB of
-weights. Measured on a 2-core AMD EPYC (THP "madvise"), a one-row bf16 product over 512 MiB
-of 4096 x 1024 weights read 27-33 GB/s from 4 KiB pages and 31-39 GB/s from huge pages on two
-threads; a whole decode step 1.04-1.07x faster (bench_llama_cpp's 15.6M and 366M Jambas, fp32
-and bf16, in-process A/B of two copies of one model). llama.cpp gets the same from its
+weights. Measured on a 2-core AMD EPYC (THP "madvise", benchmarks/probe_huge_pages.py): a
+one-row bf16 product over 512 MiB of 4096 x 1024 weights read 24.2 GB/s from 4 KiB pages and
+27.9 from huge pages on one thread, 30.9 and 32.7 on two; a decode step of the 15.6M and the
+366M Jamba 1.07x faster in bf16, 1.12x / 1.07x in fp32. llama.cpp gets the same from its
 memory-mapped GGUF file (the page cache's large folios).
 
 `weights_on_huge_pages` (called by hybrid-run, hybrid-serve and hybrid-eval) copies a
