@@ -36,7 +36,7 @@ from hybrid_mllm.plugins.mixers.scan_cpu import KERNEL_DTYPES
 from hybrid_mllm.runtime.huge_pages import thp_mode, weights_on_huge_pages
 
 sys.path.insert(0, str(Path(__file__).parent))
-from decode_models import jamba  # noqa: E402  (this folder's helper, not a package)
+from decode_models import jamba  # this folder's helper, not a package
 
 
 def _anon_huge_kib() -> str:
