@@ -11,8 +11,8 @@ not take leaves the model on its per-block path, where each half may still run f
 
 Each torch op a step runs outside the call is slow: the call has just streamed the weights
 through the caches, evicting the op's dispatch code and data (measured on a 2-core AMD EPYC:
-the final norm 21 us in a loop of its own, 74-96 us right after the call; the embedding 7
-vs 32-44 us). So per step the Mamba layers' new states are two allocations for all layers, and
+the final norm 21 us in a loop of its own, 74-126 us right after the call; the embedding 7
+vs 32-58 us). So per step the Mamba layers' new states are two allocations for all layers, and
 within a chain (below) their old ones are not read at all: they are where the last step wrote.
 
 The full check (`stack_accepts` over every half, then the plan's signature) reads every module,
