@@ -115,14 +115,14 @@ def model_accepts(lm, norm, ids: Tensor, states) -> bool:
 def model_step(lm: HybridLM, norm, ids: Tensor, states, r) -> tuple[Tensor, tuple]:
     """ids: (B, 1) int64, states: one per block -> logits (B, 1, vocab) in the model's dtype,
     the new states. Right after `model_accepts`."""
-    ends = _PLANS.get(lm)
-    if ends is None or not stack_cpu.chain_continues(lm.blocks, ends.dtype, ends.shape(ids), states):
-        dtype = lm.embed.weight.dtype  # a chain's start: the ends checked too
+    ends, plan = _PLANS.get(lm), stack_cpu._STACKS.get(lm.blocks)
+    if ends is None or plan is None or not plan.continues(ends.dtype, ends.shape(ids), states):
+        dtype = lm.embed.weight.dtype  # a chain's start: the ends checked, the stack's plan too
         signature = _ends_signature(lm, dtype)
         if ends is None or ends.signature != signature:
             ends = _PLANS[lm] = _EndsPlan(lm, dtype, signature)
+        plan = stack_cpu.plan_for(lm.blocks, dtype, ends.shape(ids), states)
     dtype, shape = ends.dtype, ends.shape(ids)
-    plan = stack_cpu.plan_for(lm.blocks, dtype, shape, states)
     with plan.lock:
         alive = []
         new_states = plan.bind_step(shape, states, alive)
