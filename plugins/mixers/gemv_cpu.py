@@ -5,8 +5,8 @@ matmul reads such a weight at about half the rate of its float32 one, and its fl
 runs every product, however small, on OpenMP's threads: with 2 threads each of a small
 model's ~60 products per step waits for the second thread to wake (``OMP_WAIT_POLICY=PASSIVE``)
 or for a core (spinning waits on a loaded machine). These kernels (AVX512-BF16 dot products
-or AVX512F FMAs, float32 accumulation) read a small weight on the calling thread and split a
-large one's columns over Python threads; they serve `hybrid_mllm.core.decode.linear` through
+or AVX512F FMAs, else AVX2 FMAs; float32 accumulation) read a small weight on the calling
+thread and split a large one's columns over Python threads; they serve `hybrid_mllm.core.decode.linear` through
 the ``register_linear_kernels`` hook (RESULTS.md, "CPU decode"). Built with
 `step_cpu.build_library`, i.e. `scan_cpu`'s compiler discovery, flags and cache.
 """
@@ -30,8 +30,8 @@ SOURCE = Path(__file__).with_name("gemv_cpu.c")
 MAX_ROWS = 4  # from 8 rows on, oneDNN's blocked matmuls are faster (benchmarks/bench_linear.py)
 THREADED_BYTES = 4 << 20  # bytes of W from which its columns are split over threads
 # dtype -> (the C function, its "was it vectorized" query, the instructions it needs)
-KERNELS = {torch.bfloat16: ("gemv_bf16", "gemv_bf16_vectorized", "AVX512-BF16"),
-           torch.float32: ("gemv_f32", "gemv_f32_vectorized", "AVX512F")}
+KERNELS = {torch.bfloat16: ("gemv_bf16", "gemv_bf16_vectorized", "AVX512-BF16 or AVX2 with FMA"),
+           torch.float32: ("gemv_f32", "gemv_f32_vectorized", "AVX512F or AVX2 with FMA")}
 
 _load_lock = threading.Lock()
 
@@ -89,4 +89,5 @@ def linear_few_rows(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Te
 
 CPU_FEW_ROWS = LinearKernel(
     fn=linear_few_rows, accepts=accepts,
-    description=f"AVX512 float32 / bfloat16 dot products for up to {MAX_ROWS} rows (decoding), float32 accumulation")
+    description=(f"AVX512 or AVX2 float32 / bfloat16 dot products for up to {MAX_ROWS} rows (decoding), "
+                 "float32 accumulation"))
