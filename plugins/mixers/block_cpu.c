@@ -241,36 +241,74 @@ static inline vf kv_lanes(const void *p, int64_t i, int64_t n, int32_t dtype) {
     return vload(f);
 }
 
-#define VALUE_REGS 16  /* value sums (heads x LANES-wide slices of hd) kept in registers in one sweep */
+/* Values of a head's slice from dim i: LANES, fewer in a partial last one (`full`: hd a
+ * multiple of LANES, none partial; a constant where it is inlined). */
+static inline int64_t slice_lanes(int64_t hd, int64_t i, const int full) {
+    return full || hd - i >= LANES ? LANES : hd - i;
+}
+
+/* Vector registers the loops below fill: AVX512 has 32, AVX2 16. VALUE_REGS: value sums
+ * (heads x LANES-wide slices of hd) kept in registers in one sweep of V; SCORE_HEADS: query
+ * heads whose scores of LANES positions are summed side by side (LANES vectors each) per
+ * read of those positions' keys (with fewer registers one head at a time, the keys read
+ * again from L1 for the next head). */
+#if LANES == 16
+#define VALUE_REGS 16
+#define SCORE_HEADS G
+#else
+#define VALUE_REGS 8
+#define SCORE_HEADS 1
+#endif
+
+/* acc's slices c0 .. c0 + nc - 1 of heads h0 .. h0 + nh - 1 of a group (the layout of
+ * attend_group_n): sum over the S positions of p[h, s] v_s, nh x nc vectors in registers
+ * (out[h * width + c]). */
+static inline __attribute__((always_inline))
+void value_sums(const AttentionPartArgs *a, int64_t base, const float *p, int64_t h0, int64_t c0, const int64_t nh,
+                const int64_t nc, const int64_t width, int64_t qpad, float *acc, const int full) {
+    const int64_t hd = a->head_dim, S = a->S;
+    vf out[VALUE_REGS];
+    for (int r = 0; r < VALUE_REGS; r++) out[r] = vsplat(0.0f);
+    for (int64_t s = 0; s < S; s++)
+        for (int64_t c = 0; c < nc; c++) {
+            const int64_t i = (c0 + c) * LANES;
+            const vf v = kv_lanes(a->v_cache, base + s * hd + i, slice_lanes(hd, i, full), a->dtype);
+            for (int64_t h = 0; h < nh; h++) out[h * width + c] += p[(h0 + h) * S + s] * v;
+        }
+    for (int64_t h = 0; h < nh; h++)
+        for (int64_t c = 0; c < nc; c++) vstore(acc + (h0 + h) * qpad + (c0 + c) * LANES, out[h * width + c]);
+}
 
 /* The G query heads sharing one KV head (GQA), row b, over its S cached positions: each
  * k_s and v_s is read once for all G heads (the cache is the traffic at long contexts).
  * Scores: LANES positions at a time, their lane-wise products transposed and summed together
- * (sum_rows) instead of one horizontal sum per position. q: (G, qpad) float32, zero-padded
- * past hd; p: (G, S) scratch; acc: (G, qpad) float32 out (the heads' outputs); chunks: the
- * LANES-wide slices of a head. G and chunks are constants where `attend_group` inlines it. */
+ * (sum_rows) instead of one horizontal sum per position, SCORE_HEADS heads per read of the
+ * keys. q: (G, qpad) float32, zero-padded past hd; p: (G, S) scratch; acc: (G, qpad)
+ * float32 out (the heads' outputs); chunks: the LANES-wide slices of a head; full: hd a
+ * multiple of LANES. G, chunks and full are constants where `attend_group` inlines it. */
 static inline __attribute__((always_inline))
 void attend_group_n(const AttentionPartArgs *a, int64_t b, int64_t base, const int64_t G, const float *q,
-                    int64_t qpad, float *p, float *acc, const int64_t chunks) {
+                    int64_t qpad, float *p, float *acc, const int64_t chunks, const int full) {
     const int64_t hd = a->head_dim, S = a->S;
     const float scale = 1.0f / sqrtf((float)hd);
     vf kv[chunks];
     int64_t s0 = 0;
-    for (; s0 + LANES <= S; s0 += LANES) {
-        vf part[G][LANES];
-        for (int j = 0; j < LANES; j++) {
-            for (int64_t c = 0; c < chunks; c++) {
-                const int64_t i = c * LANES;
-                kv[c] = kv_lanes(a->k_cache, base + (s0 + j) * hd + i, hd - i < LANES ? hd - i : LANES, a->dtype);
+    for (; s0 + LANES <= S; s0 += LANES)
+        for (int64_t h0 = 0; h0 < G; h0 += SCORE_HEADS) {
+            vf part[SCORE_HEADS][LANES];
+            for (int j = 0; j < LANES; j++) {
+                for (int64_t c = 0; c < chunks; c++) {
+                    const int64_t i = c * LANES;
+                    kv[c] = kv_lanes(a->k_cache, base + (s0 + j) * hd + i, slice_lanes(hd, i, full), a->dtype);
+                }
+                for (int64_t h = 0; h < SCORE_HEADS; h++) {
+                    vf sum = vsplat(0.0f);
+                    for (int64_t c = 0; c < chunks; c++) sum += vload(q + (h0 + h) * qpad + c * LANES) * kv[c];
+                    part[h][j] = sum;
+                }
             }
-            for (int64_t h = 0; h < G; h++) {
-                vf sum = vsplat(0.0f);
-                for (int64_t c = 0; c < chunks; c++) sum += vload(q + h * qpad + c * LANES) * kv[c];
-                part[h][j] = sum;
-            }
+            for (int64_t h = 0; h < SCORE_HEADS; h++) vstore(p + (h0 + h) * S + s0, sum_rows(part[h]) * scale);
         }
-        for (int64_t h = 0; h < G; h++) vstore(p + h * S + s0, sum_rows(part[h]) * scale);
-    }
     for (; s0 < S; s0++)
         for (int64_t h = 0; h < G; h++) {
             float dot = 0.0f;
@@ -284,44 +322,43 @@ void attend_group_n(const AttentionPartArgs *a, int64_t b, int64_t base, const i
     }
     /* Values: `per` heads' sums over `width` slices at once in registers (every slice of the
      * group's heads for the usual sizes: V swept once); each sum over the positions in order,
-     * as one head and slice at a time would sum it. */
+     * as one head and slice at a time would sum it. Full blocks with constant sizes, so that
+     * the sums stay in registers. */
     const int64_t width = chunks < VALUE_REGS ? chunks : VALUE_REGS, per = VALUE_REGS / width;
     for (int64_t h0 = 0; h0 < G; h0 += per)
         for (int64_t c0 = 0; c0 < chunks; c0 += width) {
-            const int64_t nh = G - h0 < per ? G - h0 : per, nc = chunks - c0 < width ? chunks - c0 : width;
-            vf out[VALUE_REGS];
-            for (int r = 0; r < VALUE_REGS; r++) out[r] = vsplat(0.0f);
-            for (int64_t s = 0; s < S; s++)
-                for (int64_t c = 0; c < nc; c++) {
-                    const int64_t i = (c0 + c) * LANES;
-                    const vf v = kv_lanes(a->v_cache, base + s * hd + i, hd - i < LANES ? hd - i : LANES, a->dtype);
-                    for (int64_t h = 0; h < nh; h++) out[h * width + c] += p[(h0 + h) * S + s] * v;
-                }
-            for (int64_t h = 0; h < nh; h++)
-                for (int64_t c = 0; c < nc; c++) vstore(acc + (h0 + h) * qpad + (c0 + c) * LANES, out[h * width + c]);
+            if (G - h0 >= per && chunks - c0 >= width)
+                value_sums(a, base, p, h0, c0, per, width, width, qpad, acc, full);
+            else value_sums(a, base, p, h0, c0, G - h0 < per ? G - h0 : per,
+                            chunks - c0 < width ? chunks - c0 : width, width, qpad, acc, full);
         }
 }
 
 /* attend_group_n with the group's heads and a head's LANES-wide slices constants for the
- * usual sizes (1-8 heads, head sizes 16-128), so that the loops over them unroll and the
- * sums stay in registers. */
+ * usual sizes (1-8 heads, head sizes 16-128 with 16 lanes, 8-128 with 8), so that the loops
+ * over them unroll and the sums stay in registers. */
 #define ATTEND_SLICES(G)                                                                     \
     switch (qpad / LANES) {                                                                  \
-        case 1: attend_group_n(a, b, base, G, q, qpad, p, acc, 1); return;                  \
-        case 2: attend_group_n(a, b, base, G, q, qpad, p, acc, 2); return;                  \
-        case 4: attend_group_n(a, b, base, G, q, qpad, p, acc, 4); return;                  \
-        case 8: attend_group_n(a, b, base, G, q, qpad, p, acc, 8); return;                  \
-        default: attend_group_n(a, b, base, G, q, qpad, p, acc, qpad / LANES); return;      \
+        case 1: attend_group_n(a, b, base, G, q, qpad, p, acc, 1, 1); return;               \
+        case 2: attend_group_n(a, b, base, G, q, qpad, p, acc, 2, 1); return;               \
+        case 4: attend_group_n(a, b, base, G, q, qpad, p, acc, 4, 1); return;               \
+        case 8: attend_group_n(a, b, base, G, q, qpad, p, acc, 8, 1); return;               \
+        case 16: attend_group_n(a, b, base, G, q, qpad, p, acc, 16, 1); return;             \
+        default: attend_group_n(a, b, base, G, q, qpad, p, acc, qpad / LANES, 1); return;   \
     }
 
 static void attend_group(const AttentionPartArgs *a, int64_t b, int64_t base, int64_t G, const float *q,
                          int64_t qpad, float *p, float *acc) {
+    if (a->head_dim % LANES) {  /* a partial last slice: read lane by lane */
+        attend_group_n(a, b, base, G, q, qpad, p, acc, qpad / LANES, 0);
+        return;
+    }
     switch (G) {
         case 1: ATTEND_SLICES(1)
         case 2: ATTEND_SLICES(2)
         case 4: ATTEND_SLICES(4)
         case 8: ATTEND_SLICES(8)
-        default: attend_group_n(a, b, base, G, q, qpad, p, acc, qpad / LANES);
+        default: attend_group_n(a, b, base, G, q, qpad, p, acc, qpad / LANES, 1);
     }
 }
 

@@ -17,7 +17,8 @@
  * Every sum is taken in a fixed order, so gradients are deterministic.
  *
  * Vectors are GCC vector extensions (also understood by clang), not intrinsics: the code
- * compiles for any target, and the compiler splits a 16-float vector into whatever the
+ * compiles for any target. A vector is LANES floats (vec_math.h: 16 with AVX512, else 8, one
+ * AVX2 register), which the compiler splits into whatever narrower registers the
  * CPU has. exp, log and sigmoid are written here (range reduction + polynomial, bit tricks
  * on the float representation) because libm's scalar calls do not vectorise. Measured on
  * one core of an AVX-512 EPYC, the forward recurrence takes ~6 ns per channel and step;

@@ -8,7 +8,11 @@
 #include <stdint.h>
 #include <string.h>
 
-#define LANES 16           /* floats per vector */
+#ifdef __AVX512F__
+#define LANES 16           /* floats per vector: one AVX512 register */
+#else
+#define LANES 8            /* one AVX2 register (or two SSE / NEON ones) */
+#endif
 #define LOG2E 1.44269504088896341f
 
 /* ---- vectors ----------------------------------------------------------------------------- */
@@ -31,16 +35,22 @@ static inline vf vselect(vi mask, vf a, vf b) { return (vf)(((vu)mask & (vu)a) |
 /* The sum of v's elements. */
 static inline float vsum(vf v)
 {
+#if LANES == 16
     v += SHUFFLE(v, v, 8, 9, 10, 11, 12, 13, 14, 15, 8, 9, 10, 11, 12, 13, 14, 15);
     v += SHUFFLE(v, v, 4, 5, 6, 7, 4, 5, 6, 7, 4, 5, 6, 7, 4, 5, 6, 7);
     v += SHUFFLE(v, v, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3);
+#else
+    v += SHUFFLE(v, v, 4, 5, 6, 7, 4, 5, 6, 7);
+    v += SHUFFLE(v, v, 2, 3, 2, 3, 2, 3, 2, 3);
+#endif
     return v[0] + v[1];
 }
 
 /* Element i is the sum of p[i]'s elements: a transpose-and-add tree, 45 vector operations
- * for LANES sums where one vsum each would take ~8 operations per sum. */
+ * for 16 sums (21 for 8) where one vsum each would take ~8 (~6) operations per sum. */
 static inline vf sum_rows(const vf p[LANES])
 {
+#if LANES == 16
     vf q[8], r[4], s[2];
     for (int i = 0; i < 8; i++)
         q[i] = SHUFFLE(p[2 * i], p[2 * i + 1], 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23)
@@ -53,6 +63,16 @@ static inline vf sum_rows(const vf p[LANES])
              + SHUFFLE(r[2 * i], r[2 * i + 1], 2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31);
     return SHUFFLE(s[0], s[1], 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30)
          + SHUFFLE(s[0], s[1], 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+#else
+    vf q[4], r[2];
+    for (int i = 0; i < 4; i++)
+        q[i] = SHUFFLE(p[2 * i], p[2 * i + 1], 0, 1, 2, 3, 8, 9, 10, 11)
+             + SHUFFLE(p[2 * i], p[2 * i + 1], 4, 5, 6, 7, 12, 13, 14, 15);
+    for (int i = 0; i < 2; i++)
+        r[i] = SHUFFLE(q[2 * i], q[2 * i + 1], 0, 1, 4, 5, 8, 9, 12, 13)
+             + SHUFFLE(q[2 * i], q[2 * i + 1], 2, 3, 6, 7, 10, 11, 14, 15);
+    return SHUFFLE(r[0], r[1], 0, 2, 4, 6, 8, 10, 12, 14) + SHUFFLE(r[0], r[1], 1, 3, 5, 7, 9, 11, 13, 15);
+#endif
 }
 
 /* ---- float32 math -------------------------------------------------------------------------- */
