@@ -41,6 +41,7 @@ CACHE_ENV = "HYBRID_MLLM_CACHE"
 # No -ffast-math: linking with it pulls in crtfastmath.o, which flushes denormals to zero
 # for the whole process. -fopenmp-simd honours `omp simd` pragmas without the OpenMP runtime.
 FLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-fopenmp-simd")
+CFLAGS_ENV = "HYBRID_MLLM_CFLAGS"  # more flags after FLAGS, e.g. "-mno-avx512f" to build the AVX2 kernels
 KERNEL_DTYPES = {torch.float32: 0, torch.bfloat16: 1}  # dtype codes of scan_cpu.c
 GRAD_GROUPS = 16  # channel groups per batch element in the backward, fixed for determinism
 
@@ -64,6 +65,11 @@ def find_compiler() -> str | None:
 def cache_dir() -> Path:
     """Where compiled kernels are kept: ``$HYBRID_MLLM_CACHE`` or ``~/.cache/hybrid_mllm``."""
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "hybrid_mllm")
+
+
+def flags() -> tuple[str, ...]:
+    """The compiler flags of the CPU kernels: `FLAGS`, then ``$HYBRID_MLLM_CFLAGS`` split as a shell would."""
+    return (*FLAGS, *shlex.split(os.environ.get(CFLAGS_ENV, "")))
 
 
 def _cpu_id() -> str:
@@ -97,14 +103,14 @@ def build_library(compiler: str | None, cache: Path) -> Path:
     key = hashlib.sha256(b"\0".join([
         SOURCE.read_bytes(), *(h.read_bytes() for h in local_headers(SOURCE)), compiler.encode(),
         _compiler_version(compiler).encode(),
-        " ".join(FLAGS).encode(), _cpu_id().encode(), platform.machine().encode(),
+        " ".join(flags()).encode(), _cpu_id().encode(), platform.machine().encode(),
     ])).hexdigest()[:20]
     target = cache / f"scan_cpu_{key}.so"
     if target.exists():
         return target
     cache.mkdir(parents=True, exist_ok=True)
     with replacing(target) as tmp:
-        result = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(tmp)],
+        result = subprocess.run([compiler, *flags(), str(SOURCE), "-o", str(tmp)],
                                 capture_output=True, text=True, timeout=300, check=False)
         if result.returncode != 0:
             raise BuildError(f"{compiler} failed: {_error_line(result.stderr)}")

@@ -22,8 +22,8 @@ from torch import Tensor
 
 from hybrid_mllm.core.atomic import replacing
 
-from .scan_cpu import (FLAGS, KERNEL_DTYPES, BuildError, _compiler_version, _cpu_id, _error_line, _first_line,
-                       _run, _split, cache_dir, find_compiler, local_headers)
+from .scan_cpu import (KERNEL_DTYPES, BuildError, _compiler_version, _cpu_id, _error_line, _first_line,
+                       _run, _split, cache_dir, find_compiler, flags, local_headers)
 
 SOURCE = Path(__file__).with_name("step_cpu.c")
 _F32P = ctypes.POINTER(ctypes.c_float)
@@ -49,14 +49,14 @@ def build_library(compiler: str | None, cache: Path, source: Path = SOURCE, *, a
     files = [*sources, *sorted({h for s in sources for h in local_headers(s)})]
     key = hashlib.sha256(b"\0".join([
         *(f.read_bytes() for f in files), compiler.encode(), _compiler_version(compiler).encode(),
-        " ".join(FLAGS).encode(), _cpu_id().encode(), platform.machine().encode(),
+        " ".join(flags()).encode(), _cpu_id().encode(), platform.machine().encode(),
     ])).hexdigest()[:20]
     target = cache / f"{source.stem}_{key}.so"
     if target.exists():
         return target
     cache.mkdir(parents=True, exist_ok=True)
     with replacing(target) as tmp:
-        result = subprocess.run([compiler, *FLAGS, *map(str, sources), "-o", str(tmp), "-lm"],
+        result = subprocess.run([compiler, *flags(), *map(str, sources), "-o", str(tmp), "-lm"],
                                 capture_output=True, text=True, timeout=300, check=False)
         if result.returncode != 0:
             raise BuildError(f"{compiler} failed: {_error_line(result.stderr)}")
