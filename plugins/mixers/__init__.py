@@ -11,6 +11,7 @@ from ._scan_common import CHUNK
 from .attention import Attention
 from .block_cpu import CPU_ATTENTION, CPU_FFN, CPU_MAMBA
 from .gemv_cpu import CPU_FEW_ROWS
+from .linear_upcast import CPU_BF16_UPCAST
 from .mamba import Mamba
 from .mamba2 import Mamba2
 from .mamba2_export import MAMBA2_EXPORT
@@ -83,6 +84,7 @@ def register_exports(register):
 @hookimpl
 def register_linear_kernels(register):
     register("cpu_few_rows", CPU_FEW_ROWS)
+    register("cpu_bf16_upcast", CPU_BF16_UPCAST)
 
 
 @hookimpl

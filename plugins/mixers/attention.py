@@ -90,7 +90,7 @@ class Attention(nn.Module):
             y = F.scaled_dot_product_attention(q, k_all, v_all, is_causal=True)
         else:
             y = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=_allowed(kmask, length))
-        return self.o_proj(y.transpose(1, 2).reshape(batch, length, -1)), (k, v, kmask)
+        return dense(self.o_proj, y.transpose(1, 2).reshape(batch, length, -1)), (k, v, kmask)
 
 
 def _attend_one(q: Tensor, k: Tensor, v: Tensor, kmask: Tensor) -> Tensor:

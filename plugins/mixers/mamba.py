@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hybrid_mllm.core.decode import fast_decode, linear
+from hybrid_mllm.core.decode import dense, fast_decode, linear
 from hybrid_mllm.core.mixer import State, StateSpec, padding_mask_or_none
 from hybrid_mllm.core.norm import RMSNorm
 from hybrid_mllm.core.registry import get_registry
@@ -162,15 +162,15 @@ class Mamba(nn.Module):
         `hybrid_mllm.core.scan.selective_scan`'s."""
         mask = padding_mask_or_none(mask, x)
         conv_state, ssm_state = state if state is not None else self.init_state(x.shape[0], device=x.device)
-        xs, z = self.in_proj(x).transpose(1, 2).chunk(2, dim=1)  # (B, d_inner, L) each
+        xs, z = dense(self.in_proj, x).transpose(1, 2).chunk(2, dim=1)  # (B, d_inner, L) each
         if mask is not None:
             xs = xs * mask[:, None, :].to(xs.dtype)  # padding enters the conv as zeros
         xs, conv_state = conv(xs, self.conv_weight, self.conv_bias, conv_state)
         xs = F.silu(xs)
-        dt, B, C = self.x_proj(xs.transpose(1, 2)).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt, B, C = dense(self.x_proj, xs.transpose(1, 2)).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         if self.inner_norms:
             dt, B, C = self.dt_norm(dt), self.B_norm(B), self.C_norm(C)
-        dt = (dt @ self.dt_proj.weight.t()).transpose(1, 2)  # (B, d_inner, L), bias added in the scan
+        dt = linear(dt, self.dt_proj.weight).transpose(1, 2)  # (B, d_inner, L), bias added in the scan
         A = -torch.exp(self.A_log.float())  # (d_inner, d_state)
         delta_bias, softplus = self.dt_proj.bias.float(), True
         if mask is not None:
@@ -179,4 +179,4 @@ class Mamba(nn.Module):
             delta_bias, softplus = None, False
         y, ssm_state = scan(xs, dt, A, B.transpose(1, 2), C.transpose(1, 2), self.D.float(), z, delta_bias, softplus,
                             ssm_state)
-        return self.out_proj(y.transpose(1, 2)), (conv_state, ssm_state)
+        return dense(self.out_proj, y.transpose(1, 2)), (conv_state, ssm_state)

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hybrid_mllm.core.decode import dense
 from hybrid_mllm.core.errors import RegistryError
 from hybrid_mllm.core.mixer import State, StateSpec, padding_mask_or_none
 from hybrid_mllm.core.registry import get_registry
@@ -140,7 +141,7 @@ class Mamba2(nn.Module):
         ``scan(x, dt, A, B, C, D, state)`` (`hybrid_mllm.core.ssd.ssd_scan` with its chunk size bound)."""
         mask = padding_mask_or_none(mask, x)
         conv_state, ssm_state = state if state is not None else self.init_state(x.shape[0], device=x.device)
-        z, xBC, dt = self.in_proj(x).split([self.d_inner, self.conv_dim, self.nheads], dim=-1)
+        z, xBC, dt = dense(self.in_proj, x).split([self.d_inner, self.conv_dim, self.nheads], dim=-1)
         if mask is not None:
             xBC = xBC * mask[..., None].to(xBC.dtype)  # padding enters the conv as zeros
         xBC, conv_state = conv(xBC.transpose(1, 2), self.conv_weight, self.conv_bias, conv_state)
@@ -154,7 +155,7 @@ class Mamba2(nn.Module):
                             self.D.float(), ssm_state)
         y = y.flatten(-2)  # (B, L, d_inner)
         y = self.norm(y, z) if self.norm is not None else y * F.silu(z)
-        return self.out_proj(y), (conv_state, ssm_state)
+        return dense(self.out_proj, y), (conv_state, ssm_state)
 
 
 def _check_options(d_model: int, *, d_state: int, d_conv: int, expand: int, d_inner: int | None, headdim: int,
