@@ -3,7 +3,9 @@
 Mixers and FFNs may take a path built for decoding (one token, no padding mask, no
 gradients: Mamba's fused C step, attention's in-place KV cache, MoE's direct expert loop),
 and their linear layers `linear`, which hands a few rows to a registered linear kernel
-(``register_linear_kernels``: the built-in float32 / bfloat16 CPU one) that accepts them. A
+(``register_linear_kernels``: the built-in float32 / bfloat16 CPU one) that accepts them
+(and, on CPUs without bfloat16 instructions, bfloat16 products of any size to one that
+computes them in float32). A
 `Block` may run either half whole through a registered `BlockStep` (``register_block_steps``:
 the built-in CPU ones fuse norm, Mamba / attention / FFN and residual into one C call), and
 `HybridLM` all its blocks at once (a "stack" step: one C call per token), or its whole step
@@ -79,8 +81,8 @@ def _linear_kernels() -> tuple[LinearKernel, ...]:
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """``F.linear(x, weight, bias)``; while decoding, through the first registered kernel that
-    accepts the inputs. x: (..., K), weight: (N, K), bias: (N,) -> (..., N)."""
+    """``F.linear(x, weight, bias)``; without gradients (`fast_decode`), through the first
+    registered kernel that accepts the inputs. x: (..., K), weight: (N, K), bias: (N,) -> (..., N)."""
     if fast_decode():
         for kernel in _linear_kernels():
             if kernel.accepts(x, weight, bias):

@@ -88,12 +88,14 @@ def register_ssd_kernels(register):
 
 @hookspec
 def register_linear_kernels(register):
-    """Register fast linear layers for decoding (a few rows per weight).
+    """Register fast linear layers for inference: decoding's few rows per weight, or products
+    PyTorch is slow at on some CPU (bfloat16 without bfloat16 instructions).
 
     :param register: ``register(name: str, kernel: hybrid_mllm.core.decode.LinearKernel)``.
         ``kernel.fn`` has ``torch.nn.functional.linear``'s signature; ``kernel.accepts(x,
         weight, bias)`` says whether it takes these inputs. `hybrid_mllm.core.decode.linear`
-        uses the first that accepts, while decoding only, and ``F.linear`` otherwise.
+        uses the first that accepts (by name), without gradients only, and ``F.linear``
+        otherwise; kernels should not accept the same inputs.
     """
 
 
