@@ -104,13 +104,51 @@ static void residual(const void *x, const void *y, void *out, int64_t n, float r
     }
 }
 
+typedef uint16_t vh __attribute__((vector_size(2 * LANES)));  /* LANES bfloat16 values */
+
+/* LANES values of p from i as float32 (bfloat16 is float32's top half). */
+static inline vf load_lanes(const void *p, int64_t i, int32_t dtype) {
+    if (dtype == F32) return vload((const float *)p + i);
+    vh raw;
+    memcpy(&raw, (const uint16_t *)p + i, sizeof raw);
+    return (vf)(__builtin_convertvector(raw, vu) << 16);
+}
+
+/* v as `dtype` holds it, lane by lane as round_to: nearest even, NaN the quiet NaN. */
+static inline vf round_lanes(vf v, int32_t dtype) {
+    if (dtype == F32) return v;
+    const vu bits = (vu)v;
+    const vu nan = (vu)((bits & 0x7FFFFFFFu) > 0x7F800000u);
+    const vu rounded = ((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16) << 16;
+    return (vf)((nan & 0x7FC00000u) | (~nan & rounded));
+}
+
+static inline void store_lanes(void *p, int64_t i, vf v, int32_t dtype) {
+    if (dtype == F32) {
+        vstore((float *)p + i, v);
+        return;
+    }
+    const vh out = __builtin_convertvector((vu)round_lanes(v, dtype) >> 16, vh);
+    memcpy((uint16_t *)p + i, &out, sizeof out);
+}
+
+/* g = silu(g) * u over n values, each rounded where the eager ops round it; LANES at a time
+ * (libm's expf does not vectorise). */
+static void silu_mul(void *g, const void *u, int64_t n, int32_t dtype) {
+    int64_t i = 0;
+    for (; i + LANES <= n; i += LANES) {
+        const vf x = load_lanes(g, i, dtype);
+        store_lanes(g, i, round_lanes(x * sigmoid_v(x), dtype) * load_lanes(u, i, dtype), dtype);
+    }
+    for (; i < n; i++) store(g, i, round_to(silu(load(g, i, dtype)), dtype) * load(u, i, dtype), dtype);
+}
+
 /* y (M, d) = down(silu(gate(h)) * up(h)); g, u: (M, H) scratch. */
 static void swiglu(const SwiGLUWeights *e, const void *h, void *y, void *g, void *u, int64_t M, int64_t d,
                    int64_t H, int32_t dtype) {
     linear(h, e->gate, e->gate_b, g, M, H, d, dtype);
     linear(h, e->up, e->up_b, u, M, H, d, dtype);
-    for (int64_t i = 0; i < M * H; i++)
-        store(g, i, round_to(silu(load(g, i, dtype)), dtype) * load(u, i, dtype), dtype);
+    silu_mul(g, u, M * H, dtype);
     linear(g, e->down, e->down_b, y, M, d, H, dtype);
 }
 
@@ -226,15 +264,8 @@ static void softmax(float *p, int64_t S) {
 
 /* n (<= LANES) values of a KV row as float32 lanes, the rest 0 (the cache's room past the
  * filled positions is uninitialised: never read it, even to multiply by 0). */
-typedef uint16_t vh __attribute__((vector_size(2 * LANES)));  /* LANES bfloat16 values */
-
 static inline vf kv_lanes(const void *p, int64_t i, int64_t n, int32_t dtype) {
-    if (n == LANES) {
-        if (dtype == F32) return vload((const float *)p + i);
-        vh raw;
-        memcpy(&raw, (const uint16_t *)p + i, sizeof raw);
-        return (vf)(__builtin_convertvector(raw, vu) << 16);  /* bfloat16 is float32's top half */
-    }
+    if (n == LANES) return load_lanes(p, i, dtype);
     float f[LANES] = {0};
     if (dtype == F32) memcpy(f, (const float *)p + i, (size_t)n * 4);
     else for (int64_t j = 0; j < n; j++) f[j] = bf16_load(((const uint16_t *)p)[i + j]);
@@ -324,7 +355,8 @@ void attend_group_n(const AttentionPartArgs *a, int64_t b, int64_t base, const i
      * group's heads for the usual sizes: V swept once); each sum over the positions in order,
      * as one head and slice at a time would sum it. Full blocks with constant sizes, so that
      * the sums stay in registers. */
-    const int64_t width = chunks < VALUE_REGS ? chunks : VALUE_REGS, per = VALUE_REGS / width;
+    const int64_t width = chunks < VALUE_REGS ? chunks : VALUE_REGS;
+    const int64_t per = VALUE_REGS / width < G ? VALUE_REGS / width : G;  /* heads per sweep */
     for (int64_t h0 = 0; h0 < G; h0 += per)
         for (int64_t c0 = 0; c0 < chunks; c0 += width) {
             if (G - h0 >= per && chunks - c0 >= width)

@@ -15,9 +15,11 @@
 #include "pool_cpu.h"
 #include "vec_math.h"
 
-/* pool_cpu.c's parallel for, where it is linked into the same library (block_cpu's); absent
- * (NULL) in this file's own library, whose caller splits the batch over threads instead. */
+/* pool_cpu.c's parallel for and product, where it is linked into the same library
+ * (block_cpu's); absent (NULL) in this file's own library, whose caller splits the batch over
+ * threads instead. */
 #pragma weak pooled_for
+#pragma weak pooled_gemv
 #define SCAN_CHUNK 256  /* channels per claim of pooled_for (a multiple of LANES): two claims at d_inner 512 */
 
 typedef struct {
@@ -85,13 +87,15 @@ static void conv_row(const StepArgs *a, int64_t b, float *xc) {
 /* (dt_in, B, C) = W_x xc, then the optional RMSNorms. */
 static void x_proj_row(const StepArgs *a, const float *xc, float *dbc) {
     const int64_t D = a->d_inner, R = a->dt_rank, N = a->d_state;
-    for (int64_t j = 0; j < R + 2 * N; j++) {
-        const float *w = a->x_proj_w + j * D;
-        float acc = 0.0f;
+    if (pooled_gemv) pooled_gemv(xc, a->x_proj_w, NULL, dbc, 1, R + 2 * N, D, F32);  /* both threads */
+    else
+        for (int64_t j = 0; j < R + 2 * N; j++) {
+            const float *w = a->x_proj_w + j * D;
+            float acc = 0.0f;
 #pragma omp simd reduction(+ : acc)
-        for (int64_t d = 0; d < D; d++) acc += w[d] * xc[d];
-        dbc[j] = acc;
-    }
+            for (int64_t d = 0; d < D; d++) acc += w[d] * xc[d];
+            dbc[j] = acc;
+        }
     if (a->dt_norm_w) {
         rms_norm(dbc, a->dt_norm_w, R, a->norm_eps);
         rms_norm(dbc + R, a->B_norm_w, N, a->norm_eps);
