@@ -113,27 +113,40 @@ def test_attention_moe_block_fused_matches_unfused(dtype, batch, residual_multip
     assert ran == {"mixer": steps, "ffn": steps, "stack": 0, "model": 0}
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("head_dim", [16, 24, 32, 48, 64, 128, 320])
-@pytest.mark.parametrize("heads", [(4, 2), (4, 4), (8, 2), (8, 1), (6, 2)])
-def test_attention_step_over_a_longer_cache_matches_unfused(dtype, head_dim, heads, ran):
-    """37 cached positions and more: the scores' vector loop (16 positions at a time) and its
-    tail, the vector softmax, and the specialised query heads per KV head (1, 2, 4, 8; 3: the
-    generic path) and slices of a head (48: the generic path; 320: more slices than the value
-    sums' registers)."""
+def _attention_over_cache(dtype, head_dim, heads, cached: int, ran) -> None:
     torch.manual_seed(0)
     n_head, n_kv_head = heads
     block = Block(D, Attention(D, n_head=n_head, n_kv_head=n_kv_head, head_dim=head_dim, rope=True, dtype=dtype),
                   None, dtype=dtype).eval()
     _randomize_norms(block)
     gen = torch.Generator().manual_seed(1)
-    prompt, tokens = (torch.randn(2, n, D, generator=gen).to(dtype) for n in (37, 5))
+    prompt, tokens = (torch.randn(2, n, D, generator=gen).to(dtype) for n in (cached, 5))
     with torch.no_grad():
         _, state, _ = block(prompt)
     y_fast, _ = _steps(block, tokens, state, fast=True)
     y_ref, _ = _steps(block, tokens, state, fast=False)
-    _assert_close(y_fast, y_ref, dtype, f"output, head_dim {head_dim}")
+    _assert_close(y_fast, y_ref, dtype, f"output, head_dim {head_dim}, {cached} cached")
     assert ran == {"mixer": 5, "ffn": 0, "stack": 0, "model": 0}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("head_dim", [16, 24, 32, 48, 64, 128, 320])
+@pytest.mark.parametrize("heads", [(4, 2), (4, 4), (8, 2), (8, 1), (6, 2)])
+def test_attention_step_over_a_longer_cache_matches_unfused(dtype, head_dim, heads, ran):
+    """37 cached positions and more: the scores' vector loop (LANES positions at a time) and
+    its tail, the vector softmax, and the specialised query heads per KV head (1, 2, 4, 8; 3:
+    the generic path) and slices of a head (24: a partial slice with 16 lanes; 48: the generic
+    path; 320: more slices than the value sums' registers)."""
+    _attention_over_cache(dtype, head_dim, heads, 37, ran)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("head_dim", [24, 32, 128])
+@pytest.mark.parametrize("heads", [(4, 2), (8, 1)])
+def test_attention_step_over_600_cached_positions_matches_unfused(dtype, head_dim, heads, ran):
+    """600 cached positions: the scores, the softmax and the value sums over many vectors of
+    positions, as at long contexts."""
+    _attention_over_cache(dtype, head_dim, heads, 600, ran)
 
 
 def test_attention_step_keeps_the_kv_cache_contract(ran):
