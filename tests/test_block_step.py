@@ -144,8 +144,8 @@ def test_attention_step_over_a_longer_cache_matches_unfused(dtype, head_dim, hea
 @pytest.mark.parametrize("head_dim", [24, 32, 128])
 @pytest.mark.parametrize("heads", [(4, 2), (8, 1)])
 def test_attention_step_over_600_cached_positions_matches_unfused(dtype, head_dim, heads, ran):
-    """600 cached positions: the scores, the softmax and the value sums over many vectors of
-    positions, as at long contexts."""
+    """600 cached positions: the scores and the softmax over many vectors of positions, and the
+    value sums over blocks of 256 (VBLOCK), each adding to what the blocks before it left."""
     _attention_over_cache(dtype, head_dim, heads, 600, ran)
 
 

@@ -283,6 +283,8 @@ static inline int64_t slice_lanes(int64_t hd, int64_t i, const int full) {
  * heads whose scores of LANES positions are summed side by side (LANES vectors each) per
  * read of those positions' keys (with fewer registers one head at a time, the keys read
  * again from L1 for the next head). */
+#define VBLOCK 256  /* positions per block of the value pass: 64 KiB of float32 values at head size 64,
+                       read from L2 by every sweep after the first */
 #if LANES == 16
 #define VALUE_REGS 16
 #define SCORE_HEADS G
@@ -292,15 +294,18 @@ static inline int64_t slice_lanes(int64_t hd, int64_t i, const int full) {
 #endif
 
 /* acc's slices c0 .. c0 + nc - 1 of heads h0 .. h0 + nh - 1 of a group (the layout of
- * attend_group_n): sum over the S positions of p[h, s] v_s, nh x nc vectors in registers
- * (out[h * width + c]). */
+ * attend_group_n) += the sum over positions s0 .. s1 - 1 of p[h, s] v_s (acc 0 before s0 = 0),
+ * nh x nc vectors in registers (out[h * width + c]). */
 static inline __attribute__((always_inline))
-void value_sums(const AttentionPartArgs *a, int64_t base, const float *p, int64_t h0, int64_t c0, const int64_t nh,
-                const int64_t nc, const int64_t width, int64_t qpad, float *acc, const int full) {
+void value_sums(const AttentionPartArgs *a, int64_t base, const float *p, int64_t s0, int64_t s1, int64_t h0,
+                int64_t c0, const int64_t nh, const int64_t nc, const int64_t width, int64_t qpad, float *acc,
+                const int full) {
     const int64_t hd = a->head_dim, S = a->S;
     vf out[VALUE_REGS];
-    for (int r = 0; r < VALUE_REGS; r++) out[r] = vsplat(0.0f);
-    for (int64_t s = 0; s < S; s++)
+    for (int64_t h = 0; h < nh; h++)
+        for (int64_t c = 0; c < nc; c++)
+            out[h * width + c] = s0 ? vload(acc + (h0 + h) * qpad + (c0 + c) * LANES) : vsplat(0.0f);
+    for (int64_t s = s0; s < s1; s++)
         for (int64_t c = 0; c < nc; c++) {
             const int64_t i = (c0 + c) * LANES;
             const vf v = kv_lanes(a->v_cache, base + s * hd + i, slice_lanes(hd, i, full), a->dtype);
@@ -351,19 +356,23 @@ void attend_group_n(const AttentionPartArgs *a, int64_t b, int64_t base, const i
             if (!a->kmask[b * a->kmask_b + s]) p[h * S + s] = -INFINITY;
         softmax(p + h * S, S);
     }
-    /* Values: `per` heads' sums over `width` slices at once in registers (every slice of the
-     * group's heads for the usual sizes: V swept once); each sum over the positions in order,
-     * as one head and slice at a time would sum it. Full blocks with constant sizes, so that
-     * the sums stay in registers. */
+    /* Values: `per` heads' sums over `width` slices at once in registers (with 32 registers
+     * every slice of the group's heads for the usual sizes), VBLOCK positions at a time so
+     * that the block's values are read from cache by every sweep after the first; each sum
+     * over the positions in order, as one head and slice at a time would sum it. Full blocks
+     * with constant sizes, so that the sums stay in registers. */
     const int64_t width = chunks < VALUE_REGS ? chunks : VALUE_REGS;
     const int64_t per = VALUE_REGS / width < G ? VALUE_REGS / width : G;  /* heads per sweep */
-    for (int64_t h0 = 0; h0 < G; h0 += per)
-        for (int64_t c0 = 0; c0 < chunks; c0 += width) {
-            if (G - h0 >= per && chunks - c0 >= width)
-                value_sums(a, base, p, h0, c0, per, width, width, qpad, acc, full);
-            else value_sums(a, base, p, h0, c0, G - h0 < per ? G - h0 : per,
-                            chunks - c0 < width ? chunks - c0 : width, width, qpad, acc, full);
-        }
+    for (int64_t s0 = 0; s0 < S; s0 += VBLOCK) {
+        const int64_t s1 = S - s0 < VBLOCK ? S : s0 + VBLOCK;
+        for (int64_t h0 = 0; h0 < G; h0 += per)
+            for (int64_t c0 = 0; c0 < chunks; c0 += width) {
+                if (G - h0 >= per && chunks - c0 >= width)
+                    value_sums(a, base, p, s0, s1, h0, c0, per, width, width, qpad, acc, full);
+                else value_sums(a, base, p, s0, s1, h0, c0, G - h0 < per ? G - h0 : per,
+                                chunks - c0 < width ? chunks - c0 : width, width, qpad, acc, full);
+            }
+    }
 }
 
 /* attend_group_n with the group's heads and a head's LANES-wide slices constants for the
