@@ -283,8 +283,8 @@ static inline int64_t slice_lanes(int64_t hd, int64_t i, const int full) {
  * heads whose scores of LANES positions are summed side by side (LANES vectors each) per
  * read of those positions' keys (with fewer registers one head at a time, the keys read
  * again from L1 for the next head). */
-#define VBLOCK 256  /* positions per block of the value pass: 64 KiB of float32 values at head size 64,
-                       read from L2 by every sweep after the first */
+#define VBLOCK 64  /* positions per block of the value pass: 16 KiB of float32 values at head size 64,
+                      read from L1 by every sweep after the first */
 #if LANES == 16
 #define VALUE_REGS 16
 #define SCORE_HEADS G
@@ -293,13 +293,21 @@ static inline int64_t slice_lanes(int64_t hd, int64_t i, const int full) {
 #define SCORE_HEADS 1
 #endif
 
+/* n values of a cache (float32 or bfloat16) from i into dst as float32: a block that several
+ * sweeps read, converted once. */
+static void cache_to_f32(const void *src, int64_t i, int64_t n, int32_t dtype, float *dst) {
+    int64_t j = 0;
+    for (; j + LANES <= n; j += LANES) vstore(dst + j, load_lanes(src, i + j, dtype));
+    for (; j < n; j++) dst[j] = load(src, i + j, dtype);
+}
+
 /* acc's slices c0 .. c0 + nc - 1 of heads h0 .. h0 + nh - 1 of a group (the layout of
  * attend_group_n) += the sum over positions s0 .. s1 - 1 of p[h, s] v_s (acc 0 before s0 = 0),
- * nh x nc vectors in registers (out[h * width + c]). */
+ * nh x nc vectors in registers (out[h * width + c]); v_s at v + vbase + s hd, of vdt. */
 static inline __attribute__((always_inline))
-void value_sums(const AttentionPartArgs *a, int64_t base, const float *p, int64_t s0, int64_t s1, int64_t h0,
-                int64_t c0, const int64_t nh, const int64_t nc, const int64_t width, int64_t qpad, float *acc,
-                const int full) {
+void value_sums(const AttentionPartArgs *a, const void *v, int64_t vbase, int32_t vdt, const float *p, int64_t s0,
+                int64_t s1, int64_t h0, int64_t c0, const int64_t nh, const int64_t nc, const int64_t width,
+                int64_t qpad, float *acc, const int full) {
     const int64_t hd = a->head_dim, S = a->S;
     vf out[VALUE_REGS];
     for (int64_t h = 0; h < nh; h++)
@@ -308,8 +316,8 @@ void value_sums(const AttentionPartArgs *a, int64_t base, const float *p, int64_
     for (int64_t s = s0; s < s1; s++)
         for (int64_t c = 0; c < nc; c++) {
             const int64_t i = (c0 + c) * LANES;
-            const vf v = kv_lanes(a->v_cache, base + s * hd + i, slice_lanes(hd, i, full), a->dtype);
-            for (int64_t h = 0; h < nh; h++) out[h * width + c] += p[(h0 + h) * S + s] * v;
+            const vf vs = kv_lanes(v, vbase + s * hd + i, slice_lanes(hd, i, full), vdt);
+            for (int64_t h = 0; h < nh; h++) out[h * width + c] += p[(h0 + h) * S + s] * vs;
         }
     for (int64_t h = 0; h < nh; h++)
         for (int64_t c = 0; c < nc; c++) vstore(acc + (h0 + h) * qpad + (c0 + c) * LANES, out[h * width + c]);
@@ -327,15 +335,21 @@ void attend_group_n(const AttentionPartArgs *a, int64_t b, int64_t base, const i
                     int64_t qpad, float *p, float *acc, const int64_t chunks, const int full) {
     const int64_t hd = a->head_dim, S = a->S;
     const float scale = 1.0f / sqrtf((float)hd);
+    /* bfloat16 keys and values that several sweeps read: each block converted once, into buf */
+    const int kdirect = a->dtype == F32 || SCORE_HEADS >= G;
+    float buf[(VBLOCK > LANES ? VBLOCK : LANES) * hd];
     vf kv[chunks];
     int64_t s0 = 0;
-    for (; s0 + LANES <= S; s0 += LANES)
+    for (; s0 + LANES <= S; s0 += LANES) {
+        if (!kdirect) cache_to_f32(a->k_cache, base + s0 * hd, LANES * hd, a->dtype, buf);
+        const void *k = kdirect ? a->k_cache : buf;
+        const int64_t kbase = kdirect ? base + s0 * hd : 0;
         for (int64_t h0 = 0; h0 < G; h0 += SCORE_HEADS) {
             vf part[SCORE_HEADS][LANES];
             for (int j = 0; j < LANES; j++) {
                 for (int64_t c = 0; c < chunks; c++) {
                     const int64_t i = c * LANES;
-                    kv[c] = kv_lanes(a->k_cache, base + (s0 + j) * hd + i, slice_lanes(hd, i, full), a->dtype);
+                    kv[c] = kv_lanes(k, kbase + j * hd + i, slice_lanes(hd, i, full), kdirect ? a->dtype : F32);
                 }
                 for (int64_t h = 0; h < SCORE_HEADS; h++) {
                     vf sum = vsplat(0.0f);
@@ -345,6 +359,7 @@ void attend_group_n(const AttentionPartArgs *a, int64_t b, int64_t base, const i
             }
             for (int64_t h = 0; h < SCORE_HEADS; h++) vstore(p + (h0 + h) * S + s0, sum_rows(part[h]) * scale);
         }
+    }
     for (; s0 < S; s0++)
         for (int64_t h = 0; h < G; h++) {
             float dot = 0.0f;
@@ -363,13 +378,18 @@ void attend_group_n(const AttentionPartArgs *a, int64_t b, int64_t base, const i
      * with constant sizes, so that the sums stay in registers. */
     const int64_t width = chunks < VALUE_REGS ? chunks : VALUE_REGS;
     const int64_t per = VALUE_REGS / width < G ? VALUE_REGS / width : G;  /* heads per sweep */
+    const int vdirect = a->dtype == F32 || (per >= G && width >= chunks);  /* one sweep: read V as it is */
     for (int64_t s0 = 0; s0 < S; s0 += VBLOCK) {
         const int64_t s1 = S - s0 < VBLOCK ? S : s0 + VBLOCK;
+        if (!vdirect) cache_to_f32(a->v_cache, base + s0 * hd, (s1 - s0) * hd, a->dtype, buf);
+        const void *v = vdirect ? a->v_cache : buf;
+        const int64_t vbase = vdirect ? base : -s0 * hd;
+        const int32_t vdt = vdirect ? a->dtype : F32;
         for (int64_t h0 = 0; h0 < G; h0 += per)
             for (int64_t c0 = 0; c0 < chunks; c0 += width) {
                 if (G - h0 >= per && chunks - c0 >= width)
-                    value_sums(a, base, p, s0, s1, h0, c0, per, width, width, qpad, acc, full);
-                else value_sums(a, base, p, s0, s1, h0, c0, G - h0 < per ? G - h0 : per,
+                    value_sums(a, v, vbase, vdt, p, s0, s1, h0, c0, per, width, width, qpad, acc, full);
+                else value_sums(a, v, vbase, vdt, p, s0, s1, h0, c0, G - h0 < per ? G - h0 : per,
                                 chunks - c0 < width ? chunks - c0 : width, width, qpad, acc, full);
             }
     }
