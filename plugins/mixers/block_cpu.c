@@ -278,13 +278,14 @@ static inline int64_t slice_lanes(int64_t hd, int64_t i, const int full) {
     return full || hd - i >= LANES ? LANES : hd - i;
 }
 
+#define VBLOCK 64  /* positions per block of the value pass: 16 KiB of float32 values at head size 64,
+                      read from L1 by every sweep after the first */
+
 /* Vector registers the loops below fill: AVX512 has 32, AVX2 16. VALUE_REGS: value sums
  * (heads x LANES-wide slices of hd) kept in registers in one sweep of V; SCORE_HEADS: query
  * heads whose scores of LANES positions are summed side by side (LANES vectors each) per
  * read of those positions' keys (with fewer registers one head at a time, the keys read
  * again from L1 for the next head). */
-#define VBLOCK 64  /* positions per block of the value pass: 16 KiB of float32 values at head size 64,
-                      read from L1 by every sweep after the first */
 #if LANES == 16
 #define VALUE_REGS 16
 #define SCORE_HEADS G

@@ -16,7 +16,7 @@
  */
 #include "cpu_math.h"
 
-#if defined(__x86_64__) && defined(__AVX2__)
+#if defined(__AVX2__)
 #include <immintrin.h>
 /* The sum of v's 8 lanes. */
 static inline float hsum256(__m256 v) {
