@@ -64,13 +64,14 @@ def steps_ms(lm, state, token, steps: int) -> tuple[float, tuple, torch.Tensor]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--size", choices=SIZES, default="small")
-    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    p.add_argument("--size", choices=SIZES, default="small", help="decode_models' Jamba (default small)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                   help="the model's weights and activations (default float32)")
     p.add_argument("--short", type=int, default=512, help="the short context (default 512)")
     p.add_argument("--long", type=int, default=8192, help="the long context (default 8192)")
     p.add_argument("--steps", type=int, default=50, help="decode steps per round (default 50)")
     p.add_argument("--rounds", type=int, default=10, help="rounds per context (default 10)")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2, help="torch and kernel threads (default 2)")
     p.add_argument("--mib", type=int, default=512, help="MiB read to measure the streaming rate (default 512)")
     args = p.parse_args(argv)
     check_at_least_one(("--short", args.short), ("--long", args.long), ("--steps", args.steps),

@@ -21,15 +21,7 @@ from hybrid_mllm.plugins.mixers import scan_cpu
 TESTS = Path(__file__).parent
 
 
-def _cpu_flags() -> set[str]:
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return set()
-    return set(next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), []))
-
-
-@pytest.mark.skipif(not {"avx512f", "avx2", "fma"} <= _cpu_flags(),
+@pytest.mark.skipif(not {"avx512f", "avx2", "fma"} <= scan_cpu.cpu_flags(),
                     reason="needs AVX512F (else the AVX2 build is this suite's own)")
 def test_the_avx2_build_passes_the_decode_step_tests(tmp_path):
     env = {**os.environ, scan_cpu.CFLAGS_ENV: "-mno-avx512f", scan_cpu.CACHE_ENV: str(tmp_path)}

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import functools
 import platform
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -25,26 +24,22 @@ from torch import Tensor
 from hybrid_mllm.core.decode import LinearKernel
 
 from . import gemv_cpu
+from .scan_cpu import cpu_flags
 
 NATIVE_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo's names of the instructions oneDNN uses
 
 
-def native_in(cpuinfo: str) -> bool:
-    """Whether /proc/cpuinfo's text `cpuinfo` lists one of `NATIVE_FLAGS` (or lists no flags)."""
-    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), None)
-    return flags is None or any(flag in flags for flag in NATIVE_FLAGS)
+def native_in(cpuinfo: str | None = None) -> bool:
+    """Whether /proc/cpuinfo (or its text `cpuinfo`) lists one of `NATIVE_FLAGS`, or no flags."""
+    flags = cpu_flags(cpuinfo)
+    return not flags or any(flag in flags for flag in NATIVE_FLAGS)
 
 
 @functools.cache
 def bf16_matmul_is_native() -> bool:
     """False on an x86 Linux CPU whose flags have none of `NATIVE_FLAGS`, True elsewhere
     (other CPUs and systems keep PyTorch's own bfloat16 matmul)."""
-    if platform.machine() not in ("x86_64", "AMD64"):
-        return True
-    try:
-        return native_in(Path("/proc/cpuinfo").read_text())
-    except OSError:
-        return True
+    return platform.machine() not in ("x86_64", "AMD64") or native_in()
 
 
 def accepts(x: Tensor, weight: Tensor, bias: Tensor | None) -> bool:

@@ -72,6 +72,18 @@ def flags() -> tuple[str, ...]:
     return (*FLAGS, *shlex.split(os.environ.get(CFLAGS_ENV, "")))
 
 
+def cpu_flags(cpuinfo: str | None = None) -> frozenset[str]:
+    """The feature flags of /proc/cpuinfo's first ``flags`` line (x86), or of its text `cpuinfo`;
+    empty where there is none (other CPUs and systems)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return frozenset()
+    lines = (line for line in cpuinfo.splitlines() if line.startswith("flags"))
+    return frozenset(next((line.split(":", 1)[1].split() for line in lines), ()))
+
+
 def _cpu_id() -> str:
     """Model and feature flags of this CPU: ``-march=native`` code is only valid on it."""
     try:
